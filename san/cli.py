@@ -1,0 +1,38 @@
+"""The ``san`` command: ``san <command> [args]``; each command lives in its own module."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> (module, one-line help); each module has main(argv: list[str] | None) -> int | None
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("san.train", "train / evaluate (official train_net.py command line)"),
+    "prepare-data": ("san.data.prepare", "turn raw dataset downloads into the benchmark layout"),
+    "predict": ("san.apps.predict", "segment images with any vocabulary"),
+    "demo": ("san.apps.demo", "start the local Gradio web demo"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: san <command> [args]", "", "commands:"]
+    lines += [f"  {name:<14} {text}" for name, (_, text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch ``san <command>`` to the command's module."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"san: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

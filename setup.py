@@ -1,0 +1,34 @@
+"""Packaging for san (``pip install .``; extras: train, demo, dev)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="san-seg",
+    version="0.1.0",
+    description="Side Adapter Network (SAN) for open-vocabulary semantic segmentation, in plain PyTorch",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["san", "san.*"]),
+    package_data={"san": ["assets/classes/*.txt", "assets/classes/*.json", "assets/prompts/*.txt"]},
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "open_clip_torch>=2.20",
+        "timm>=0.9",
+        "einops",
+        "fvcore",
+        "pyyaml",
+        "numpy",
+        "pillow",
+        "huggingface_hub",
+        "tqdm",
+    ],
+    extras_require={
+        "train": ["scipy", "tensorboard", "tifffile", "matplotlib"],
+        "demo": ["gradio"],
+        "dev": ["pytest", "ruff", "scipy", "tensorboard", "tifffile", "matplotlib", "scikit-image"],
+    },
+    entry_points={"console_scripts": ["san = san.cli:main"]},
+)
