@@ -10,8 +10,13 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=find_packages(include=["san", "san.*"]),
-    package_data={"san": ["assets/classes/*.txt", "assets/classes/*.json", "assets/prompts/*.txt"]},
+    # the top-level configs/ folder ships inside the package as san.configs
+    packages=find_packages(include=["san", "san.*"]) + ["san.configs"],
+    package_dir={"san.configs": "configs"},
+    package_data={
+        "san": ["assets/classes/*.txt", "assets/classes/*.json", "assets/prompts/*.txt"],
+        "san.configs": ["*.yaml"],
+    },
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from fvcore.common.config import CfgNode as _FvCfgNode
 
-__all__ = ["CfgNode", "get_cfg", "add_san_config", "add_detectron2_defaults", "BASE_KEY"]
+__all__ = ["CfgNode", "ConfigError", "get_cfg", "get_config_file", "add_san_config", "add_detectron2_defaults", "BASE_KEY"]
 
 BASE_KEY = "_BASE_"
 
@@ -371,3 +371,17 @@ def get_cfg() -> CfgNode:
     add_detectron2_defaults(cfg)
     add_san_config(cfg)
     return cfg
+
+
+def get_config_file(name: str) -> str:
+    """Path of a config: an existing file, or the name of a bundled one (``san_clip_vit_res4_coco``)."""
+    if os.path.isfile(name):
+        return name
+    from importlib import resources
+
+    fname = name if name.endswith(".yaml") else f"{name}.yaml"
+    path = resources.files("san.configs").joinpath(os.path.basename(fname))
+    if not path.is_file():
+        bundled = sorted(p.name for p in resources.files("san.configs").iterdir() if p.name.endswith(".yaml"))
+        raise FileNotFoundError(f"config {name!r} is neither a file nor a bundled config ({', '.join(bundled)})")
+    return str(path)

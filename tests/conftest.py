@@ -1,0 +1,66 @@
+"""Shared test fixtures: tiny random SAN configs that build in well under a second on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import san
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+if not SHARED.is_dir():  # a checkout beside ../shared, or $SAN_SHARED_DIR
+    SHARED = Path(os.environ.get("SAN_SHARED_DIR", SHARED))
+GOLDEN = SHARED / "golden" / "san_tiny_official.pt"
+
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 224, "layers": 4, "width": 64, "patch_size": 16, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def tiny_cfg(tmp_dir: str | os.PathLike, num_classes: int = 5) -> san.CfgNode:
+    """A config for a tiny random SAN: CLIP width 64 (4 blocks, split after 2), side ViT width 48."""
+    path = Path(tmp_dir) / "tiny-clip.json"
+    path.write_text(json.dumps(TINY_CLIP))
+    cfg = san.get_cfg()
+    cfg.merge_from_list(
+        [
+            "MODEL.SAN.CLIP_MODEL_NAME", str(path),
+            "MODEL.SAN.CLIP_PRETRAINED_NAME", "",
+            "MODEL.SAN.FEATURE_LAST_LAYER_IDX", 2,
+            "MODEL.SAN.NUM_CLASSES", num_classes,
+            "MODEL.SAN.TRAIN_NUM_POINTS", 256,
+            "MODEL.SIDE_ADAPTER.VIT_NAME", "vit_w48n2d4_patch16",
+            "MODEL.SIDE_ADAPTER.IMAGE_SIZE", 160,
+            "MODEL.SIDE_ADAPTER.NUM_QUERIES", 10,
+            "MODEL.SIDE_ADAPTER.FUSION_MAP", ["0->0", "1->1", "2->2"],
+            "MODEL.SIDE_ADAPTER.DEEP_SUPERVISION_IDXS", [3, 4],
+            "MODEL.SIDE_ADAPTER.ATTN_BIAS.NUM_HEADS", 2,
+            "MODEL.SIDE_ADAPTER.ATTN_BIAS.EMBED_CHANNELS", 16,
+            "MODEL.SIDE_ADAPTER.ATTN_BIAS.MLP_CHANNELS", 32,
+        ]
+    )  # fmt: skip
+    return cfg
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> san.CfgNode:
+    return tiny_cfg(tmp_path)
+
+
+@pytest.fixture
+def tiny_model(tiny_config: san.CfgNode) -> san.SAN:
+    torch.manual_seed(0)
+    return san.build_model(tiny_config).eval()
+
+
+@pytest.fixture(scope="session")
+def golden() -> dict:
+    if not GOLDEN.is_file():
+        pytest.skip(f"golden outputs not found at {GOLDEN} (they live in the project's shared/ folder)")
+    return torch.load(GOLDEN, weights_only=True)
