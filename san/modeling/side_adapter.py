@@ -74,7 +74,7 @@ class SideViT(nn.Module):
         self.grid_size = (image_size // patch_size, image_size // patch_size)
         self.patch_embed = _PatchEmbed(patch_size, width)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size[0] * self.grid_size[1], width))
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth rule
         self.blocks = nn.ModuleList(
             Block(width, num_heads, mlp_ratio=4.0, qkv_bias=True, drop_path=dpr[i], norm_layer=partial(nn.LayerNorm, eps=1e-6))
             for i in range(depth)

@@ -1,0 +1,139 @@
+"""The invariants that make SAN what it is, checked on a tiny random model."""
+
+from __future__ import annotations
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+
+import san
+from san.build import clip_state_dict_to_san
+from san.modeling import ClipFeatureExtractor, RecognitionHead
+
+from ..conftest import TINY_CLIP
+
+
+def _features_and_biases(model: san.SAN, seed: int = 0):
+    torch.manual_seed(seed)
+    images = torch.randn(2, 3, 96, 128)
+    model.train()
+    with torch.no_grad():
+        out = model.predict(images, model.encode_vocabulary(["a", "b"]))
+    model.eval()
+    return out["clip_features"], out["attn_biases"]
+
+
+def _dense_visual_tokens(head: RecognitionHead, features, layer: int, bias):
+    """Run the official dense-mask sequence and return the cls + visual tokens after every block."""
+    q = head.num_sos
+    x0 = features.tokens[layer]
+    b, n, _ = x0.shape
+    x = torch.cat([head._sos_tokens(x0[:, 0]), x0], dim=1)
+    outs = []
+    for block, lb in zip(head.resblocks, head.format_biases(bias, features.grid)):
+        mask = lb.new_zeros(b, head.num_heads, q + n, q + n)
+        mask[..., :q] = -100.0
+        mask[..., torch.arange(q), torch.arange(q)] = 0.0
+        mask[..., :q, q] = -100.0
+        mask[..., :q, q + 1 :] = lb
+        x = block(x, attn_mask=mask)
+        outs.append(x[:, q:])
+    return outs
+
+
+def test_visual_and_cls_tokens_ignore_the_bias(tiny_model):
+    feats, biases = _features_and_biases(tiny_model)
+    head = tiny_model.clip_rec_head
+    with torch.no_grad():
+        a = _dense_visual_tokens(head, feats, tiny_model.rec_layer, biases[0])
+        b = _dense_visual_tokens(head, feats, tiny_model.rec_layer, [t * -3.0 + 7.0 for t in biases[0]])
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
+
+
+def test_each_sos_depends_only_on_its_own_bias_row(tiny_model):
+    feats, biases = _features_and_biases(tiny_model)
+    head = tiny_model.clip_rec_head
+    bias = biases[-1]
+    changed = [t.clone() for t in bias]
+    changed[0][:, :, 3] += torch.randn_like(changed[0][:, :, 3]) * 5.0  # query 3 only
+    with torch.no_grad():
+        ref = head(feats, tiny_model.rec_layer, [bias])[0]
+        new = head(feats, tiny_model.rec_layer, [changed])[0]
+    diff = (ref - new).abs().amax(dim=(0, 2))  # per query
+    assert diff[3] > 1e-3
+    others = torch.cat([diff[:3], diff[4:]])
+    assert others.max().item() == 0.0
+
+
+def test_fast_head_equals_dense_reference(tiny_model):
+    feats, biases = _features_and_biases(tiny_model)
+    head = tiny_model.clip_rec_head
+    with torch.no_grad():
+        fast = head(feats, tiny_model.rec_layer, biases)
+        dense = head.forward_dense(feats, tiny_model.rec_layer, biases)
+    assert len(fast) == len(dense) == 2
+    for f, d in zip(fast, dense):
+        torch.testing.assert_close(f, d, rtol=0, atol=1e-5)
+
+
+def test_zero_bias_single_sos_reproduces_clip_class_token(tmp_path):
+    """With zero bias and one SOS token, the SOS output is CLIP's own image embedding."""
+    torch.manual_seed(0)
+    clip_model = open_clip.model.CLIP(
+        embed_dim=TINY_CLIP["embed_dim"], vision_cfg=TINY_CLIP["vision_cfg"], text_cfg=TINY_CLIP["text_cfg"]
+    ).eval()
+    split = 2
+    sd = clip_state_dict_to_san(clip_model.state_dict(), split)
+    cfg = san.modeling.clip.clip_config_from_dict(TINY_CLIP)
+    extractor = ClipFeatureExtractor(
+        width=cfg.vision_width, num_layers=split, num_heads=cfg.vision_heads, patch_size=cfg.patch_size,
+        grid_size=cfg.grid_size,
+    )  # fmt: skip
+    head = RecognitionHead(
+        width=cfg.vision_width, num_layers=cfg.vision_layers - split, num_heads=cfg.vision_heads,
+        output_dim=cfg.embed_dim, num_sos=1,
+    )  # fmt: skip
+    for prefix, module in (("clip_visual_extractor.", extractor), ("clip_rec_head.", head)):
+        module.load_state_dict({k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)})
+    image = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        feats = extractor(image)
+        bias = torch.zeros(2, cfg.vision_heads, 1, 14, 14)
+        ours = head(feats, split, [[bias]])[0][:, 0]
+        theirs = F.normalize(clip_model.encode_image(image), dim=-1)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+def test_frozen_parameters_get_no_gradient(tiny_model):
+    model = tiny_model.train()
+    out = model([{"image": torch.rand(3, 64, 96) * 255, "vocabulary": ["cat", "dog"]}])
+    loss = out["pred_logits"].logsumexp(-1).sum() + out["pred_masks"].sigmoid().sum()
+    loss = loss + sum(a["pred_logits"].sum() + a["pred_masks"].sum() for a in out["aux_outputs"])
+    loss.backward()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {
+        n
+        for n, _ in model.named_parameters()
+        if n.startswith("side_adapter_network.")
+        or n in ("clip_visual_extractor.positional_embedding", "ov_classifier.bg_embed")
+    }
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert p.grad is None, name
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [("san_clip_vit_res4_coco", 8_370_866), ("san_clip_vit_large_res4_coco", 9_321_650)],
+)
+def test_trainable_parameter_count_matches_official(config, expected):
+    cfg = san.get_cfg()
+    cfg.merge_from_file(san.config.get_config_file(config))
+    cfg.MODEL.SAN.CLIP_PRETRAINED_NAME = ""
+    with torch.device("meta"):
+        model = san.build_model(cfg)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
