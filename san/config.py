@@ -171,10 +171,9 @@ class CfgNode(_FvCfgNode):
 
     def _check_key(self, key: str, source: str) -> None:
         node: Any = self
-        parts = key.split(".")
-        for i, part in enumerate(parts):
+        for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
-                if isinstance(node, dict) and node and i == len(parts) - 1 and self._is_new_allowed():
+                if isinstance(node, _FvCfgNode) and node.is_new_allowed():
                     return
                 known = _flatten_keys(self)
                 close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)

@@ -1,0 +1,124 @@
+"""Configs: official keys and defaults, _BASE_ chains, safe YAML, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+import san
+from san.config import ConfigError, get_config_file
+
+OFFICIAL_BASE = """\
+DATASETS:
+  TRAIN: ("coco_2017_train_stuff_sem_seg",)
+INPUT:
+  MIN_SIZE_TRAIN: !!python/object/apply:eval ["[int(x * 0.1 * 640) for x in range(5, 16)]"]
+  MIN_SIZE_TEST: 640
+"""
+
+
+def test_official_san_defaults():
+    cfg = san.get_cfg()
+    s, a = cfg.MODEL.SAN, cfg.MODEL.SIDE_ADAPTER
+    assert (s.NO_OBJECT_WEIGHT, s.CLASS_WEIGHT, s.DICE_WEIGHT, s.MASK_WEIGHT) == (0.1, 2.0, 5.0, 5.0)
+    assert (s.TRAIN_NUM_POINTS, s.NUM_CLASSES, s.OVERSAMPLE_RATIO, s.IMPORTANCE_SAMPLE_RATIO) == (12544, 171, 3.0, 0.75)
+    assert (s.CLIP_MODEL_NAME, s.CLIP_PRETRAINED_NAME, s.CLIP_TEMPLATE_SET) == ("ViT-B/16", "openai", "vild")
+    assert (s.FEATURE_LAST_LAYER_IDX, s.CLIP_FROZEN_EXCLUDE, s.CLIP_DEEPER_FROZEN_EXCLUDE) == (9, ["positional_embedding"], [])
+    assert (s.REC_CROSS_ATTN, s.REC_DOWNSAMPLE_METHOD, s.SOS_TOKEN_FORMAT) == (False, "max", "cls_token")
+    assert (s.SIZE_DIVISIBILITY, s.ASYMETRIC_INPUT, s.CLIP_RESOLUTION) == (32, True, 0.5)
+    assert s.SEM_SEG_POSTPROCESS_BEFORE_INFERENCE is True
+    assert (a.NAME, a.VIT_NAME, a.PRETRAINED, a.IMAGE_SIZE, a.DROP_PATH_RATE) == (
+        "RegionwiseSideAdapterNetwork", "vit_w240n6d8_patch16", False, 640, 0.0,
+    )  # fmt: skip
+    assert (a.NUM_QUERIES, a.FUSION_TYPE, a.FUSION_MAP, a.DEEP_SUPERVISION_IDXS) == (
+        100, "add", ["0->0", "3->1", "6->2", "9->3"], [7, 8],
+    )  # fmt: skip
+    b = a.ATTN_BIAS
+    assert (b.NUM_HEADS, b.NUM_LAYERS, b.EMBED_CHANNELS, b.MLP_CHANNELS, b.MLP_NUM_LAYERS, b.RESCALE_ATTN_BIAS) == (
+        12, 1, 256, 256, 3, True,
+    )  # fmt: skip
+    assert cfg.SOLVER.WEIGHT_DECAY_EMBED_GROUP == [
+        "absolute_pos_embed", "positional_embedding", "pos_embed", "query_embed", "relative_position_bias_table",
+    ]  # fmt: skip
+    assert (cfg.SOLVER.POLY_LR_POWER, cfg.SOLVER.POLY_LR_CONSTANT_ENDING, cfg.INPUT.SIZE_DIVISIBILITY) == (0.9, 0.0, -1)
+
+
+def test_bundled_configs_equal_official_values():
+    cfg = san.get_cfg()
+    cfg.merge_from_file(get_config_file("san_clip_vit_res4_coco"))
+    assert cfg.MODEL.META_ARCHITECTURE == "SAN"
+    assert cfg.SOLVER.BACKBONE_MULTIPLIER == 1.0  # the B/16 file overrides the base's 0.1
+    assert cfg.INPUT.MIN_SIZE_TRAIN == tuple(int(x * 0.1 * 640) for x in range(5, 16))
+    assert (cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_ITER, cfg.SOLVER.LR_SCHEDULER_NAME) == (
+        32, 0.0001, 60000, "WarmupPolyLR",
+    )  # fmt: skip
+    assert (cfg.SOLVER.CLIP_GRADIENTS.ENABLED, cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE, cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE) == (
+        True, "full_model", 0.01,
+    )  # fmt: skip
+    assert list(cfg.INPUT.CROP.SIZE) == [640, 640] and cfg.INPUT.SIZE_DIVISIBILITY == 640 and cfg.INPUT.COLOR_AUG_SSD
+    assert len(cfg.DATASETS.TEST) == 6 and cfg.WANDB.PROJECT == "oseg_1111"
+    large = san.get_cfg()
+    large.merge_from_file(get_config_file("san_clip_vit_large_res4_coco.yaml"))
+    assert (large.MODEL.SAN.CLIP_MODEL_NAME, large.MODEL.SAN.CLIP_RESOLUTION, large.MODEL.SAN.FEATURE_LAST_LAYER_IDX) == (
+        "ViT-L-14-336", 0.7, 18,
+    )  # fmt: skip
+    assert large.MODEL.SIDE_ADAPTER.FUSION_MAP == ["0->0", "6->1", "12->2", "18->3"]
+    assert large.MODEL.SIDE_ADAPTER.ATTN_BIAS.NUM_HEADS == 16 and large.SOLVER.BACKBONE_MULTIPLIER == 1.0
+
+
+def test_official_base_file_with_eval_tag_loads_without_running_code(tmp_path):
+    path = tmp_path / "base.yaml"
+    path.write_text(OFFICIAL_BASE)
+    child = tmp_path / "child.yaml"
+    child.write_text("_BASE_: base.yaml\nINPUT:\n  MIN_SIZE_TEST: 512\n")
+    cfg = san.get_cfg()
+    cfg.merge_from_file(str(child))
+    assert cfg.INPUT.MIN_SIZE_TRAIN == tuple(range(320, 961, 64))
+    assert cfg.INPUT.MIN_SIZE_TEST == 512
+    assert cfg.DATASETS.TRAIN == ("coco_2017_train_stuff_sem_seg",)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        'X: !!python/object/apply:os.system ["echo hacked"]',
+        "X: !!python/object/apply:eval [\"__import__('os').system('echo hacked')\"]",
+        'X: !!python/object/apply:eval ["open(\'/etc/passwd\').read()"]',
+    ],
+)
+def test_unsafe_yaml_is_refused(tmp_path, payload):
+    path = tmp_path / "evil.yaml"
+    path.write_text(payload + "\n")
+    with pytest.raises(ConfigError):
+        san.get_cfg().merge_from_file(str(path))
+
+
+def test_unknown_keys_fail_with_a_suggestion(tmp_path):
+    cfg = san.get_cfg()
+    with pytest.raises(ConfigError, match=r"unknown config key 'MODEL.SAN.CLIP_RESOLUTON'.*MODEL.SAN.CLIP_RESOLUTION"):
+        cfg.merge_from_list(["MODEL.SAN.CLIP_RESOLUTON", 0.5])
+    path = tmp_path / "typo.yaml"
+    path.write_text("MODEL:\n  SIDE_ADAPTER:\n    NUM_QUERY: 10\n")
+    with pytest.raises(ConfigError, match="NUM_QUERIES"):
+        cfg.merge_from_file(str(path))
+    with pytest.raises(ConfigError, match="KEY VALUE pairs"):
+        cfg.merge_from_list(["MODEL.SAN.NUM_CLASSES"])
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        cfg.merge_from_file(str(tmp_path / "nope.yaml"))
+    with pytest.raises(FileNotFoundError, match="bundled config"):
+        get_config_file("no_such_config")
+
+
+def test_overrides_and_broken_files(tmp_path):
+    cfg = san.get_cfg()
+    cfg.merge_from_list(["MODEL.SAN.NUM_CLASSES", 150, "MODEL.SIDE_ADAPTER.FUSION_MAP", "['0->0']"])
+    assert cfg.MODEL.SAN.NUM_CLASSES == 150 and cfg.MODEL.SIDE_ADAPTER.FUSION_MAP == ["0->0"]
+    with pytest.raises(ConfigError, match="Type mismatch.*NUM_CLASSES"):
+        cfg.merge_from_list(["MODEL.SAN.NUM_CLASSES", "many"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("MODEL: [unclosed\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        cfg.merge_from_file(str(bad))
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        cfg.merge_from_file(str(scalar))
