@@ -16,7 +16,7 @@ def _run(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("blocked", [["detectron2"], ["scipy"], ["gradio"], ["detectron2", "scipy", "gradio", "wandb"]])
+@pytest.mark.parametrize("blocked", [["detectron2", "scipy", "gradio", "wandb", "matplotlib"]])
 def test_core_imports_without_optional_packages(blocked):
     code = (
         "import sys\n"
