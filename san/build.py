@@ -238,6 +238,8 @@ def _load_clip_weights(model: SAN, cfg: Any) -> None:
     own = model.state_dict()
     wanted = {k for k in own if k.split(".")[0] in ("clip_visual_extractor", "clip_rec_head", "ov_classifier")}
     wanted -= {"ov_classifier.bg_embed"} | {k for k in wanted if k.endswith("sos_token")}
+    if "ov_classifier.attn_mask" not in sd:  # newer open_clip keeps the causal mask out of state_dicts
+        wanted.discard("ov_classifier.attn_mask")
     missing = sorted(wanted - sd.keys())
     shapes = [k for k in wanted & sd.keys() if sd[k].shape != own[k].shape]
     if missing or shapes:
