@@ -12,7 +12,10 @@ the visual tokens; it never sees the class token or the other SOS tokens, and no
 an SOS token. The official code builds one dense (Q+1+L)^2 mask with -100 entries to get this; we
 run the visual tokens through each block once and let the SOS tokens attend to them, which is the
 same computation up to exp(-100) terms. ``forward_dense`` keeps the official formulation as the
-reference path.
+reference path. ``sos_attention`` picks how the SOS tokens attend: ``"manual"`` (explicit softmax
+over the self-logit and the biased visual logits) or ``"sdpa"`` (one
+``F.scaled_dot_product_attention`` over [all SOS keys, visual keys] with a mask that leaves each SOS
+token only its own key); both are exact, and ``scripts/benchmark.py`` compares them.
 """
 
 from __future__ import annotations
@@ -114,6 +117,23 @@ def _downsample(bias: Tensor, size: tuple[int, int], method: str) -> Tensor:
     raise ValueError(f"unknown attention-bias downsampling method {method!r} (max, avg, bilinear, bicubic, nearest)")
 
 
+def _sos_attention(q: Tensor, k_self: Tensor, v_self: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+    """SOS queries ``[B, H, nQ, d]`` over themselves and the visual keys ``[B, H, L, d]`` (+ bias)."""
+    scale = q.shape[-1] ** -0.5
+    logits = torch.matmul(q, k.transpose(-1, -2)) * scale + bias.to(q.dtype)  # [B, H, nQ, L]
+    self_logit = (q * k_self).sum(-1, keepdim=True) * scale  # [B, H, nQ, 1]
+    probs = torch.cat([self_logit, logits], dim=-1).softmax(dim=-1)
+    return probs[..., :1] * v_self + torch.matmul(probs[..., 1:], v)
+
+
+def _sos_attention_sdpa(q: Tensor, k_self: Tensor, v_self: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+    """:func:`_sos_attention` as one SDPA call: keys [SOS keys, visual keys], other SOS keys masked."""
+    b, h, nq, _ = q.shape
+    own = torch.full((nq, nq), float("-inf"), dtype=q.dtype, device=q.device).fill_diagonal_(0.0)
+    mask = torch.cat([own.expand(b, h, nq, nq), bias.to(q.dtype).expand(b, h, nq, -1)], dim=-1)  # [B, H, nQ, nQ+L]
+    return F.scaled_dot_product_attention(q, torch.cat([k_self, k], dim=2), torch.cat([v_self, v], dim=2), attn_mask=mask)
+
+
 class RecognitionHead(nn.Module):
     """CLIP's deeper blocks with attention-biased SOS tokens (official: ``RecWithAttnbiasHead``)."""
 
@@ -140,6 +160,7 @@ class RecognitionHead(nn.Module):
         self.num_sos = num_sos
         self.sos_token_format = sos_token_format
         self.downsample_method = downsample_method
+        self.sos_attention = "sdpa"
         self.resblocks = nn.ModuleList(
             ResidualAttentionBlock(width, num_heads, mlp_ratio=mlp_ratio, act_layer=act_layer)
             for _ in range(num_layers)
@@ -206,11 +227,10 @@ class RecognitionHead(nn.Module):
             attn = block.attn
             q_x, k_x, v_x = attn.qkv(block.ln_1(x))  # [B, H, 1 + L, d]
             q_s, k_s, v_s = attn.qkv(block.ln_1(sos))  # [B, H, nQ, d]
-            scale = attn.head_dim**-0.5
-            logits = torch.matmul(q_s, k_x[:, :, 1:].transpose(-1, -2)) * scale + biases[i].to(q_s.dtype)
-            self_logit = (q_s * k_s).sum(-1, keepdim=True) * scale  # [B, H, nQ, 1]
-            probs = torch.cat([self_logit, logits], dim=-1).softmax(dim=-1)
-            out = probs[..., :1] * v_s + torch.matmul(probs[..., 1:], v_x[:, :, 1:])
+            if self.sos_attention == "sdpa":
+                out = _sos_attention_sdpa(q_s, k_s, v_s, k_x[:, :, 1:], v_x[:, :, 1:], biases[i])
+            else:
+                out = _sos_attention(q_s, k_s, v_s, k_x[:, :, 1:], v_x[:, :, 1:], biases[i])
             sos = sos + attn.project_out(out)
             sos = sos + block.mlp(block.ln_2(sos))
             if i < last:  # the visual tokens after the last block are not needed

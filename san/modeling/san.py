@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .clip_adapter import ClipFeatureExtractor, RecognitionHead
+from .semantic import semantic_labels
 from .side_adapter import SideAdapterNetwork
 from .text_classifier import TextClassifier, validate_vocabulary
 
@@ -229,6 +230,37 @@ class SAN(nn.Module):
             else:
                 r = sem_seg_postprocess(semantic_inference(cls, mask), size, height, width)
             results.append({"sem_seg": r})
+        return results
+
+    @torch.no_grad()
+    def predict_labels(
+        self, batched_inputs: Sequence[dict], *, reduced: int | None = None, max_elements: int = 1 << 24
+    ) -> list[dict[str, Tensor]]:
+        """Label maps without the ``[C, H, W]`` score volume: ``[{"labels": [h, w] long, "scores": [h, w]}]``.
+
+        ``labels`` index the vocabulary and equal ``forward``'s ``sem_seg.argmax(0)``, ``scores`` its
+        max; memory stays flat in the vocabulary size (see :mod:`san.modeling.semantic`).
+        ``reduced=k`` opts into the approximate mode (all classes scored at k x the mask grid).
+        """
+        if not isinstance(batched_inputs, (list, tuple)) or not batched_inputs:
+            raise ValueError("SAN expects a non-empty list of input dicts")
+        classifier = self.encode_vocabulary(self._batch_vocabulary(batched_inputs))
+        images, sizes = self.preprocess(batched_inputs)
+        out = self.predict(images, classifier, levels=self.side_adapter_network.deep_supervision_idxs[-1:])
+        results = []
+        for cls, mask, x, size in zip(out["mask_logits"][-1], out["mask_preds"][-1], batched_inputs, sizes):
+            height, width = int(x.get("height", size[0])), int(x.get("width", size[1]))
+            labels, scores = semantic_labels(
+                cls.float(),
+                mask.float(),
+                size,
+                tuple(images.shape[-2:]),
+                (height, width),
+                postprocess_before_inference=self.sem_seg_postprocess_before_inference,
+                max_elements=max_elements,
+                reduced=reduced,
+            )
+            results.append({"labels": labels, "scores": scores})
         return results
 
     @staticmethod

@@ -10,13 +10,22 @@ last row, the whole matrix is normalised again and scaled by ``exp(logit_scale)`
 Encoding is exact but batched: all (template, name) prompts go through the text tower together in
 chunks sorted by length, each chunk cut after its longest end-of-text token. CLIP's causal mask
 means no token before the end-of-text token ever sees the cut positions, so the result equals the
-full 77-token pass. Embeddings are cached per name; the cache is cleared whenever weights load.
+full 77-token pass. Embeddings are cached per name in memory and, when ``cache_dir`` is set, on
+disk under a key of (text-tower weights hash, template set); the memory cache and the weights hash
+are cleared whenever weights load. ``embed_names(names, fast=False)`` is the straightforward
+reference path (one pass per template over all 77 positions, no cache) used by tests and
+``scripts/benchmark.py``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import tempfile
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +87,7 @@ class TextClassifier(nn.Module):
         templates: Sequence[str] = ("a photo of a {}.",),
         tokenizer: Callable[[list[str]], Tensor] | None = None,
         batch_size: int = 1024,
+        cache_dir: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
         if not templates or any("{}" not in t for t in templates):
@@ -98,6 +108,8 @@ class TextClassifier(nn.Module):
         nn.init.normal_(self.positional_embedding, std=0.01)
         nn.init.normal_(self.text_projection, std=width**-0.5)
         self._cache: dict[str, Tensor] = {}
+        self._weights_key: str | None = None
+        self.cache_dir = cache_dir
 
     # -- tokenizer and cache ---------------------------------------------------------------------
     @property
@@ -109,8 +121,65 @@ class TextClassifier(nn.Module):
         return self._tokenizer
 
     def clear_cache(self) -> None:
-        """Forget cached name embeddings (done automatically when weights are loaded)."""
+        """Forget in-memory name embeddings and the weights hash (done automatically on weight loads)."""
         self._cache.clear()
+        self._weights_key = None
+
+    def cache_key(self) -> str:
+        """Hex key of (text-tower weights, template set) naming the on-disk cache file."""
+        if self._weights_key is None:
+            h = hashlib.sha256()
+            for name, t in self.state_dict().items():
+                if name == "bg_embed":  # learnable and not part of a name's embedding
+                    continue
+                t = t.detach().to("cpu", torch.float32).contiguous()
+                h.update(f"{name}{tuple(t.shape)}".encode())
+                h.update(t.numpy().tobytes())
+            self._weights_key = h.hexdigest()[:20]
+        tpl = hashlib.sha256("\n".join(self.templates).encode()).hexdigest()[:12]
+        return f"{self._weights_key}-{tpl}"
+
+    def _disk_file(self) -> Path | None:
+        return None if self.cache_dir is None else Path(self.cache_dir) / f"text-{self.cache_key()}.pt"
+
+    def _read_disk(self, names: list[str]) -> None:
+        path = self._disk_file()
+        if path is None or not path.is_file():
+            return
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a broken cache file is rebuilt, never fatal
+            logger.warning("ignoring unreadable text-embedding cache %s (%s)", path, err)
+            return
+        emb, stored_names = stored.get("embeddings"), stored.get("names", [])
+        index = {n: i for i, n in enumerate(stored_names)}
+        for n in names:
+            if n in index and n not in self._cache:
+                self._cache[n] = emb[index[n]]
+
+    def _write_disk(self) -> None:
+        path = self._disk_file()
+        if path is None or not self._cache:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        merged: dict[str, Tensor] = {}
+        if path.is_file():  # keep what other processes stored under the same key
+            try:
+                old = torch.load(path, map_location="cpu", weights_only=True)
+                merged.update(zip(old["names"], old["embeddings"]))
+            except Exception:
+                pass
+        merged.update((n, e.to("cpu", torch.float32)) for n, e in self._cache.items())
+        names = list(merged)
+        emb = torch.stack([merged[n] for n in names])
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save({"names": names, "embeddings": emb, "templates": list(self.templates)}, tmp)
+            os.replace(tmp, path)  # atomic: readers see the old or the new file, never half of one
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: D401 - torch hook
         self.clear_cache()
@@ -139,22 +208,48 @@ class TextClassifier(nn.Module):
         lengths = tokens.argmax(dim=-1) + 1
         order = torch.argsort(lengths, descending=True)
         out = torch.empty(len(prompts), self.text_projection.shape[1], device=device)
-        for start in range(0, len(prompts), self.batch_size):
+        n_chunks = -(-len(prompts) // self.batch_size)
+        t0 = time.monotonic()
+        for k, start in enumerate(range(0, len(prompts), self.batch_size)):
+            if k and n_chunks > 4:
+                eta = (time.monotonic() - t0) / k * (n_chunks - k)
+                logger.info("encoding prompts: chunk %d/%d, ETA %.0f s", k + 1, n_chunks, eta)
             idx = order[start : start + self.batch_size]
             t = int(lengths[idx].max())
             out[idx.to(device)] = self.encode_tokens(tokens[idx, :t].to(device)).float()
         return out
 
     @torch.no_grad()
-    def embed_names(self, names: Sequence[str]) -> Tensor:
-        """Template-averaged, normalised text embeddings ``[C, E]`` (cached per name)."""
+    def encode_reference(self, names: Sequence[str]) -> Tensor:
+        """Reference path: one pass per template over all names, all 77 positions, no cache -> ``[C, E]``."""
+        device = self.text_projection.device
+        per_template = []
+        for tpl in self.templates:
+            tokens = self.tokenizer([tpl.format(n) for n in names]).to(device)  # [C, 77]
+            per_template.append(self.encode_tokens(tokens).float())
+        return F.normalize(torch.stack(per_template, dim=1).mean(dim=1), dim=-1)
+
+    @torch.no_grad()
+    def embed_names(self, names: Sequence[str], fast: bool = True) -> Tensor:
+        """Template-averaged, normalised text embeddings ``[C, E]``.
+
+        Args:
+            names: class names.
+            fast: batched, cut, cached encoding (default); False runs :meth:`encode_reference`.
+        """
         names = validate_vocabulary(names)
+        if not fast:
+            return self.encode_reference(names)
         new = list(dict.fromkeys(n for n in names if n not in self._cache))
+        if new and self.cache_dir is not None:
+            self._read_disk(new)
+            new = [n for n in new if n not in self._cache]
         if new:
             prompts = [tpl.format(n) for n in new for tpl in self.templates]
             emb = self.encode_prompts(prompts).view(len(new), len(self.templates), -1)  # [C, T, E]
             emb = F.normalize(emb.mean(dim=1), dim=-1)
             self._cache.update(zip(new, emb))
+            self._write_disk()
         device = self.text_projection.device
         return torch.stack([self._cache[n].to(device) for n in names])
 

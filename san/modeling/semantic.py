@@ -1,0 +1,174 @@
+"""Semantic inference without the full ``[C, H, W]`` score volume: label map and winning score.
+
+Shape shorthand: Q mask proposals, C classes, h x w mask grid, H x W output size.
+
+The reference (``SAN.postprocess``, the official code) upsamples all Q masks to the padded input,
+crops, resizes them to the output size and forms ``scores[c] = sum_q p[q, c] sigmoid(mask_q)``:
+memory and time grow with C x H x W (12 GB of scores for 10,000 names at 480 x 640).
+
+Bilinear resizing (``align_corners=False``) is linear and separable, so the two resizes collapse
+into one row matrix ``R [H, h]`` and one column matrix ``Cm [W, w]`` whose weights we take from
+``F.interpolate`` itself (it is applied to an identity). The upsampled masks are ``R m_q Cm^T``;
+we form them a band of output rows at a time, score the band against all classes, and keep only
+the arg-max and the max. Peak memory is ``O(Q h W + band x (Q + C) x W)`` with the band sized to
+``max_elements``; the result equals the reference up to float rounding (same label maps except at
+exact ties, scores within 1e-5).
+
+``reduced=k`` is the opt-in approximate mode: scores for all C classes only at k times the mask
+grid, then exact full-resolution scores for the few classes that win (top-2) anywhere there. Its
+cost does not grow with C x H x W; its agreement with the exact map is measured by
+``scripts/benchmark.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["resize_matrix", "semantic_labels"]
+
+
+def resize_matrix(n_in: int, n_out: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``[n_out, n_in]`` weights of 1-D linear resizing exactly as ``F.interpolate(align_corners=False)``."""
+    eye = torch.eye(n_in, device=device, dtype=dtype)[None]  # [1, n_in, n_in]: channel i is basis vector i
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T.contiguous()
+
+
+def _resize_chain(n_mask: int, n_pad: int, n_img: int, n_out: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(mask grid -> padded input, cropped to the image) and (image -> output) resize matrices."""
+    first = resize_matrix(n_mask, n_pad, device, dtype)[:n_img]  # [n_img, n_mask]
+    return first, resize_matrix(n_img, n_out, device, dtype)  # [n_out, n_img]
+
+
+def _taps(mat: Tensor) -> tuple[Tensor, Tensor]:
+    """A resize matrix ``[n_out, n_in]`` as its few non-zero taps per row: indices and weights ``[n_out, k]``."""
+    k = max(1, int((mat != 0).sum(dim=1).max()))
+    weights, idx = mat.topk(k, dim=1)  # bilinear weights are >= 0; unused taps carry weight 0
+    return idx, weights
+
+
+def _resize_last(x: Tensor, taps: tuple[Tensor, Tensor]) -> Tensor:
+    """Resize the last dimension of ``x`` with :func:`_taps` output (exact sparse matmul)."""
+    idx, weights = taps
+    return (x[..., idx] * weights).sum(dim=-1)  # [..., n_out]
+
+
+def _band_rows(n_rows: int, per_row: int, max_elements: int) -> int:
+    return max(1, min(n_rows, max_elements // max(per_row, 1)))
+
+
+def _label_bands(
+    probs: Tensor, row_mat: Tensor, maps: Tensor, sigmoid: bool, max_elements: int
+) -> tuple[Tensor, Tensor]:
+    """Arg-max/max over classes of ``probs^T f(row_mat @ maps)``, a band of rows at a time.
+
+    Args:
+        probs: ``[Q, C]`` class probabilities of every mask (background dropped).
+        row_mat: ``[H, h']`` row resize matrix (applied through its taps).
+        maps: ``[Q, h', W]`` masks already resized along the columns.
+        sigmoid: apply the sigmoid after the row resize (mask logits) or not (probabilities).
+    """
+    q, c = probs.shape
+    height, width = row_mat.shape[0], maps.shape[-1]
+    labels = torch.empty(height, width, dtype=torch.long, device=maps.device)
+    scores = torch.empty(height, width, dtype=maps.dtype, device=maps.device)
+    probs_t = probs.T.contiguous()  # [C, Q]
+    idx, weights = _taps(row_mat)  # [H, k]
+    band = _band_rows(height, (q * (idx.shape[1] + 1) + c) * width, max_elements)
+    for start in range(0, height, band):
+        i, wt = idx[start : start + band], weights[start : start + band]
+        up = (maps[:, i] * wt[None, :, :, None]).sum(dim=2)  # [Q, b, k, W] -> [Q, b, W]
+        if sigmoid:
+            up = up.sigmoid()
+        s = torch.matmul(probs_t, up.reshape(q, -1))  # [C, b*W]
+        best, arg = s.max(dim=0)
+        scores[start : start + band] = best.view(-1, width)
+        labels[start : start + band] = arg.view(-1, width)
+    return labels, scores
+
+
+def semantic_labels(
+    mask_cls: Tensor,
+    mask_pred: Tensor,
+    image_size: tuple[int, int],
+    padded_size: tuple[int, int],
+    out_size: tuple[int, int],
+    *,
+    postprocess_before_inference: bool = True,
+    max_elements: int = 1 << 24,
+    reduced: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Label map ``[H, W]`` (long) and its score ``[H, W]`` for one image, never forming ``[C, H, W]``.
+
+    Args:
+        mask_cls: ``[Q, C + 1]`` class logits (last column: background).
+        mask_pred: ``[Q, h, w]`` mask logits on the side-adapter grid.
+        image_size: the image's size inside the padded batch.
+        padded_size: the padded batch size that masks are first upsampled to (official order).
+        out_size: ``(height, width)`` of the output.
+        postprocess_before_inference: the official SEM_SEG_POSTPROCESS_BEFORE_INFERENCE order.
+        max_elements: budget of one band's score and mask tensors (elements).
+        reduced: opt-in approximation; score all classes at ``k x`` the mask grid first.
+    """
+    if mask_cls.dim() != 2 or mask_pred.dim() != 3 or mask_cls.shape[0] != mask_pred.shape[0]:
+        raise ValueError(f"expected mask_cls [Q, C+1] and mask_pred [Q, h, w], got {list(mask_cls.shape)} and {list(mask_pred.shape)}")
+    probs = mask_cls.to(mask_pred.dtype).softmax(dim=-1)[:, :-1]  # [Q, C]
+    if reduced is not None:
+        return _reduced_labels(probs, mask_pred, image_size, padded_size, out_size, postprocess_before_inference, max_elements, reduced)
+    return _exact_labels(probs, mask_pred, image_size, padded_size, out_size, postprocess_before_inference, max_elements)
+
+
+def _exact_labels(
+    probs: Tensor,
+    mask_pred: Tensor,
+    image_size: tuple[int, int],
+    padded_size: tuple[int, int],
+    out_size: tuple[int, int],
+    postprocess_before_inference: bool,
+    max_elements: int,
+) -> tuple[Tensor, Tensor]:
+    dtype, device = mask_pred.dtype, mask_pred.device
+    (h, w), (hp, wp), (h0, w0), (ho, wo) = mask_pred.shape[-2:], padded_size, image_size, out_size
+    r1, r2 = _resize_chain(h, hp, h0, ho, device, dtype)
+    c1, c2 = _resize_chain(w, wp, w0, wo, device, dtype)
+    if postprocess_before_inference:  # resize logits to the output, then sigmoid
+        cols = _resize_last(mask_pred, _taps(c2 @ c1))  # [Q, h, W]
+        return _label_bands(probs, r2 @ r1, cols, True, max_elements)
+    # official alternative: sigmoid on the padded-size masks (Q maps, no class axis), then scores
+    # resized (linear, so the resize moves onto the masks)
+    first = F.interpolate(mask_pred[None], size=tuple(padded_size), mode="bilinear", align_corners=False)[0]
+    first = first[:, :h0, :w0].sigmoid()  # [Q, h0, w0]
+    return _label_bands(probs, r2, _resize_last(first, _taps(c2)), False, max_elements)
+
+
+def _reduced_labels(
+    probs: Tensor,
+    mask_pred: Tensor,
+    image_size: tuple[int, int],
+    padded_size: tuple[int, int],
+    out_size: tuple[int, int],
+    before: bool,
+    max_elements: int,
+    k: int,
+) -> tuple[Tensor, Tensor]:
+    if k < 1:
+        raise ValueError(f"reduced must be a positive integer (scores at k x the mask grid), got {k}")
+    h, w = mask_pred.shape[-2:]
+    fh, fw = image_size[0] / padded_size[0], image_size[1] / padded_size[1]  # image part of the grid
+    low = (max(1, min(out_size[0], round(h * fh * k))), max(1, min(out_size[1], round(w * fw * k))))
+    q, c = probs.shape
+    cand = torch.zeros(c, dtype=torch.bool, device=probs.device)
+    (lh, lw), grid = low, mask_pred.shape[-2:]
+    r1, r2 = _resize_chain(grid[0], padded_size[0], image_size[0], lh, probs.device, probs.dtype)
+    c1, c2 = _resize_chain(grid[1], padded_size[1], image_size[1], lw, probs.device, probs.dtype)
+    up = _resize_last(mask_pred, _taps(c2 @ c1)).transpose(1, 2)  # [Q, lw, h]
+    up = _resize_last(up, _taps(r2 @ r1)).transpose(1, 2).sigmoid().reshape(q, -1)  # [Q, lh*lw]
+    chunk = _band_rows(c, lh * lw, max_elements)
+    for start in range(0, c, chunk):  # top-2 classes of every low-resolution pixel
+        s = torch.matmul(probs[:, start : start + chunk].T, up)  # [c', lh*lw]
+        top = s.topk(min(2, s.shape[0]), dim=0).indices.flatten().unique()
+        cand[start + top] = True
+    keep = cand.nonzero().flatten()
+    labels, scores = _exact_labels(probs[:, keep], mask_pred, image_size, padded_size, out_size, before, max_elements)
+    return keep[labels], scores

@@ -1,0 +1,182 @@
+"""Every exact fast path equals its straightforward reference path (CPU, tiny and ViT-B/16 shapes).
+
+References live in our own code: ``TextClassifier.encode_reference`` (one pass per template over
+all 77 tokens), ``RecognitionHead.forward_dense`` (the official dense (Q+1+L)^2 mask, one pass per
+supervision level) and ``SAN.forward``'s full ``[C, H, W]`` score maps.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import san
+from san.modeling.san import sem_seg_postprocess, semantic_inference
+from san.modeling.semantic import resize_matrix, semantic_labels
+from san.modeling.text_classifier import TextClassifier
+
+NAMES = ["cat", "dog", "traffic light", "a very long class name with many many words in it", "sky"]
+
+
+@pytest.fixture(scope="module")
+def vitb() -> san.SAN:
+    """ViT-B/16 SAN (official COCO config) with random weights; never downloads."""
+    cfg = san.get_cfg()
+    cfg.merge_from_file(san.config.get_config_file("san_clip_vit_res4_coco"))
+    cfg.MODEL.SAN.CLIP_PRETRAINED_NAME = ""
+    torch.manual_seed(0)
+    return san.build_model(cfg).eval()
+
+
+# -- text encoding ---------------------------------------------------------------------------------
+def test_text_fast_equals_reference_tiny(tiny_model):
+    clf = tiny_model.ov_classifier
+    ref = clf.embed_names(NAMES, fast=False)
+    fast = clf.embed_names(NAMES)
+    assert ref.shape == fast.shape == (len(NAMES), clf.text_projection.shape[1])
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=0)
+    clf.batch_size = 3  # several chunks of different cut lengths give the same result
+    clf.clear_cache()
+    torch.testing.assert_close(clf.embed_names(NAMES), ref, atol=1e-5, rtol=0)
+
+
+def test_text_fast_equals_reference_vitb(vitb):
+    clf = vitb.ov_classifier
+    templates = clf.templates
+    clf.templates = templates[:3]
+    try:
+        clf.clear_cache()
+        torch.testing.assert_close(clf.embed_names(NAMES[:3]), clf.encode_reference(NAMES[:3]), atol=1e-5, rtol=0)
+    finally:
+        clf.templates = templates
+        clf.clear_cache()
+
+
+def test_text_disk_cache_round_trip_and_keys(tiny_model, tmp_path, monkeypatch):
+    clf = tiny_model.ov_classifier
+    clf.cache_dir = tmp_path
+    first = clf.embed_names(NAMES)
+    files = list(tmp_path.glob("text-*.pt"))
+    assert len(files) == 1
+    # a fresh classifier with the same weights reads every name from disk, encoding nothing
+    other = TextClassifier(width=32, layers=2, heads=2, embed_dim=32, templates=clf.templates, cache_dir=tmp_path)
+    other.load_state_dict(clf.state_dict())
+    monkeypatch.setattr(other, "encode_prompts", lambda prompts: pytest.fail(f"re-encoded {prompts[:2]}"))
+    torch.testing.assert_close(other.embed_names(NAMES[::-1]), first.flip(0), atol=0, rtol=0)
+    # other weights or other templates use another file; the old one is untouched
+    key = clf.cache_key()
+    other.clear_cache()
+    other.templates = ("{} in a photo.",)
+    assert other.cache_key() != key
+    sd = clf.state_dict()
+    sd["text_projection"] = sd["text_projection"] * 2
+    clf.load_state_dict(sd)
+    assert clf.cache_key() != key and clf.cache_key().split("-")[1] == key.split("-")[1]
+    # a corrupt cache file is rebuilt, not fatal
+    files[0].write_bytes(b"not a torch file")
+    clf.load_state_dict({**sd, "text_projection": sd["text_projection"] / 2})
+    torch.testing.assert_close(clf.embed_names(NAMES), first, atol=1e-6, rtol=0)
+
+
+# -- recognition head ------------------------------------------------------------------------------
+def _rec_inputs(model: san.SAN, hw: tuple[int, int], levels: int):
+    torch.manual_seed(1)
+    head = model.clip_rec_head
+    with torch.no_grad():
+        feats = model.clip_visual_extractor(torch.randn(2, 3, *hw), keep=[model.rec_layer])
+    nh = model.side_adapter_network.mask_decoder.num_heads
+    biases = [[torch.randn(2, nh, head.num_sos, hw[0] // 16, hw[1] // 16) * 3] for _ in range(levels)]
+    return feats, biases
+
+
+@pytest.mark.parametrize("impl", ["manual", "sdpa"])
+@pytest.mark.parametrize("levels", [1, 2])
+def test_rec_head_equals_dense_tiny(tiny_model, impl, levels):
+    head = tiny_model.clip_rec_head
+    feats, biases = _rec_inputs(tiny_model, (64, 96), levels)
+    head.sos_attention = impl
+    with torch.no_grad():
+        fast = head(feats, tiny_model.rec_layer, biases)
+        ref = head.forward_dense(feats, tiny_model.rec_layer, biases)
+    assert len(fast) == len(ref) == levels
+    for a, b in zip(fast, ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_rec_head_equals_dense_vitb(vitb):
+    head = vitb.clip_rec_head
+    feats, biases = _rec_inputs(vitb, (96, 128), 2)
+    with torch.no_grad():
+        ref = head.forward_dense(feats, vitb.rec_layer, biases)
+        for impl in ("manual", "sdpa"):
+            head.sos_attention = impl
+            for a, b in zip(head(feats, vitb.rec_layer, biases), ref):
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    head.sos_attention = "sdpa"
+
+
+@pytest.mark.parametrize("impl", ["manual", "sdpa"])
+def test_rec_head_gradients_match_dense(tiny_model, impl):
+    head = tiny_model.clip_rec_head
+    head.sos_attention = impl
+    feats, biases = _rec_inputs(tiny_model, (64, 64), 2)
+    grads = []
+    for fn in (head.forward, head.forward_dense):
+        leaves = [[b.clone().requires_grad_(True) for b in lvl] for lvl in biases]
+        sum((e * torch.arange(e.shape[-1])).sum() for e in fn(feats, tiny_model.rec_layer, leaves)).backward()
+        grads.append([b.grad for lvl in leaves for b in lvl])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+# -- semantic inference ----------------------------------------------------------------------------
+def test_resize_matrix_matches_interpolate():
+    x = torch.randn(3, 7, 9)
+    ref = F.interpolate(x[None], size=(13, 5), mode="bilinear", align_corners=False)[0]
+    out = resize_matrix(7, 13) @ x @ resize_matrix(9, 5).T
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("before", [True, False])
+@pytest.mark.parametrize("max_elements", [1 << 24, 5000])
+def test_semantic_labels_equal_full_scores(before, max_elements):
+    torch.manual_seed(2)
+    q, c, grid, padded, image, out = 12, 9, (6, 7), (96, 112), (90, 100), (61, 83)
+    cls, masks = torch.randn(q, c + 1) * 3, torch.randn(q, *grid) * 4
+    up = F.interpolate(masks[None], size=padded, mode="bilinear", align_corners=False)[0]
+    if before:
+        ref = semantic_inference(cls, sem_seg_postprocess(up, image, *out))
+    else:
+        ref = sem_seg_postprocess(semantic_inference(cls, up), image, *out)
+    labels, scores = semantic_labels(cls, masks, image, padded, out, postprocess_before_inference=before, max_elements=max_elements)
+    assert labels.shape == scores.shape == out and labels.dtype == torch.long
+    torch.testing.assert_close(scores, ref.max(0).values, atol=1e-5, rtol=0)
+    assert torch.equal(labels, ref.argmax(0))
+    # reduced mode scoring every output pixel is the exact path
+    full, _ = semantic_labels(cls, masks, image, padded, out, postprocess_before_inference=before, reduced=100)
+    assert torch.equal(full, labels)
+
+
+def test_predict_labels_equals_forward_argmax(tiny_model):
+    torch.manual_seed(3)
+    inputs = [
+        {"image": torch.randint(0, 256, (3, 70, 90), dtype=torch.uint8), "height": 50, "width": 120, "vocabulary": NAMES},
+        {"image": torch.randint(0, 256, (3, 96, 64), dtype=torch.uint8), "vocabulary": NAMES},
+    ]
+    with torch.no_grad():
+        ref = tiny_model(inputs)
+        out = tiny_model.predict_labels(inputs, max_elements=3000)
+        reduced = tiny_model.predict_labels(inputs, reduced=2)
+    for r, o, red in zip(ref, out, reduced):
+        best, arg = r["sem_seg"].max(0)
+        assert torch.equal(o["labels"], arg)
+        torch.testing.assert_close(o["scores"], best, atol=1e-5, rtol=0)
+        assert red["labels"].shape == arg.shape and int(red["labels"].max()) < len(NAMES)
+
+
+def test_semantic_labels_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"mask_cls \[Q, C\+1\]"):
+        semantic_labels(torch.zeros(3, 4), torch.zeros(2, 5, 5), (5, 5), (5, 5), (5, 5))
+    with pytest.raises(ValueError, match="positive integer"):
+        semantic_labels(torch.zeros(2, 4), torch.zeros(2, 5, 5), (5, 5), (5, 5), (5, 5), reduced=0)
