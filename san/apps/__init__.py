@@ -1,0 +1,1 @@
+"""Command-line and web applications built on :class:`san.SANPredictor`."""

@@ -1,0 +1,194 @@
+"""``san predict``: segment image files with any vocabulary and write pictures and numbers.
+
+For each input ``NAME.ext`` three files appear in ``--output``: ``NAME_labels.png`` (class index per
+pixel; 8-bit when there are fewer than 256 classes, else 16-bit), ``NAME_overlay.png`` (colours and
+a legend) and ``NAME.json`` (vocabulary, class names, per-class pixel fractions). Each is written to
+a temporary file and renamed, only after all three were written, so an interrupted or failed image
+never leaves partial output. A file that cannot be read is reported and skipped; the exit code is
+1 when any file failed, 2 for a usage error. Trailing ``KEY VALUE`` pairs override the config, as
+in ``san train``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+logger = logging.getLogger("san.predict")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="san predict", description="Segment images with any vocabulary (SAN).")
+    p.add_argument("--input", "-i", nargs="+", required=True, help="image files, folders or glob patterns")
+    voc = p.add_mutually_exclusive_group(required=True)
+    voc.add_argument(
+        "--vocabulary", "-v", help="class names separated by commas; 'road|route' is one class with synonyms"
+    )
+    voc.add_argument("--vocabulary-file", help="one class per line (commas inside a line are synonyms)")
+    voc.add_argument("--dataset-vocabulary", help="a benchmark's class list, e.g. ade20k_150, coco_stuff_171")
+    p.add_argument("--other", default="none", choices=["none", "coco-all", "coco-stuff"],
+                   help="add COCO-Stuff names as distractors whose pixels are reported as 'other' (the official demo's "
+                        "vocabulary expansion)")  # fmt: skip
+    p.add_argument("--weights", "-w", default=None,
+                   help="san-vit-b-16 | san-vit-l-14 | checkpoint file | http(s) URL | none (random side adapter); "
+                        "default: the official model of the config")  # fmt: skip
+    p.add_argument("--config-file", default=None, help="config name or YAML (default: the official model's)")
+    p.add_argument("--output", "-o", default="san_predictions", help="output folder (created)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--tta", action="store_true", help="multi-scale + flip test-time augmentation (TEST.AUG)")
+    p.add_argument("--text-cache", default=None, help="folder for cached class-name embeddings")
+    p.add_argument("--max-pixels", type=float, default=100e6, help="refuse larger images (default 100e6)")
+    p.add_argument("--alpha", type=float, default=0.55, help="overlay opacity")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
+    return p.parse_args(argv)
+
+
+def collect_inputs(specs: list[str]) -> tuple[list[Path], list[str]]:
+    """Files named by paths, folders (their image files, sorted) and globs; plus specs matching nothing."""
+    files: list[Path] = []
+    missing = []
+    for spec in specs:
+        if os.path.isdir(spec):
+            found = sorted(p for p in Path(spec).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        elif os.path.exists(spec):
+            found = [Path(spec)]
+        else:
+            found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+        if not found:
+            missing.append(spec)
+        files += found
+    return list(dict.fromkeys(files)), missing
+
+
+def output_stems(files: list[Path]) -> list[str]:
+    """``photo`` for ``photo.jpg``; ``photo_jpg`` when two inputs share a stem; a counter if still equal."""
+    stems = [f.stem for f in files]
+    clash = {s for s in stems if stems.count(s) > 1}
+    out, seen = [], set()
+    for f, s in zip(files, stems):
+        name = f"{s}_{f.suffix.lstrip('.').lower()}" if s in clash else s
+        base, k = name, 1
+        while name in seen:
+            k += 1
+            name = f"{base}_{k}"
+        seen.add(name)
+        out.append(name)
+    return out
+
+
+def _save_png(img: Image.Image, path: Path) -> None:
+    img.save(path, format="PNG")
+
+
+def write_outputs(out_dir: Path, stem: str, image: np.ndarray, pred, meta: dict, alpha: float) -> list[Path]:
+    """Write the label PNG, overlay PNG and JSON atomically (all three, or none)."""
+    from san.visualize import render
+
+    n = len(pred.class_names)
+    labels = pred.labels.astype(np.uint8 if n < 256 else np.uint16)
+    fractions = pred.pixel_fractions()
+    final = [out_dir / f"{stem}_labels.png", out_dir / f"{stem}_overlay.png", out_dir / f"{stem}.json"]
+    record = {
+        **meta,
+        "height": int(labels.shape[0]),
+        "width": int(labels.shape[1]),
+        "vocabulary": list(pred.vocabulary.user) if pred.vocabulary else pred.class_names,
+        "class_names": pred.class_names,
+        "pixel_fractions": fractions,
+        "label_png": final[0].name,
+        "overlay_png": final[1].name,
+    }
+    tmps = [p.with_name(f".{p.name}.tmp{os.getpid()}") for p in final]
+    try:
+        _save_png(Image.fromarray(labels), tmps[0])
+        _save_png(render(image, pred.labels, pred.class_names, alpha), tmps[1])
+        tmps[2].write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        for t, f in zip(tmps, final):
+            os.replace(t, f)
+    finally:
+        for t in tmps:
+            if t.exists():
+                t.unlink()
+    return final
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``san predict``; returns the exit code."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if len(args.opts) % 2:
+        print(f"san predict: config overrides come in KEY VALUE pairs, got {args.opts}", file=sys.stderr)
+        return 2
+    from tqdm import tqdm
+
+    from san.images import ImageError, read_image
+    from san.model_zoo import WeightsError, get_model_info
+    from san.predictor import SANPredictor
+    from san.vocabulary import build_vocabulary
+
+    try:
+        voc = build_vocabulary(
+            args.vocabulary, file=args.vocabulary_file, dataset=args.dataset_vocabulary, other=args.other
+        )
+    except (ValueError, TypeError) as e:
+        print(f"san predict: {e}", file=sys.stderr)
+        return 2
+    files, missing = collect_inputs(args.input)
+    for spec in missing:
+        print(f"san predict: {spec}: no such file, folder or matching image", file=sys.stderr)
+    if not files:
+        print("san predict: no input images", file=sys.stderr)
+        return 2 if not missing else 1
+    model = args.config_file or "san-vit-b-16"
+    weights = args.weights
+    if args.config_file is None and weights is not None and get_model_info(weights) is not None:
+        model = weights  # `--weights san-vit-l-14` also picks its config
+    try:
+        predictor = SANPredictor.from_pretrained(
+            model,
+            weights=weights,
+            device=args.device,
+            precision=args.precision,
+            opts=args.opts,
+            tta=args.tta or None,
+            text_cache_dir=args.text_cache,
+            max_pixels=int(args.max_pixels),
+        )
+        voc = predictor.vocabulary(voc)
+    except (WeightsError, FileNotFoundError, ValueError, KeyError) as e:
+        print(f"san predict: {e}", file=sys.stderr)
+        return 2
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"weights": str(weights or model), "config": model, "tta": predictor.tta, "precision": args.precision}
+    failed = len(missing)
+    for path, stem in tqdm(
+        list(zip(files, output_stems(files))), desc="san predict", unit="img", disable=len(files) < 2
+    ):
+        try:
+            image = read_image(path, predictor.max_pixels)
+            pred = predictor.predict(image, voc)
+            write_outputs(out_dir, stem, image, pred, {"image": str(path), **meta}, args.alpha)
+        except (ImageError, ValueError, OSError) as e:
+            failed += 1
+            tqdm.write(f"san predict: FAILED {e}", file=sys.stderr)
+    done = len(files) - (failed - len(missing))
+    print(
+        f"san predict: {done}/{len(files)} image(s) segmented into {out_dir}" + (f", {failed} failed" if failed else "")
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

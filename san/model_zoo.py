@@ -1,0 +1,176 @@
+"""The official SAN checkpoints by name, and weights from a local file or a URL.
+
+``resolve_weights("san-vit-b-16")`` downloads ``san_vit_b_16.pth`` from the Hugging Face repository
+``Mendel192/san`` on first use (huggingface_hub: cached under ``~/.cache/huggingface``, interrupted
+downloads resume) and returns the local path. Checksums: the Hub stores these files with Git LFS,
+whose object id is the file's sha256 and becomes the name of the cached blob; after a download the
+file is hashed once and compared with that name (a marker records the success, so later runs skip
+the hash). An ``http(s)://`` URL is fetched with ``torch.hub.download_url_to_file`` into
+``~/.cache/san/weights``; a hex hash prefix in the file name (``name-<sha256 prefix>.pth``, torch.hub's
+convention) or a ``#sha256=<hex>`` fragment is checked. Anything else must be an existing file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import urllib.parse
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MODELS", "ModelInfo", "WeightsError", "get_model_info", "resolve_weights", "sha256sum"]
+
+HF_REPO = "Mendel192/san"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """An official checkpoint: its config (bundled) and its file in the Hugging Face repository."""
+
+    name: str
+    config: str
+    filename: str
+    repo_id: str = HF_REPO
+    description: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"https://huggingface.co/{self.repo_id}/resolve/main/{self.filename}"
+
+
+MODELS: dict[str, ModelInfo] = {
+    "san-vit-b-16": ModelInfo(
+        "san-vit-b-16", "san_clip_vit_res4_coco", "san_vit_b_16.pth", description="SAN with CLIP ViT-B/16 (COCO-Stuff)"
+    ),
+    "san-vit-l-14": ModelInfo(
+        "san-vit-l-14",
+        "san_clip_vit_large_res4_coco",
+        "san_vit_large_14.pth",
+        description="SAN with CLIP ViT-L/14@336 (COCO-Stuff)",
+    ),
+}
+_ALIASES = {"san_vit_b_16": "san-vit-b-16", "san_vit_large_14": "san-vit-l-14", "san-vit-large-14": "san-vit-l-14"}
+
+
+class WeightsError(RuntimeError):
+    """Weights cannot be found, downloaded or verified; the message says how to pass a local file."""
+
+
+def get_model_info(name: str) -> ModelInfo | None:
+    """The official model called ``name`` (``san-vit-b-16``, ``san-vit-l-14`` or the file stems), else None."""
+    key = name.lower().removesuffix(".pth")
+    return MODELS.get(_ALIASES.get(key, key))
+
+
+def sha256sum(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in 4 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _offline_hint(filename: str, url: str) -> str:
+    return (
+        f"If this machine is offline, download {url} elsewhere and pass the local file: "
+        f"`san predict --weights /path/to/{filename} ...` (Python: "
+        f"SANPredictor.from_pretrained(..., weights='/path/to/{filename}'))."
+    )
+
+
+def _verify_lfs_blob(path: str, info: ModelInfo) -> None:
+    """Compare the downloaded file with the sha256 the Hub named its cache blob after."""
+    blob = os.path.realpath(path)
+    expected = os.path.basename(blob)
+    if not re.fullmatch(r"[0-9a-f]{64}", expected):
+        logger.info("%s: cache entry is not named by a sha256; relying on huggingface_hub's checks", path)
+        return
+    stat = os.stat(blob)
+    marker = os.path.join(os.path.dirname(blob), f".{expected}.san-verified")
+    stamp = f"{stat.st_size} {stat.st_mtime_ns}"
+    if os.path.isfile(marker):
+        with open(marker) as f:
+            if f.read() == stamp:
+                return
+    logger.info("verifying the sha256 of %s (once)", info.filename)
+    actual = sha256sum(blob)
+    if actual != expected:
+        raise WeightsError(
+            f"{info.filename} in the Hugging Face cache is corrupt: sha256 {actual} but the Hub says {expected}. "
+            f"Delete {blob} and run again to re-download. " + _offline_hint(info.filename, info.url)
+        )
+    try:
+        with open(marker, "w") as f:
+            f.write(stamp)
+    except OSError:  # a read-only cache is fine: we just hash again next time
+        pass
+
+
+def _download_hub(info: ModelInfo, cache_dir: str | None) -> str:
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise WeightsError(
+            "huggingface_hub is needed to download official weights (pip install huggingface_hub). "
+            + _offline_hint(info.filename, info.url)
+        ) from None
+    try:
+        path = hf_hub_download(info.repo_id, info.filename, cache_dir=cache_dir)
+    except Exception as e:  # offline, DNS, HTTP errors, gated repo, disk full ...
+        raise WeightsError(
+            f"could not download {info.filename} from huggingface.co/{info.repo_id} "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+            + _offline_hint(info.filename, info.url)
+        ) from e
+    _verify_lfs_blob(path, info)
+    return path
+
+
+def _download_url(url: str, cache_dir: str | None) -> str:
+    import torch.hub
+
+    parsed = urllib.parse.urlparse(url)
+    filename = os.path.basename(parsed.path) or "weights.pth"
+    expected = None
+    if parsed.fragment.startswith("sha256="):
+        expected = parsed.fragment[len("sha256=") :].lower()
+    elif m := re.search(r"-([a-f0-9]{6,64})\.", filename):
+        expected = m.group(1)
+    cache_dir = cache_dir or os.path.join(os.path.expanduser(os.getenv("SAN_CACHE", "~/.cache/san")), "weights")
+    os.makedirs(cache_dir, exist_ok=True)
+    dst = os.path.join(cache_dir, filename)
+    if os.path.isfile(dst) and (expected is None or sha256sum(dst).startswith(expected)):
+        return dst
+    try:
+        torch.hub.download_url_to_file(urllib.parse.urlunparse(parsed._replace(fragment="")), dst, progress=True)
+    except Exception as e:
+        raise WeightsError(
+            f"could not download {url} ({type(e).__name__}: {e}). " + _offline_hint(filename, url)
+        ) from e
+    if expected is not None:
+        actual = sha256sum(dst)
+        if not actual.startswith(expected):
+            os.remove(dst)
+            raise WeightsError(f"{url}: sha256 {actual} does not match the expected {expected}; the file was removed")
+    return dst
+
+
+def resolve_weights(weights: str | os.PathLike, cache_dir: str | None = None) -> str:
+    """Local path of ``weights``: an official name (downloaded once), an http(s) URL, or a file."""
+    weights = os.fspath(weights)
+    if weights.startswith(("http://", "https://")):
+        return _download_url(weights, cache_dir)
+    if os.path.isfile(weights):
+        return weights
+    info = get_model_info(weights)
+    if info is not None:
+        return _download_hub(info, cache_dir)
+    if os.path.isdir(weights):
+        raise WeightsError(f"--weights {weights} is a directory; give the checkpoint file inside it")
+    raise WeightsError(
+        f"weights {weights!r} are neither an existing file, an http(s) URL, nor an official model ({', '.join(MODELS)})"
+    )

@@ -1,0 +1,175 @@
+"""Vocabularies: user text -> an ordered list of class names the model can encode.
+
+Rules (deterministic and order-preserving, unlike the official ``predict.py`` which used ``set()``):
+
+- A string is split at commas and newlines; whitespace around names is stripped and runs of
+  whitespace inside a name become one space.
+- Synonyms: ``road|route`` (or ``road; route``) is ONE class, stored as ``"road, route"`` exactly as
+  the official dataset lists (``san/assets/classes``) write it; CLIP encodes the whole string.
+- A vocabulary file uses the dataset-list format: one class per line, commas inside a line are
+  synonyms (so ``ade20k_150.txt`` can be passed as a file unchanged).
+- Duplicates (compared case-insensitively, as CLIP's tokenizer lowercases) are dropped after the
+  first occurrence, with a warning that names them.
+- Empty vocabularies and empty names are errors.
+- Names too long for CLIP's 77-token context (after the longest prompt template) are cut to fit,
+  with a warning.
+- "other": the official demo appends distractor names (all COCO-Stuff classes, or only its stuff
+  classes) so that a short vocabulary does not force every pixel into one of its few classes;
+  pixels won by a distractor are reported as one ``"other"`` class.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from san.assets import list_class_sets, read_classes
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "OTHER",
+    "OTHER_SETS",
+    "Vocabulary",
+    "build_vocabulary",
+    "distractor_names",
+    "fit_to_context",
+    "parse_vocabulary",
+    "read_vocabulary_file",
+]
+
+OTHER = "other"
+OTHER_SETS = ("none", "coco-all", "coco-stuff")
+_COCO_THINGS = 80  # coco_stuff_171: 80 thing classes, then 91 stuff classes
+_SYNONYM = re.compile(r"\s*[|;]\s*")
+
+
+def _clean(name: str) -> str:
+    parts = [" ".join(p.split()) for p in _SYNONYM.split(name)]
+    return ", ".join(p for p in parts if p)
+
+
+def _dedupe(names: list[str]) -> list[str]:
+    seen: dict[str, str] = {}
+    dupes = []
+    for n in names:
+        key = n.casefold()
+        if key in seen:
+            dupes.append(n)
+        else:
+            seen[key] = n
+    if dupes:
+        logger.warning("vocabulary: dropped duplicate class name(s) %s (first occurrence kept)", sorted(set(dupes)))
+    return list(seen.values())
+
+
+def parse_vocabulary(vocabulary: str | Sequence[str]) -> list[str]:
+    """Class names from ``"cat, grass, sky"`` (commas/newlines separate, ``|`` or ``;`` join
+    synonyms) or from a list (each entry is one class; ``|``/``;`` still join synonyms)."""
+    if isinstance(vocabulary, str):
+        raw = re.split(r"[,\n]", vocabulary)
+    else:
+        raw = list(vocabulary)
+        bad = [n for n in raw if not isinstance(n, str)]
+        if bad:
+            raise TypeError(f"class names must be strings, got {bad[:3]}")
+    names = [c for c in (_clean(n) for n in raw) if c]
+    if not names:
+        raise ValueError(
+            f"the vocabulary is empty ({vocabulary!r}): give class names separated by commas, e.g. "
+            "'cat, grass, sky', or a dataset's classes with --dataset-vocabulary "
+            f"({', '.join(list_class_sets())})"
+        )
+    return _dedupe(names)
+
+
+def read_vocabulary_file(path: str | os.PathLike) -> list[str]:
+    """Class names from a file: one class per line, commas inside a line are synonyms."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read vocabulary file {os.fspath(path)}: {e}") from None
+    names = [_clean(line.replace(",", "|")) for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not names:
+        raise ValueError(f"vocabulary file {os.fspath(path)} has no class names (one per line)")
+    return _dedupe(names)
+
+
+def distractor_names(other: str, exclude: Sequence[str] = ()) -> list[str]:
+    """The official vocabulary expansion: COCO-Stuff names (``coco-all``: 171, ``coco-stuff``: the 91
+    stuff classes) that are not already in ``exclude``; ``none``: nothing."""
+    key = other.lower().replace("_", "-")
+    if key not in OTHER_SETS:
+        raise ValueError(f"unknown 'other' set {other!r}; choose one of {', '.join(OTHER_SETS)}")
+    if key == "none":
+        return []
+    coco = read_classes("coco_stuff_171")
+    names = coco if key == "coco-all" else coco[_COCO_THINGS:]
+    taken = {n.casefold() for n in exclude}
+    return [n for n in names if n.casefold() not in taken]
+
+
+def fit_to_context(
+    names: Sequence[str], encode: Callable[[str], list[int]], decode: Callable[[list[int]], str], budget: int
+) -> list[str]:
+    """Cut names whose BPE tokens exceed ``budget`` (the context left by the longest template)."""
+    out = []
+    for n in names:
+        tokens = encode(n)
+        if len(tokens) > budget:
+            cut = decode(tokens[:budget]).strip()
+            logger.warning(
+                "class name %r has %d tokens, more than the %d that fit CLIP's context with the prompt "
+                "templates; it was cut to %r",
+                n if len(n) < 80 else n[:77] + "...", len(tokens), budget, cut,
+            )  # fmt: skip
+            n = cut
+        out.append(n)
+    return out
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """What the model sees (``names`` = user classes + distractors) and what is reported
+    (``class_names`` = user classes, plus ``"other"`` when distractors are used)."""
+
+    user: tuple[str, ...]
+    distractors: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> list[str]:
+        return [*self.user, *self.distractors]
+
+    @property
+    def class_names(self) -> list[str]:
+        return [*self.user, OTHER] if self.distractors else list(self.user)
+
+
+def build_vocabulary(
+    vocabulary: str | Sequence[str] | None = None,
+    *,
+    file: str | os.PathLike | None = None,
+    dataset: str | None = None,
+    other: str = "none",
+) -> Vocabulary:
+    """One vocabulary from exactly one source (text/list, file, or a dataset's class list)."""
+    given = [s for s, v in (("vocabulary", vocabulary), ("file", file), ("dataset", dataset)) if v is not None]
+    if len(given) != 1:
+        raise ValueError(
+            f"give exactly one vocabulary source (a list/text, a file, or a dataset name), got {given or 'none'}"
+        )
+    if file is not None:
+        user = read_vocabulary_file(file)
+    elif dataset is not None:
+        if dataset not in list_class_sets():
+            raise ValueError(f"unknown dataset vocabulary {dataset!r}; available: {', '.join(list_class_sets())}")
+        user = _dedupe([n.strip() for n in read_classes(dataset)])  # verbatim, as the benchmarks use them
+    else:
+        user = parse_vocabulary(vocabulary)
+    if OTHER in (n.casefold() for n in user) and other != "none":
+        raise ValueError(f"the class name {OTHER!r} is reserved for distractor pixels when other={other!r}")
+    return Vocabulary(tuple(user), tuple(distractor_names(other, user)))
