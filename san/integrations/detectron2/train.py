@@ -1,0 +1,111 @@
+"""The official ``train_net.py`` trainer on detectron2's own ``DefaultTrainer`` (no W&B).
+
+``Trainer`` differs from detectron2's ``DefaultTrainer`` only where the official one does: the
+semantic training mapper, the per-parameter optimizer with full-model gradient clipping,
+``WarmupPolyLR``, and detectron2's ``SemSegEvaluator`` for every "sem_seg" test set. Loaders tag
+each sample with ``"meta": {"dataset_name"}`` so the model finds its vocabulary in the metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import (
+    DatasetCatalog,
+    DatasetMapper,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
+from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.evaluation import DatasetEvaluator, SemSegEvaluator
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from .config import add_san_config
+from .datasets import register_all_datasets
+from .mapper import MaskFormerSemanticDatasetMapper, check_rgb_format
+from .solver import build_lr_scheduler, build_optimizer
+
+__all__ = ["Trainer", "dataset_dicts", "setup"]
+
+
+def dataset_dicts(names: Sequence[str]) -> list[dict]:
+    """Concatenated dataset dicts of ``names``, each tagged with ``"meta": {"dataset_name"}``."""
+    out: list[dict] = []
+    for name in names:
+        dicts = DatasetCatalog.get(name)
+        if not dicts:
+            raise ValueError(
+                f"dataset {name!r} is empty; check its files under $DETECTRON2_DATASETS "
+                f"({os.environ.get('DETECTRON2_DATASETS', 'datasets')})"
+            )
+        out.extend({**d, "meta": {"dataset_name": name}} for d in dicts)
+    return out
+
+
+class _TestMapper:
+    """detectron2's ``DatasetMapper(cfg, False)`` (resize to ``MIN_SIZE_TEST``) without reading
+    the label: the evaluator reads it from disk, and 16-bit labels do not survive mode "L"."""
+
+    def __init__(self, cfg: CfgNode) -> None:
+        self.mapper = DatasetMapper(cfg, False)
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        return self.mapper({k: v for k, v in dataset_dict.items() if k != "sem_seg_file_name"})
+
+
+class Trainer(DefaultTrainer):
+    """detectron2's ``DefaultTrainer`` with the official SAN recipe."""
+
+    @classmethod
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None) -> DatasetEvaluator:
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+        if evaluator_type not in ("sem_seg", "ade20k_panoptic_seg"):
+            raise NotImplementedError(f"no evaluator for dataset {dataset_name!r} of type {evaluator_type!r}")
+        return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode) -> Any:
+        if cfg.INPUT.DATASET_MAPPER_NAME != "mask_former_semantic":
+            raise ValueError(
+                f"INPUT.DATASET_MAPPER_NAME {cfg.INPUT.DATASET_MAPPER_NAME!r} is not supported; SAN trains with "
+                "'mask_former_semantic'"
+            )
+        mapper = MaskFormerSemanticDatasetMapper(cfg, True)
+        return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset_dicts(cfg.DATASETS.TRAIN))
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> Any:
+        check_rgb_format(cfg)
+        return build_detection_test_loader(
+            dataset=dataset_dicts([dataset_name]), mapper=_TestMapper(cfg), num_workers=cfg.DATALOADER.NUM_WORKERS
+        )
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer) -> Any:
+        return build_lr_scheduler(cfg, optimizer)
+
+
+def setup(args: argparse.Namespace) -> CfgNode:
+    """Config from ``--config-file`` and KEY VALUE overrides; logging; named datasets registered."""
+    cfg = add_san_config(get_cfg())
+    if args.config_file:
+        cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="san")
+    register_all_datasets()
+    return cfg
