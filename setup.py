@@ -32,8 +32,8 @@ setup(
     ],
     extras_require={
         "train": ["scipy", "tensorboard", "tifffile", "matplotlib"],
-        "demo": ["gradio"],
-        "dev": ["pytest", "ruff", "scipy", "tensorboard", "tifffile", "matplotlib", "scikit-image"],
+        "demo": ["gradio>=4"],
+        "dev": ["pytest", "ruff", "scipy", "tensorboard", "tifffile", "matplotlib", "scikit-image", "gradio>=4", "selenium"],
     },
     entry_points={"console_scripts": ["san = san.cli:main"]},
 )

@@ -1,0 +1,135 @@
+"""The web demo in a real headless browser: upload a photo, type class names, read the result back.
+
+Needs gradio and selenium (the ``dev`` extra) and Debian's chromium + chromium-driver (installed
+here with apt-get when missing and possible; CI installs them in ``.ci/run``).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import san
+from san.predictor import SANPredictor
+from san.visualize import overlay
+from ..conftest import tiny_cfg
+
+gr = pytest.importorskip("gradio", reason="the demo needs gradio (pip install -e '.[dev]')")
+webdriver = pytest.importorskip(
+    "selenium.webdriver", reason="the browser test needs selenium (pip install -e '.[dev]')"
+)
+
+VOCABULARY = "astronaut, flag, sky, rocket"
+
+
+def _browser() -> tuple[str, str]:
+    """Paths of chromium and chromedriver, installing Debian's packages if missing and possible."""
+    found = shutil.which("chromium"), shutil.which("chromedriver")
+    if all(found):
+        return found  # type: ignore[return-value]
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=300)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"],
+            env=env,
+            capture_output=True,
+            timeout=600,
+        )
+    found = shutil.which("chromium"), shutil.which("chromedriver")
+    if not all(found):
+        pytest.skip("chromium and chromium-driver are not installed and apt-get could not install them")
+    return found  # type: ignore[return-value]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fetch_image(src: str) -> np.ndarray:
+    if src.startswith("data:"):
+        data = base64.b64decode(src.split(",", 1)[1])
+    else:
+        with urllib.request.urlopen(src, timeout=30) as r:
+            data = r.read()
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+@pytest.fixture
+def demo_url(tmp_path: Path):
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from san.apps.demo import build_demo
+
+    torch.manual_seed(0)
+    predictor = SANPredictor(san.build_model(tiny_cfg(tmp_path)), device="cpu", min_size=256, max_size=512)
+    port = _free_port()
+    demo = build_demo(lambda name: predictor, ["tiny-random"])
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/", predictor
+    finally:
+        demo.close()
+
+
+def test_demo_in_headless_chromium(demo_url, tmp_path: Path) -> None:
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    skimage_data = pytest.importorskip("skimage.data")
+    chromium, driver_path = _browser()
+    url, predictor = demo_url
+    photo = skimage_data.astronaut()  # [512, 512, 3] uint8
+    photo_path = tmp_path / "astronaut.png"
+    Image.fromarray(photo).save(photo_path)
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--disable-dev-shm-usage", "--window-size=1280,1600", f"--user-data-dir={tmp_path / 'profile'}",
+    ):  # fmt: skip
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=opts)
+    try:
+        wait = WebDriverWait(driver, 60)
+        driver.get(url)
+        upload = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#input_image input[type=file]")))
+        upload.send_keys(str(photo_path))
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#input_image img")))
+        box = driver.find_element(By.CSS_SELECTOR, "#vocabulary textarea")
+        box.clear()
+        box.send_keys(VOCABULARY)
+        driver.find_element(By.CSS_SELECTOR, "#submit").click()
+        img = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#output_image img")))
+        t0 = time.time()
+        while not img.get_attribute("src") and time.time() - t0 < 30:
+            time.sleep(0.2)
+        result = _fetch_image(img.get_attribute("src"))
+        legend_src = driver.find_element(By.CSS_SELECTOR, "#legend img").get_attribute("src")
+    finally:
+        driver.quit()
+
+    # the page shows exactly the overlay the predictor makes for this photo, at the photo's size
+    pred = predictor.predict(photo, VOCABULARY, other="coco-all")
+    assert result.shape == photo.shape
+    np.testing.assert_array_equal(result, overlay(photo, pred.labels, pred.class_names))
+    assert np.abs(result.astype(int) - photo.astype(int)).mean() > 5  # colours really were blended in
+    legend = _fetch_image(legend_src)
+    assert legend.shape[1] > 20 and (legend < 250).any()  # a legend with swatches and text
