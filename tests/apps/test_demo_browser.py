@@ -24,6 +24,7 @@ from PIL import Image
 import san
 from san.predictor import SANPredictor
 from san.visualize import overlay
+
 from ..conftest import tiny_cfg
 
 gr = pytest.importorskip("gradio", reason="the demo needs gradio (pip install -e '.[dev]')")
