@@ -14,7 +14,6 @@ detectron2's ``DefaultTrainer``, ``DetectionCheckpointer`` (``--resume`` continu
 from __future__ import annotations
 
 import argparse
-import logging
 from typing import Any
 
 from san.integrations.detectron2 import Trainer, setup  # first: says how to install detectron2 if missing
@@ -34,9 +33,7 @@ def main(args: argparse.Namespace) -> Any:
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
         if cfg.TEST.AUG.ENABLED:
-            logging.getLogger("san").warning(
-                "TEST.AUG.ENABLED: test-time augmentation is not implemented here; skipped"
-            )
+            res.update(Trainer.test_with_TTA(cfg, model))
         if comm.is_main_process():
             verify_results(cfg, res)
         return res

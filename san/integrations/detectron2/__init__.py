@@ -31,12 +31,14 @@ from .mapper import MaskFormerSemanticDatasetMapper  # noqa: E402
 from .modeling import SAN, dataset_vocabulary  # noqa: E402
 from .solver import build_lr_scheduler, build_optimizer  # noqa: E402
 from .train import Trainer, setup  # noqa: E402
+from .tta import SemanticSegmentorWithTTA  # noqa: E402
 
 register_all_datasets()
 
 __all__ = [
     "SAN",
     "MaskFormerSemanticDatasetMapper",
+    "SemanticSegmentorWithTTA",
     "Trainer",
     "add_san_config",
     "build_lr_scheduler",

@@ -9,7 +9,9 @@ each sample with ``"meta": {"dataset_name"}`` so the model finds its vocabulary 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +33,7 @@ from .config import add_san_config
 from .datasets import register_all_datasets
 from .mapper import MaskFormerSemanticDatasetMapper, check_rgb_format
 from .solver import build_lr_scheduler, build_optimizer
+from .tta import SemanticSegmentorWithTTA
 
 __all__ = ["Trainer", "dataset_dicts", "setup"]
 
@@ -96,6 +99,16 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer) -> Any:
         return build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def test_with_TTA(cls, cfg: CfgNode, model: torch.nn.Module) -> OrderedDict:  # noqa: N802 - official name
+        """Evaluate every ``DATASETS.TEST`` set with test-time augmentation (results keyed ``<name>_TTA``)."""
+        logging.getLogger("detectron2.trainer").info("Running inference with test-time augmentation ...")
+        tta_model = SemanticSegmentorWithTTA(cfg, model)
+        folder = os.path.join(cfg.OUTPUT_DIR, "inference_TTA")
+        evaluators = [cls.build_evaluator(cfg, name, output_folder=folder) for name in cfg.DATASETS.TEST]
+        res = cls.test(cfg, tta_model, evaluators)
+        return OrderedDict((k + "_TTA", v) for k, v in res.items())
 
 
 def setup(args: argparse.Namespace) -> CfgNode:
