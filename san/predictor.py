@@ -101,6 +101,7 @@ class SANPredictor:
         self.tta, self.tta_flip = tta, tta_flip
         self.tta_min_sizes, self.tta_max_size = tuple(tta_min_sizes), int(tta_max_size)
         self.max_pixels, self.max_score_bytes = max_pixels, int(max_score_bytes)
+        self._fitted: dict[Vocabulary, Vocabulary] = {}
         if text_cache_dir is not None:
             self.model.ov_classifier.cache_dir = os.fspath(text_cache_dir)  # on-disk name embeddings
 
@@ -168,15 +169,16 @@ class SANPredictor:
     def vocabulary(self, vocabulary: str | Sequence[str] | Vocabulary, other: str = "none") -> Vocabulary:
         """Parse a vocabulary and cut names too long for CLIP's context (see :mod:`san.vocabulary`)."""
         voc = vocabulary if isinstance(vocabulary, Vocabulary) else build_vocabulary(vocabulary, other=other)
+        if voc in self._fitted:
+            return self._fitted[voc]
         clf = self.model.ov_classifier
         tok = clf.tokenizer
         if not hasattr(tok, "encode"):
             return voc
-        budget = (
-            clf.positional_embedding.shape[0] - 2 - max(len(tok.encode(t.replace("{}", ""))) for t in clf.templates)
-        )
-        user = fit_to_context(voc.user, tok.encode, tok.decode, budget)
-        return Vocabulary(tuple(user), voc.distractors) if list(user) != list(voc.user) else voc
+        user = fit_to_context(voc.user, tok.encode, tok.decode, clf.templates, clf.positional_embedding.shape[0])
+        fitted = Vocabulary(tuple(user), voc.distractors) if list(user) != list(voc.user) else voc
+        self._fitted[voc] = self._fitted[fitted] = fitted
+        return fitted
 
     # -- inference ---------------------------------------------------------------------------------
     def predict(

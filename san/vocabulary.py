@@ -114,18 +114,34 @@ def distractor_names(other: str, exclude: Sequence[str] = ()) -> list[str]:
 
 
 def fit_to_context(
-    names: Sequence[str], encode: Callable[[str], list[int]], decode: Callable[[list[int]], str], budget: int
+    names: Sequence[str],
+    encode: Callable[[str], list[int]],
+    decode: Callable[[list[int]], str],
+    templates: Sequence[str] = ("{}",),
+    context_length: int = 77,
 ) -> list[str]:
-    """Cut names whose BPE tokens exceed ``budget`` (the context left by the longest template)."""
+    """Cut names so that every prompt (template + name + start/end tokens) fits CLIP's context."""
+    limit = context_length - 2
+    frame = max(len(encode(t.replace("{}", ""))) for t in templates)
+
+    def too_long(name: str) -> bool:
+        if len(encode(name)) + frame + 4 <= limit:  # clearly fits: skip tokenizing every prompt
+            return False
+        return max(len(encode(t.format(name))) for t in templates) > limit
+
     out = []
     for n in names:
-        tokens = encode(n)
-        if len(tokens) > budget:
-            cut = decode(tokens[:budget]).strip()
+        if too_long(n):
+            tokens = encode(n)
+            k = max(1, len(tokens) - (max(len(encode(t.format(n))) for t in templates) - limit))
+            cut = decode(tokens[:k]).strip()
+            while k > 1 and too_long(cut):  # decoding may merge or split tokens: shrink until it fits
+                k -= 1
+                cut = decode(tokens[:k]).strip()
             logger.warning(
-                "class name %r has %d tokens, more than the %d that fit CLIP's context with the prompt "
-                "templates; it was cut to %r",
-                n if len(n) < 80 else n[:77] + "...", len(tokens), budget, cut,
+                "class name %r has %d tokens, more than fit CLIP's %d-token context with the prompt templates; "
+                "it was cut to %r",
+                n if len(n) < 80 else n[:77] + "...", len(tokens), context_length, cut,
             )  # fmt: skip
             n = cut
         out.append(n)

@@ -1,0 +1,178 @@
+"""SANPredictor with a tiny random model: input types, batches, distractors, TTA, budgets, caches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import san
+from san.images import ImageError
+from san.model_zoo import WeightsError
+from san.predictor import SANPredictor, resize_shortest_edge
+
+from .conftest import tiny_cfg
+
+VOC = "cat, grass, sky, wall, sofa"
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    skimage_data = pytest.importorskip("skimage.data")
+    return np.array(Image.fromarray(skimage_data.chelsea()).resize((113, 75), Image.BILINEAR))  # [75, 113, 3]
+
+
+@pytest.fixture
+def predictor(tmp_path) -> SANPredictor:
+    torch.manual_seed(0)
+    return SANPredictor(san.build_model(tiny_cfg(tmp_path)), device="cpu", min_size=64, max_size=128)
+
+
+def test_resize_shortest_edge_matches_detectron2_rule() -> None:
+    assert resize_shortest_edge(480, 640, 640, 2560) == (640, 853)
+    assert resize_shortest_edge(100, 5000, 640, 2560) == (51, 2560)  # long side capped
+    assert resize_shortest_edge(640, 640, 640, 2560) == (640, 640)
+
+
+def test_every_input_type_gives_the_same_result(predictor: SANPredictor, photo: np.ndarray, tmp_path) -> None:
+    path = tmp_path / "cat.png"
+    Image.fromarray(photo).save(path)
+    chw = torch.from_numpy(photo).permute(2, 0, 1)
+    inputs = {
+        "path": path,
+        "str": str(path),
+        "pil": Image.fromarray(photo),
+        "numpy": photo,
+        "tensor_chw": chw,
+        "tensor_hwc": torch.from_numpy(photo),
+        "tensor_float": chw.float(),
+        "numpy_float01": photo.astype(np.float32) / 255,
+    }
+    ref = predictor.predict(photo, VOC, return_scores=True)
+    assert ref.labels.shape == photo.shape[:2] and ref.labels.dtype == np.int32
+    assert ref.class_names == ["cat", "grass", "sky", "wall", "sofa"]
+    assert ref.scores.shape == (5, *photo.shape[:2]) and ref.scores.std() > 0
+    for name, x in inputs.items():
+        got = predictor.predict(x, VOC, return_scores=True)
+        np.testing.assert_array_equal(got.labels, ref.labels, err_msg=name)
+        np.testing.assert_array_equal(got.scores, ref.scores, err_msg=name)
+    # the label-only path (no score volume) agrees with the arg-max of the scores
+    np.testing.assert_array_equal(predictor.predict(photo, VOC).labels, ref.scores.argmax(0))
+
+
+def test_labels_follow_the_official_forward(predictor: SANPredictor, photo: np.ndarray) -> None:
+    h, w = resize_shortest_edge(*photo.shape[:2], 64, 128)
+    resized = np.asarray(Image.fromarray(photo).resize((w, h), Image.BILINEAR))
+    x = {"image": torch.from_numpy(resized.copy()).permute(2, 0, 1), "height": 75, "width": 113}
+    with torch.no_grad():
+        sem = predictor.model([{**x, "vocabulary": VOC.split(", ")}])[0]["sem_seg"]
+    np.testing.assert_array_equal(predictor.predict(photo, VOC, return_scores=True).scores, sem.numpy())
+
+
+def test_batch_equals_single_predictions(predictor: SANPredictor, photo: np.ndarray) -> None:
+    images = [photo, photo[:, ::-1], photo[:50, :70], photo[10:60, :90]]
+    batch = predictor.predict_batch(images, VOC, return_scores=True, batch_size=2)
+    for im, got in zip(images, batch):
+        one = predictor.predict(im, VOC, return_scores=True)
+        assert got.labels.shape == im.shape[:2]
+        np.testing.assert_array_equal(got.labels, one.labels)
+        np.testing.assert_allclose(got.scores, one.scores, rtol=1e-5, atol=1e-6)
+
+
+def test_distractors_collapse_into_other(predictor: SANPredictor, photo: np.ndarray) -> None:
+    pred = predictor.predict(photo, "cat, sky", other="coco-stuff", return_scores=True)
+    voc = pred.vocabulary
+    assert pred.class_names == ["cat", "sky", "other"] and len(voc.distractors) == 91
+    full = predictor.predict(photo, voc.names, return_scores=True)  # the same classes, no collapsing
+    np.testing.assert_array_equal(pred.labels, np.minimum(full.labels, 2))
+    np.testing.assert_array_equal(pred.scores[:2], full.scores[:2])
+    np.testing.assert_array_equal(pred.scores[2], full.scores[2:].max(0))
+
+
+def test_tta_averages_scales_and_flips(predictor: SANPredictor, photo: np.ndarray) -> None:
+    predictor.tta, predictor.tta_min_sizes, predictor.tta_max_size = True, (48, 64), 128
+    got = predictor.predict(photo, VOC, return_scores=True)
+    predictor.tta = False
+    parts = []
+    for size in (48, 64):
+        predictor.min_size = size
+        parts.append(predictor.predict(photo, VOC, return_scores=True).scores)
+        parts.append(predictor.predict(photo[:, ::-1], VOC, return_scores=True).scores[:, :, ::-1])
+    np.testing.assert_allclose(got.scores, np.mean(parts, axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got.labels, got.scores.argmax(0))
+
+
+def test_score_budget_and_pixel_limit(predictor: SANPredictor, photo: np.ndarray) -> None:
+    exact = predictor.predict(photo, VOC).labels
+    predictor.max_score_bytes = 10_000  # far below (Q + C) x H x W floats
+    predictor.tta, predictor.tta_min_sizes, predictor.tta_flip = (
+        True,
+        (64,),
+        False,
+    )  # forces the score path at low resolution
+    low = predictor.predict(photo, VOC)
+    assert low.labels.shape == photo.shape[:2]
+    assert (low.labels == exact).mean() > 0.9
+    with pytest.raises(ValueError, match="max_score_bytes"):
+        predictor.predict(photo, VOC, return_scores=True)
+    scores = torch.randn(7, 9, 11)
+    want = F.interpolate(scores[None], size=(40, 50), mode="bilinear", align_corners=False)[0].argmax(0)
+    assert torch.equal(predictor._upsampled_argmax(scores, 40, 50), want)  # class-chunked == all at once
+    predictor.max_pixels = 75 * 113 - 1
+    with pytest.raises(ImageError, match="megapixels, above the limit"):
+        predictor.predict(photo, VOC)
+
+
+def test_half_precision_runs(predictor: SANPredictor, photo: np.ndarray) -> None:
+    ref = predictor.predict(photo, VOC, return_scores=True).scores
+    predictor.precision = "bf16"
+    got = predictor.predict(photo, VOC, return_scores=True).scores
+    assert got.dtype == np.float32
+    assert not np.array_equal(got, ref)  # autocast really ran in bf16
+    # bf16 rounding of cosines is amplified by the logit scale 100, so only a loose agreement holds
+    assert np.isfinite(got).all() and np.abs(got - ref).mean() < 0.3 * np.abs(ref).mean()
+    with pytest.raises(ValueError, match="precision"):
+        SANPredictor(predictor.model, precision="int8")
+
+
+def test_text_cache_on_disk(tmp_path, photo: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tiny_cfg(tmp_path)
+    torch.manual_seed(0)
+    model = san.build_model(cfg)
+    first = SANPredictor(model, device="cpu", min_size=64, text_cache_dir=tmp_path / "text")
+    ref = first.predict(photo, VOC, return_scores=True)
+    assert list((tmp_path / "text").glob("*.pt"))
+    fresh = san.build_model(cfg)
+    fresh.load_state_dict(model.state_dict())
+    second = SANPredictor(fresh, device="cpu", min_size=64, text_cache_dir=tmp_path / "text")
+
+    def no_encoding(*a, **k):
+        raise AssertionError("names should come from the disk cache")
+
+    monkeypatch.setattr(fresh.ov_classifier, "encode_prompts", no_encoding)
+    np.testing.assert_array_equal(second.predict(photo, VOC, return_scores=True).scores, ref.scores)
+
+
+def test_from_pretrained_config_weights_and_overrides(tmp_path, photo: np.ndarray) -> None:
+    cfg = tiny_cfg(tmp_path)
+    (tmp_path / "tiny.yaml").write_text(cfg.dump())
+    torch.manual_seed(0)
+    model = san.build_model(cfg)
+    san.save_checkpoint(model, tmp_path / "tiny.pth")
+    loaded = SANPredictor.from_pretrained(
+        str(tmp_path / "tiny.yaml"), weights=tmp_path / "tiny.pth", device="cpu", opts=["INPUT.MIN_SIZE_TEST", 64]
+    )
+    assert (loaded.min_size, loaded.max_size, loaded.tta) == (64, 1333, False)
+    direct = SANPredictor(model, device="cpu", min_size=64, max_size=1333)
+    np.testing.assert_array_equal(
+        loaded.predict(photo, VOC, return_scores=True).scores, direct.predict(photo, VOC, return_scores=True).scores
+    )
+    assert SANPredictor.from_pretrained(str(tmp_path / "tiny.yaml"), weights="none", tta=True).tta
+    with pytest.raises(ValueError, match="needs weights"):
+        SANPredictor.from_pretrained(str(tmp_path / "tiny.yaml"))
+    with pytest.raises(WeightsError, match="neither an existing file"):
+        SANPredictor.from_pretrained(str(tmp_path / "tiny.yaml"), weights=tmp_path / "nope.pth")
+    with pytest.raises(FileNotFoundError, match="bundled config"):
+        SANPredictor.from_pretrained("no_such_config", weights="none")
