@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"san predict: {spec}: no such file, folder or matching image", file=sys.stderr)
     if not files:
         print("san predict: no input images", file=sys.stderr)
-        return 2 if not missing else 1
+        return 2
     model = args.config_file or "san-vit-b-16"
     weights = args.weights
     if args.config_file is None and weights is not None and get_model_info(weights) is not None:

@@ -1,0 +1,137 @@
+"""``san predict`` on a folder of good and bad files, with a tiny random model saved as a checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+import san
+from san.apps.predict import collect_inputs, output_stems
+from san.cli import main as san_main
+from san.predictor import SANPredictor
+
+from ..conftest import tiny_cfg
+
+OPTS = ["INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128"]
+VOC = "cat, grass|lawn, sky, wall"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("cli")
+    cfg = tiny_cfg(root)
+    (root / "tiny.yaml").write_text(cfg.dump())
+    torch.manual_seed(0)
+    san.save_checkpoint(san.build_model(cfg), root / "tiny.pth")
+    skimage_data = pytest.importorskip("skimage.data")
+    photo = np.array(Image.fromarray(skimage_data.chelsea()).resize((90, 60), Image.BILINEAR))  # [60, 90, 3]
+    gray = np.array(Image.fromarray(photo).convert("L"))
+    d = root / "images"
+    d.mkdir()
+    Image.fromarray(photo).save(d / "good.png")
+    Image.fromarray(photo).save(d / "good.jpg", quality=95)  # same stem as good.png
+    Image.fromarray(gray).save(d / "gray.png")
+    Image.fromarray(np.dstack([photo, np.full(photo.shape[:2], 100, np.uint8)])).save(d / "rgba.png")
+    Image.fromarray(photo).convert("CMYK").save(d / "cmyk.jpg")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(d / "deep16.png")  # 16-bit grayscale PNG
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    Image.fromarray(photo).save(d / "rotated.jpg", exif=exif, quality=95)
+    data = (d / "good.jpg").read_bytes()
+    (d / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (d / "notes.jpg").write_text("this is not an image\n")
+    (d / "README.txt").write_text("not an image extension: ignored\n")
+    predictor = SANPredictor.from_pretrained(str(root / "tiny.yaml"), weights=root / "tiny.pth", opts=OPTS)
+    return {"root": root, "dir": d, "photo": photo, "gray": gray, "predictor": predictor}
+
+
+def _run(setup: dict, out: Path, *args: str) -> int:
+    root = setup["root"]
+    argv = ["predict", "--config-file", str(root / "tiny.yaml"), "--weights", str(root / "tiny.pth"), "-o", str(out)]
+    return san_main([*argv, *args, *OPTS])
+
+
+def test_mixed_folder(setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    rc = _run(setup, out, "--input", str(setup["dir"]), "--vocabulary", VOC)
+    err = capsys.readouterr().err
+    assert rc == 1  # some files failed, the others were written
+    assert "truncated.jpg: cannot decode the image (the file is truncated or corrupt)" in err
+    assert "notes.jpg: not an image file" in err
+    good = ["good_png", "good_jpg", "gray", "rgba", "cmyk", "deep16", "rotated"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{s}{suffix}" for s in good for suffix in ("_labels.png", "_overlay.png", ".json")
+    )  # nothing for the bad files, no temporary files left
+    pred = setup["predictor"]
+    photo, gray = setup["photo"], setup["gray"]
+    rotated = np.asarray(ImageOps.exif_transpose(Image.open(setup["dir"] / "rotated.jpg")).convert("RGB"))
+    assert rotated.shape == (90, 60, 3)
+    expected_inputs = {
+        "good_png": photo,
+        "good_jpg": np.asarray(Image.open(setup["dir"] / "good.jpg").convert("RGB")),
+        "gray": np.repeat(gray[:, :, None], 3, axis=2),
+        "rgba": photo,  # alpha dropped
+        "cmyk": np.asarray(Image.open(setup["dir"] / "cmyk.jpg").convert("RGB")),
+        "deep16": np.repeat(gray[:, :, None], 3, axis=2),  # 16-bit scaled back to 8 bits
+        "rotated": rotated,
+    }
+    for stem, image in expected_inputs.items():
+        labels_png = Image.open(out / f"{stem}_labels.png")
+        assert labels_png.mode == "L"  # 8-bit: fewer than 256 classes
+        labels = np.asarray(labels_png)
+        assert labels.shape == image.shape[:2], stem  # EXIF rotation respected
+        np.testing.assert_array_equal(labels, pred.predict(image, VOC).labels, err_msg=stem)
+        overlay = Image.open(out / f"{stem}_overlay.png")
+        overlay.verify()
+        assert overlay.size[1] == image.shape[0] and overlay.size[0] > image.shape[1]  # image + legend
+        record = json.loads((out / f"{stem}.json").read_text())
+        assert record["vocabulary"] == ["cat", "grass, lawn", "sky", "wall"]
+        assert record["class_names"] == record["vocabulary"]
+        assert (record["height"], record["width"]) == labels.shape
+        counts = np.bincount(labels.ravel(), minlength=4) / labels.size
+        assert record["pixel_fractions"] == {
+            record["class_names"][i]: counts[i] for i in np.argsort(-counts) if counts[i]
+        }
+        assert sum(record["pixel_fractions"].values()) == pytest.approx(1.0)
+
+
+def test_glob_other_and_16bit_labels(setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    rc = _run(setup, out, "--input", str(setup["dir"] / "good.p*"), "--dataset-vocabulary", "pcontext_459")
+    assert rc == 0, capsys.readouterr().err
+    labels = Image.open(out / "good_labels.png")
+    assert labels.mode.startswith("I")  # 459 classes: 16-bit PNG
+    assert np.asarray(labels).max() < 459
+    rc = _run(setup, out, "--input", str(setup["dir"] / "good.png"), "--vocabulary", "cat", "--other", "coco-all")
+    assert rc == 0
+    record = json.loads((out / "good.json").read_text())
+    assert record["class_names"] == ["cat", "other"] and record["vocabulary"] == ["cat"]
+    assert np.asarray(Image.open(out / "good_labels.png")).max() <= 1
+
+
+def test_usage_errors(setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    good = str(setup["dir"] / "good.png")
+    assert _run(setup, tmp_path / "o", "--input", good, "--vocabulary", " , ") == 2
+    assert "vocabulary is empty" in capsys.readouterr().err
+    assert _run(setup, tmp_path / "o", "--input", str(tmp_path / "missing*.png"), "--vocabulary", "cat") == 2
+    assert "no such file, folder or matching image" in capsys.readouterr().err
+    assert (
+        _run(setup, tmp_path / "o", "--input", good, "--vocabulary", "cat", "--weights", str(tmp_path / "x.pth")) == 2
+    )
+    assert "neither an existing file" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert san_main(["predict", "--input", good, "--vocabulary", "cat", "MODEL.SAN.NUM_CLASSES"]) == 2
+    assert "KEY VALUE pairs" in capsys.readouterr().err
+
+
+def test_input_collection_and_output_names(tmp_path: Path) -> None:
+    for name in ("b.png", "a.png", "a.JPG", "c.txt"):
+        (tmp_path / name).write_bytes(b"")
+    files, missing = collect_inputs([str(tmp_path), str(tmp_path / "a.png"), str(tmp_path / "zz*.png")])
+    assert [f.name for f in files] == ["a.JPG", "a.png", "b.png"] and missing == [str(tmp_path / "zz*.png")]
+    assert output_stems(files) == ["a_jpg", "a_png", "b"]
