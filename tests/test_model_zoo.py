@@ -1,0 +1,108 @@
+"""Official weights by name, offline errors, LFS checksum verification, URL downloads with hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+import san.model_zoo as zoo
+from san.model_zoo import MODELS, WeightsError, get_model_info, resolve_weights
+
+
+def test_official_names_and_aliases() -> None:
+    assert get_model_info("san-vit-b-16") == MODELS["san-vit-b-16"]
+    assert get_model_info("san_vit_b_16.pth").config == "san_clip_vit_res4_coco"
+    info = get_model_info("SAN_VIT_LARGE_14")
+    assert (info.config, info.filename, info.repo_id) == (
+        "san_clip_vit_large_res4_coco",
+        "san_vit_large_14.pth",
+        "Mendel192/san",
+    )
+    assert info.url == "https://huggingface.co/Mendel192/san/resolve/main/san_vit_large_14.pth"
+    assert get_model_info("resnet50") is None
+
+
+def test_offline_error_says_how_to_pass_a_local_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    def offline(*args, **kwargs):
+        raise huggingface_hub.errors.LocalEntryNotFoundError("Cannot find the requested files in the local cache")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(WeightsError) as e:
+        resolve_weights("san-vit-b-16")
+    msg = str(e.value)
+    assert "LocalEntryNotFoundError" in msg and "--weights /path/to/san_vit_b_16.pth" in msg
+    assert MODELS["san-vit-b-16"].url in msg
+
+
+def _fake_hub_cache(tmp_path: Path, content: bytes, name: str | None = None) -> Path:
+    blob = tmp_path / "blobs" / (name or hashlib.sha256(content).hexdigest())
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(content)
+    link = tmp_path / "snapshots" / "abc" / "san_vit_b_16.pth"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(blob)
+    return link
+
+
+def test_downloaded_file_checked_against_lfs_sha256(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    link = _fake_hub_cache(tmp_path / "good", b"weights")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: str(link))
+    assert resolve_weights("san-vit-b-16") == str(link)
+    assert list((tmp_path / "good" / "blobs").glob(".*.san-verified"))  # hashed once, remembered
+
+    bad = _fake_hub_cache(tmp_path / "bad", b"corrupted", name=hashlib.sha256(b"weights").hexdigest())
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: str(bad))
+    with pytest.raises(WeightsError, match="is corrupt: sha256"):
+        resolve_weights("san-vit-b-16")
+
+
+def test_local_files_and_unknown_names(tmp_path: Path) -> None:
+    f = tmp_path / "w.pth"
+    f.write_bytes(b"x")
+    assert resolve_weights(f) == str(f)
+    with pytest.raises(WeightsError, match="directory"):
+        resolve_weights(tmp_path)
+    with pytest.raises(WeightsError, match="san-vit-b-16, san-vit-l-14"):
+        resolve_weights("san-vit-h-14")
+
+
+@pytest.fixture
+def http_root(tmp_path: Path):
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(root), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def test_url_download_with_hash_checks(http_root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, base = http_root
+    content = os.urandom(1000)
+    digest = hashlib.sha256(content).hexdigest()
+    (root / f"tiny-{digest[:8]}.pth").write_bytes(content)
+    (root / "plain.pth").write_bytes(content)
+    cache = str(tmp_path / "cache")
+    got = resolve_weights(f"{base}/tiny-{digest[:8]}.pth", cache_dir=cache)
+    assert Path(got).read_bytes() == content and Path(got).parent == Path(cache)
+    assert Path(resolve_weights(f"{base}/plain.pth#sha256={digest}", cache_dir=cache)).read_bytes() == content
+    with pytest.raises(WeightsError, match="does not match"):
+        resolve_weights(f"{base}/plain.pth#sha256={'0' * 64}", cache_dir=str(tmp_path / "c2"))
+    assert not (tmp_path / "c2" / "plain.pth").exists()  # a bad download is removed
+    with pytest.raises(WeightsError, match="--weights /path/to/missing.pth"):
+        resolve_weights(f"{base}/missing.pth", cache_dir=cache)
+    monkeypatch.setattr(zoo, "sha256sum", lambda p: digest)  # cached copy reused without a download
+    (root / f"tiny-{digest[:8]}.pth").unlink()
+    assert resolve_weights(f"{base}/tiny-{digest[:8]}.pth", cache_dir=cache) == got
