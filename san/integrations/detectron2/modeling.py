@@ -73,6 +73,11 @@ class SAN(_CoreSAN):
 
     def forward(self, batched_inputs: Sequence[dict]) -> Any:
         """The core forward, after filling in missing vocabularies from the dataset metadata."""
+        if self.training and self.criterion is None:
+            raise RuntimeError(
+                "SAN was built without a criterion (san.modeling.criterion is unavailable), so it cannot return "
+                "the loss dict detectron2's trainer needs"
+            )
         return super().forward(self._with_vocabulary(batched_inputs))
 
     @staticmethod

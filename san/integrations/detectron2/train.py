@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+import detectron2
 import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import (
@@ -66,6 +67,19 @@ class _TestMapper:
 class Trainer(DefaultTrainer):
     """detectron2's ``DefaultTrainer`` with the official SAN recipe."""
 
+    if "state_dict" not in DefaultTrainer.__dict__:  # detectron2 0.6 checkpoints no optimizer state
+
+        def state_dict(self) -> dict[str, Any]:
+            """Trainer state for checkpoints, with the optimizer's (as later detectron2 releases do)."""
+            ret = super().state_dict()
+            ret["_trainer"] = self._trainer.state_dict()
+            return ret
+
+        def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+            super().load_state_dict(state_dict)
+            if "_trainer" in state_dict:  # absent in checkpoints written by plain detectron2 0.6
+                self._trainer.load_state_dict(state_dict["_trainer"])
+
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None) -> DatasetEvaluator:
         if output_folder is None:
@@ -111,6 +125,26 @@ class Trainer(DefaultTrainer):
         return OrderedDict((k + "_TTA", v) for k, v in res.items())
 
 
+def _default_setup(cfg: CfgNode, args: argparse.Namespace) -> None:
+    """detectron2's ``default_setup``; on a build without compiled ops (whose ``_C`` placeholder
+    raises when asked for its compiler), the environment report leaves those lines out."""
+    import detectron2.engine.defaults as d2_defaults
+
+    collect = d2_defaults.collect_env_info
+
+    def safe_collect() -> str:
+        try:
+            return collect()
+        except NotImplementedError as e:
+            return f"detectron2 {detectron2.__version__} without compiled ops ({e}); torch {torch.__version__}"
+
+    d2_defaults.collect_env_info = safe_collect
+    try:
+        default_setup(cfg, args)
+    finally:
+        d2_defaults.collect_env_info = collect
+
+
 def setup(args: argparse.Namespace) -> CfgNode:
     """Config from ``--config-file`` and KEY VALUE overrides; logging; named datasets registered."""
     cfg = add_san_config(get_cfg())
@@ -118,7 +152,7 @@ def setup(args: argparse.Namespace) -> CfgNode:
         cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
-    default_setup(cfg, args)
+    _default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="san")
     register_all_datasets()
     return cfg
