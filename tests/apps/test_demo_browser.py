@@ -134,3 +134,22 @@ def test_demo_in_headless_chromium(demo_url, tmp_path: Path) -> None:
     assert np.abs(result.astype(int) - photo.astype(int)).mean() > 5  # colours really were blended in
     legend = _fetch_image(legend_src)
     assert legend.shape[1] > 20 and (legend < 250).any()  # a legend with swatches and text
+
+
+def test_demo_command_builds_the_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from san.apps import demo as demo_app
+
+    cfg = tiny_cfg(tmp_path)
+    (tmp_path / "tiny.yaml").write_text(cfg.dump())
+    san.save_checkpoint(san.build_model(cfg), tmp_path / "tiny.pth")
+    seen = {}
+
+    def fake_build(factory, names):
+        seen["names"], seen["predictor"] = names, factory(names[0])
+        return type("App", (), {"launch": lambda self, **kw: seen.update(kw)})()
+
+    monkeypatch.setattr(demo_app, "build_demo", fake_build)
+    argv = ["--weights", str(tmp_path / "tiny.pth"), "--config-file", str(tmp_path / "tiny.yaml"), "--port", "7999"]
+    assert demo_app.main([*argv, "INPUT.MIN_SIZE_TEST", "96"]) == 0
+    assert seen["names"] == ["custom: tiny.pth", "san-vit-b-16", "san-vit-l-14"]
+    assert seen["predictor"].min_size == 96 and (seen["server_port"], seen["server_name"]) == (7999, "127.0.0.1")
