@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             max_pixels=int(args.max_pixels),
         )
         voc = predictor.vocabulary(voc)
-    except (WeightsError, FileNotFoundError, ValueError, KeyError) as e:
+    except (WeightsError, OSError, ValueError, KeyError, RuntimeError) as e:
         print(f"san predict: {e}", file=sys.stderr)
         return 2
     out_dir = Path(args.output)
@@ -180,9 +180,12 @@ def main(argv: list[str] | None = None) -> int:
             image = read_image(path, predictor.max_pixels)
             pred = predictor.predict(image, voc)
             write_outputs(out_dir, stem, image, pred, {"image": str(path), **meta}, args.alpha)
-        except (ImageError, ValueError, OSError) as e:
+        except ImageError as e:  # the message names the file
             failed += 1
             tqdm.write(f"san predict: FAILED {e}", file=sys.stderr)
+        except (ValueError, OSError, RuntimeError) as e:  # e.g. out of (GPU) memory, disk full: go on
+            failed += 1
+            tqdm.write(f"san predict: FAILED {path}: {type(e).__name__}: {e}", file=sys.stderr)
     done = len(files) - (failed - len(missing))
     print(
         f"san predict: {done}/{len(files)} image(s) segmented into {out_dir}" + (f", {failed} failed" if failed else "")

@@ -138,3 +138,22 @@ def test_input_collection_and_output_names(tmp_path: Path) -> None:
     files, missing = collect_inputs([str(tmp_path), str(tmp_path / "a.png"), str(tmp_path / "zz*.png")])
     assert [f.name for f in files] == ["a.JPG", "a.png", "b.png"] and missing == [str(tmp_path / "zz*.png")]
     assert output_stems(files) == ["a_jpg", "a_png", "b"]
+
+
+def test_runtime_failure_of_one_image_does_not_stop_the_batch(
+    setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = SANPredictor.predict
+
+    def flaky(self, image, *args, **kwargs):
+        if image.shape[0] == 60:  # every test image but the EXIF-rotated one (90 rows)
+            raise RuntimeError("CUDA out of memory")
+        return real(self, image, *args, **kwargs)
+
+    monkeypatch.setattr(SANPredictor, "predict", flaky)
+    out = tmp_path / "out"
+    files = [str(setup["dir"] / n) for n in ("good.png", "rotated.jpg", "gray.png")]
+    assert _run(setup, out, "--input", *files, "--vocabulary", VOC) == 1
+    err = capsys.readouterr().err
+    assert f"{files[0]}: RuntimeError: CUDA out of memory" in err and f"{files[2]}: RuntimeError" in err
+    assert sorted(p.name for p in out.iterdir()) == ["rotated.json", "rotated_labels.png", "rotated_overlay.png"]
