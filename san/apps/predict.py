@@ -16,6 +16,7 @@ import glob
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -126,6 +127,10 @@ def write_outputs(out_dir: Path, stem: str, image: np.ndarray, pred, meta: dict,
 def main(argv: list[str] | None = None) -> int:
     """Run ``san predict``; returns the exit code."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    for i, spec in enumerate(args.input):  # `--input a.jpg KEY VALUE`: the overrides end the input list
+        if re.fullmatch(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+", spec) and not os.path.exists(spec):
+            args.input, args.opts = args.input[:i], args.input[i:] + args.opts
+            break
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if len(args.opts) % 2:
         print(f"san predict: config overrides come in KEY VALUE pairs, got {args.opts}", file=sys.stderr)
@@ -171,7 +176,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"weights": str(weights or model), "config": model, "tta": predictor.tta, "precision": args.precision}
+    meta = {
+        "weights": str(weights or model),
+        "config": model,
+        "min_size": predictor.min_size,
+        "max_size": predictor.max_size,
+        "tta": predictor.tta,
+        "precision": args.precision,
+    }
     failed = len(missing)
     for path, stem in tqdm(
         list(zip(files, output_stems(files))), desc="san predict", unit="img", disable=len(files) < 2

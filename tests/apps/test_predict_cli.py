@@ -109,8 +109,14 @@ def test_glob_other_and_16bit_labels(setup: dict, tmp_path: Path, capsys: pytest
     assert np.asarray(labels).max() < 459
     rc = _run(setup, out, "--input", str(setup["dir"] / "good.png"), "--vocabulary", "cat", "--other", "coco-all")
     assert rc == 0
+    root = setup["root"]
+    assert san_main(  # overrides right after --input end the input list
+        ["predict", "--config-file", str(root / "tiny.yaml"), "--weights", str(root / "tiny.pth"), "-o", str(out),
+         "--vocabulary", "cat", "--other", "coco-all", "--input", str(setup["dir"] / "good.png"), *OPTS]
+    ) == 0  # fmt: skip
     record = json.loads((out / "good.json").read_text())
     assert record["class_names"] == ["cat", "other"] and record["vocabulary"] == ["cat"]
+    assert (record["min_size"], record["max_size"], record["tta"]) == (64, 128, False)
     assert np.asarray(Image.open(out / "good_labels.png")).max() <= 1
 
 
