@@ -234,7 +234,7 @@ class SAN(nn.Module):
 
     @torch.no_grad()
     def predict_labels(
-        self, batched_inputs: Sequence[dict], *, reduced: int | None = None, max_elements: int = 1 << 24
+        self, batched_inputs: Sequence[dict], *, reduced: int | None = None, max_elements: int | None = None
     ) -> list[dict[str, Tensor]]:
         """Label maps without the ``[C, H, W]`` score volume: ``[{"labels": [h, w] long, "scores": [h, w]}]``.
 
@@ -251,8 +251,8 @@ class SAN(nn.Module):
         for cls, mask, x, size in zip(out["mask_logits"][-1], out["mask_preds"][-1], batched_inputs, sizes):
             height, width = int(x.get("height", size[0])), int(x.get("width", size[1]))
             labels, scores = semantic_labels(
-                cls.float(),
-                mask.float(),
+                cls,
+                mask,
                 size,
                 tuple(images.shape[-2:]),
                 (height, width),

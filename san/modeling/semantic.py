@@ -96,7 +96,7 @@ def semantic_labels(
     out_size: tuple[int, int],
     *,
     postprocess_before_inference: bool = True,
-    max_elements: int = 1 << 24,
+    max_elements: int | None = None,
     reduced: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Label map ``[H, W]`` (long) and its score ``[H, W]`` for one image, never forming ``[C, H, W]``.
@@ -108,15 +108,21 @@ def semantic_labels(
         padded_size: the padded batch size that masks are first upsampled to (official order).
         out_size: ``(height, width)`` of the output.
         postprocess_before_inference: the official SEM_SEG_POSTPROCESS_BEFORE_INFERENCE order.
-        max_elements: budget of one band's score and mask tensors (elements).
+        max_elements: budget of one band's score and mask tensors (elements); default 2^24 on
+            CPU, 2^28 on GPUs (fewer, larger launches).
         reduced: opt-in approximation; score all classes at ``k x`` the mask grid first.
     """
     if mask_cls.dim() != 2 or mask_pred.dim() != 3 or mask_cls.shape[0] != mask_pred.shape[0]:
         raise ValueError(f"expected mask_cls [Q, C+1] and mask_pred [Q, h, w], got {list(mask_cls.shape)} and {list(mask_pred.shape)}")
-    probs = mask_cls.to(mask_pred.dtype).softmax(dim=-1)[:, :-1]  # [Q, C]
-    if reduced is not None:
-        return _reduced_labels(probs, mask_pred, image_size, padded_size, out_size, postprocess_before_inference, max_elements, reduced)
-    return _exact_labels(probs, mask_pred, image_size, padded_size, out_size, postprocess_before_inference, max_elements)
+    if max_elements is None:
+        max_elements = 1 << (24 if mask_pred.device.type == "cpu" else 28)
+    # float32 even under autocast: the class sums decide the labels and cost little
+    with torch.autocast(mask_pred.device.type, enabled=False):
+        mask_pred = mask_pred.float()
+        probs = mask_cls.float().softmax(dim=-1)[:, :-1]  # [Q, C]
+        if reduced is not None:
+            return _reduced_labels(probs, mask_pred, image_size, padded_size, out_size, postprocess_before_inference, max_elements, reduced)
+        return _exact_labels(probs, mask_pred, image_size, padded_size, out_size, postprocess_before_inference, max_elements)
 
 
 def _exact_labels(

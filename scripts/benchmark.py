@@ -1,0 +1,418 @@
+"""Speed and memory of SAN's fast paths against straightforward reference paths, in one run.
+
+    # CPU, a few minutes: ViT-B/16, one 640-short-edge image, 150 cached names
+    python scripts/benchmark.py --sections infer text train --sizes 640 --vocab 150
+    # memory over vocabulary sizes (reference skipped where its score maps would not fit)
+    python scripts/benchmark.py --sections infer --modes reference exact reduced4 --vocab 150 847 10000
+    # GPU
+    python scripts/benchmark.py --device cuda --models vitb vitl --sizes 512 640 1024 --vocab 20 150 847 10000 \\
+        --modes reference exact bf16 bf16+compile --batch 16 --sections infer text train flops
+
+Reference paths (ours, the official formulation): text encoding one pass per template over all 77
+token positions; the dense (Q+1+L)^2 recognition-head mask with one deeper-layer pass per
+supervision level; ``SAN.forward``'s full ``[C, H, W]`` score maps, then their arg-max. Fast paths:
+batched cut text encoding, the SOS-token recognition head, ``SAN.predict_labels``. Modes join flags
+with ``+``: reference, exact, scores (fast head + full score maps), bf16, fp16, tf32, cl
+(channels-last), compile, reducedK (scores at K x the mask grid). Every mode's label map is compared with ``exact``.
+
+Weights are random (no download); class embeddings of the inference runs are random unit vectors
+put into the name cache (the cost does not depend on their values). Peak memory: CUDA max allocated
+during the call, or on CPU the peak rise of the process RSS over the call (sampled every 2 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack, nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import san
+from san.assets import read_classes
+from san.config import get_config_file
+
+MODELS = {"vitb": "san_clip_vit_res4_coco", "vitl": "san_clip_vit_large_res4_coco"}
+H100_BF16_DENSE_TFLOPS = 989.0
+log = logging.getLogger("benchmark")
+
+
+# -- measuring ---------------------------------------------------------------------------------------
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Peak memory (MB) used during a block: CUDA max allocated, or the peak RSS rise on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.peak_mb = device, 0.0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.base = self.peak = _rss()
+            self.running = True
+            self.thread = threading.Thread(target=self._sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, _rss())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak_mb = (torch.cuda.max_memory_allocated() - self.base) / 2**20
+        else:
+            self.running = False
+            self.thread.join()
+            self.peak_mb = (max(self.peak, _rss()) - self.base) / 2**20
+
+
+def timeit(fn: Callable[[], object], device: torch.device, warmup: int, repeat: int) -> dict[str, float]:
+    """Median and p90 wall time (s) of ``fn`` after ``warmup`` calls (CUDA synchronised)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        fn()
+    sync()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
+    return {"median_s": statistics.median(times), "p90_s": p90, "warmup_s": first, "n": repeat}
+
+
+# -- inputs ------------------------------------------------------------------------------------------
+def make_names(n: int) -> list[str]:
+    """``n`` distinct class names: ADE-150 / ADE-847 names, then pairs of them."""
+    if n <= 150:
+        return read_classes("ade20k_150")[:n]
+    base = read_classes("ade20k_847")
+    names = list(dict.fromkeys(base))
+    i = 0
+    while len(names) < n:
+        names.append(f"{base[i % len(base)]} next to {base[(i // len(base) + 1 + i) % len(base)]}")
+        names = list(dict.fromkeys(names))
+        i += 1
+    return names[:n]
+
+
+def fill_random_embeddings(model: san.SAN, names: list[str]) -> None:
+    clf = model.ov_classifier
+    g = torch.Generator().manual_seed(0)
+    emb = F.normalize(torch.randn(len(names), clf.text_projection.shape[1], generator=g), dim=-1)
+    clf._cache.update(zip(names, emb.to(clf.text_projection.device)))
+
+
+def make_inputs(short: int, batch: int, names: list[str], seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    h, w = short, (short * 4 // 3) // 2 * 2  # 4:3 landscape, like most photos
+    return [
+        {"image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g), "height": h, "width": w, "vocabulary": names}
+        for _ in range(batch)
+    ]
+
+
+def build(key: str, device: torch.device) -> san.SAN:
+    cfg = san.get_cfg()
+    local = Path(__file__).resolve().parents[1] / "configs" / f"{MODELS[key]}.yaml"  # a checkout, not installed
+    cfg.merge_from_file(str(local) if local.is_file() else get_config_file(MODELS[key]))
+    cfg.MODEL.SAN.CLIP_PRETRAINED_NAME = ""
+    torch.manual_seed(0)
+    return san.build_model(cfg, load_clip_weights=False).to(device).eval()
+
+
+# -- modes -------------------------------------------------------------------------------------------
+def mode_context(model: san.SAN, flags: set[str], device: torch.device) -> ExitStack:
+    """Apply a mode's flags to the model for the duration of the ``with`` block."""
+    stack = ExitStack()
+    head = model.clip_rec_head
+    if "reference" in flags:
+        head.forward = head.forward_dense  # instance attribute: nn.Module.__call__ picks it up
+        stack.callback(lambda: head.__dict__.pop("forward", None))
+    for dtype in ("bf16", "fp16"):
+        if dtype in flags:
+            torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float16
+            stack.enter_context(torch.autocast(device.type, dtype=torch_dtype))
+    if "tf32" in flags:
+        old = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        stack.callback(lambda: setattr(torch.backends.cuda.matmul, "allow_tf32", old))
+    if "cl" in flags:
+        model.to(memory_format=torch.channels_last)
+        stack.callback(lambda: model.to(memory_format=torch.contiguous_format))
+    if "compile" in flags:
+        if not hasattr(model, "_compiled_predict"):
+            model._compiled_predict = torch.compile(model.predict)
+        model.predict = model._compiled_predict
+        stack.callback(lambda: model.__dict__.pop("predict", None))
+    return stack
+
+
+def parse_mode(mode: str) -> tuple[set[str], int | None]:
+    flags, reduced = set(), None
+    for part in mode.split("+"):
+        if part.startswith("reduced"):
+            reduced = int(part.removeprefix("reduced") or 4)
+        elif part in ("reference", "exact", "scores", "bf16", "fp16", "tf32", "cl", "compile"):
+            flags.add(part)
+        else:
+            raise SystemExit(f"unknown mode part {part!r} in {mode!r}")
+    return flags, reduced
+
+
+def run_labels(model: san.SAN, inputs: list[dict], flags: set[str], reduced: int | None) -> list[tuple]:
+    """One inference call in a mode -> [(labels, scores)] per image."""
+    with torch.no_grad():
+        if "reference" in flags or "scores" in flags:
+            return [r["sem_seg"].float().max(0)[::-1] for r in model(inputs)]
+        return [(r["labels"], r["scores"]) for r in model.predict_labels(inputs, reduced=reduced)]
+
+
+def agreement(out: list[tuple], ref: list[tuple]) -> tuple[float, float]:
+    same = sum(float((a[0] == b[0]).float().mean()) for a, b in zip(out, ref)) / len(ref)
+    diff = max(float((a[1].float() - b[1].float()).abs().max()) for a, b in zip(out, ref))
+    return same, diff
+
+
+# -- sections ----------------------------------------------------------------------------------------
+def bench_infer(model: san.SAN, key: str, args: argparse.Namespace, device: torch.device, rows: list[dict]) -> None:
+    for size in args.sizes:
+        for n in args.vocab:
+            names = make_names(n)
+            fill_random_embeddings(model, names)
+            inputs = make_inputs(size, 1, names)
+            h, w = inputs[0]["height"], inputs[0]["width"]
+            exact = run_labels(model, inputs, {"exact"}, None)
+            ref_time = None
+            for mode in args.modes:
+                flags, reduced = parse_mode(mode)
+                row = {"section": "infer", "model": key, "size": f"{h}x{w}", "vocab": n, "mode": mode}
+                full_maps_gb = 4 * n * h * w / 2**30
+                if ("reference" in flags or "scores" in flags) and full_maps_gb > args.max_ref_gb:
+                    rows.append({**row, "skipped": f"score maps alone need {full_maps_gb:.1f} GB > --max-ref-gb"})
+                    log.info("%s", rows[-1])
+                    continue
+                with mode_context(model, flags, device):
+                    t = timeit(lambda: run_labels(model, inputs, flags, reduced), device, args.warmup, args.repeat)
+                    with PeakMemory(device) as mem:
+                        out = run_labels(model, inputs, flags, reduced)
+                    same, diff = agreement(out, exact)
+                    row.update(t, peak_mb=mem.peak_mb, label_agree=same, score_maxdiff=diff)
+                    if args.batch > 1 and n == args.vocab[0]:
+                        batch = make_inputs(size, args.batch, names, seed=1)
+                        tb = timeit(lambda: run_labels(model, batch, flags, reduced), device, 1, max(2, args.repeat // 2))
+                        row["img_per_s"] = args.batch / tb["median_s"]
+                if mode == "reference":
+                    ref_time = row["median_s"]
+                row["vs_ref"] = row["median_s"] / ref_time if ref_time else None
+                rows.append(row)
+                log.info("%s", row)
+
+
+def bench_text(model: san.SAN, key: str, args: argparse.Namespace, device: torch.device, rows: list[dict]) -> None:
+    clf = model.ov_classifier
+    templates = clf.templates
+    clf.templates = templates[: args.text_templates] if args.text_templates else templates
+    names = make_names(args.text_names)
+    base = {"section": "text", "model": key, "vocab": len(names), "size": f"{len(clf.templates)} templates"}
+    try:
+        clf.clear_cache()
+        clf.cache_dir = None
+        ref = clf.embed_names(names, fast=False)
+        t_ref = timeit(lambda: clf.embed_names(names, fast=False), device, 0, args.text_repeat)
+        rows.append({**base, "mode": "reference", **t_ref, "vs_ref": 1.0})
+
+        def cold() -> None:
+            clf.clear_cache()
+            clf.embed_names(names)
+
+        t_fast = timeit(cold, device, 0, args.text_repeat)
+        diff = float((clf.embed_names(names) - ref).abs().max())
+        rows.append({**base, "mode": "exact", **t_fast, "vs_ref": t_fast["median_s"] / t_ref["median_s"], "score_maxdiff": diff})
+        if device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                t_bf = timeit(cold, device, 1, args.text_repeat)
+                diff = float((clf.embed_names(names).float() - ref).abs().max())
+            rows.append({**base, "mode": "bf16", **t_bf, "vs_ref": t_bf["median_s"] / t_ref["median_s"], "score_maxdiff": diff})
+        t_hit = timeit(lambda: clf.embed_names(names), device, 0, args.text_repeat)
+        rows.append({**base, "mode": "cached", **t_hit, "vs_ref": t_hit["median_s"] / t_ref["median_s"]})
+    finally:
+        clf.templates = templates
+        clf.clear_cache()
+    for r in rows:
+        if r["section"] == "text" and r["vocab"] == len(names):
+            log.info("%s", r)
+
+
+def _train_inputs(model: san.SAN, batch: int, crop: int, names: list[str]) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(batch):
+        masks = torch.zeros(3, crop, crop, dtype=torch.bool)
+        for k in range(3):
+            masks[k, k * crop // 3 : (k + 1) * crop // 3] = True
+        out.append({
+            "image": torch.randint(0, 256, (3, crop, crop), dtype=torch.uint8, generator=g),
+            "vocabulary": names,
+            "instances": {"labels": torch.tensor([0, 3, 7]), "masks": masks},
+        })  # fmt: skip
+    return out
+
+
+def _loss(out: dict) -> torch.Tensor:
+    if "pred_logits" not in out:  # the criterion's weighted loss dict
+        return sum(out.values())
+    levels = [out, *out["aux_outputs"]]  # surrogate while no criterion is attached
+    return sum(lv["pred_logits"].float().logsumexp(-1).mean() + lv["pred_masks"].float().sigmoid().mean() for lv in levels)
+
+
+def bench_train(model: san.SAN, key: str, args: argparse.Namespace, device: torch.device, rows: list[dict]) -> None:
+    names = make_names(171)
+    fill_random_embeddings(model, names)
+    inputs = _train_inputs(model, args.train_batch, args.crop, names)
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    ref_time = None
+    try:
+        for mode in args.train_modes:
+            flags, _ = parse_mode(mode)
+
+            def step() -> None:
+                for p in params:
+                    p.grad = None
+                _loss(model(inputs)).backward()
+
+            with mode_context(model, flags, device):
+                t = timeit(step, device, args.warmup, args.repeat)
+                with PeakMemory(device) as mem:
+                    step()
+            ref_time = t["median_s"] if mode == "reference" else ref_time
+            row = {"section": "train", "model": key, "size": f"{args.train_batch}x{args.crop}x{args.crop}", "vocab": 171, "mode": mode, **t}
+            row.update(peak_mb=mem.peak_mb, img_per_s=args.train_batch / t["median_s"], vs_ref=t["median_s"] / ref_time if ref_time else None)
+            row["loss"] = "criterion" if model.criterion is not None else "surrogate"
+            rows.append(row)
+            log.info("%s", row)
+    finally:
+        model.eval()
+
+
+def bench_flops(model: san.SAN, key: str, args: argparse.Namespace, device: torch.device, rows: list[dict]) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from count_params_flops import _ImageOnly, _sdpa_flops
+    from fvcore.nn import FlopCountAnalysis
+
+    logging.getLogger("fvcore").setLevel(logging.ERROR)
+    classifier = F.normalize(torch.randn(172, model.ov_classifier.text_projection.shape[1], device=device), dim=-1)
+    for hw in ((640, 640), (640, 864)):  # the paper's square crop; a padded 640x853 benchmark image
+        flops = FlopCountAnalysis(_ImageOnly(model, classifier), torch.zeros(1, 3, *hw, device=device))
+        flops.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flops)
+        flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        row = {"section": "flops", "model": key, "size": f"{hw[0]}x{hw[1]}", "vocab": 171, "mode": "fvcore", "gflops_fvcore": flops.total() / 1e9}
+        rows.append(row)
+        log.info("%s", row)
+
+
+# -- report ------------------------------------------------------------------------------------------
+def add_peak_fraction(rows: list[dict]) -> None:
+    """Fraction of the H100's dense bf16 peak reached by image throughput (2 x fvcore MACs per image)."""
+    gmacs = {r["model"]: r["gflops_fvcore"] for r in rows if r["section"] == "flops" and r["size"] == "640x864"}
+    for r in rows:
+        if r.get("img_per_s") and r["model"] in gmacs and r["section"] == "infer" and r["size"] == "640x852":
+            r["tflops_per_s"] = 2 * gmacs[r["model"]] * r["img_per_s"] / 1e3  # image path; semantic inference excluded
+            r["h100_peak_frac"] = r["tflops_per_s"] / H100_BF16_DENSE_TFLOPS
+
+
+def table(rows: list[dict]) -> str:
+    cols = ["section", "model", "size", "vocab", "mode", "median_s", "p90_s", "vs_ref", "img_per_s", "peak_mb", "label_agree", "score_maxdiff", "h100_peak_frac"]
+    fmt = {"median_s": "{:.4f}", "p90_s": "{:.4f}", "vs_ref": "{:.2f}", "img_per_s": "{:.2f}", "peak_mb": "{:.0f}", "label_agree": "{:.4f}", "score_maxdiff": "{:.1e}", "h100_peak_frac": "{:.3f}"}
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        if r["section"] == "flops":
+            lines.append(f"| flops | {r['model']} | {r['size']} | {r['vocab']} | fvcore GFLOPs (MACs) {r['gflops_fvcore']:.1f} |")
+            continue
+        if "skipped" in r:
+            lines.append(f"| {r['section']} | {r['model']} | {r['size']} | {r['vocab']} | {r['mode']} | skipped: {r['skipped']} |")
+            continue
+        cells = [fmt[c].format(r[c]) if c in fmt and r.get(c) is not None else str(r.get(c, "")) for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--models", nargs="+", default=["vitb"], choices=sorted(MODELS))
+    p.add_argument("--sections", nargs="+", default=["infer", "text", "train"], choices=["infer", "text", "train", "flops"])
+    p.add_argument("--sizes", nargs="+", type=int, default=[640], help="short edge (4:3 landscape images)")
+    p.add_argument("--vocab", nargs="+", type=int, default=[150])
+    p.add_argument("--modes", nargs="+", default=["reference", "scores", "exact", "bf16", "reduced4"])
+    p.add_argument("--train-modes", nargs="+", default=["reference", "exact", "bf16"])
+    p.add_argument("--batch", type=int, default=1, help="also time a batch of this many images (images/s)")
+    p.add_argument("--train-batch", type=int, default=2)
+    p.add_argument("--crop", type=int, default=640)
+    p.add_argument("--text-names", type=int, default=150)
+    p.add_argument("--text-templates", type=int, default=0, help="use the first K templates (0: all)")
+    p.add_argument("--text-repeat", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--max-ref-gb", type=float, default=6.0, help="skip full score maps larger than this")
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave)")
+    p.add_argument("--json", default="", help="write all rows and the environment here")
+    args = p.parse_args(argv)
+    if args.device == "cpu" and argv is None and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        # glibc keeps freed large blocks in the heap after its threshold grows, hiding later peaks
+        # from RSS; a fixed threshold returns every large tensor to the OS on free
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"})
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    env = {
+        "torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(), "loadavg_start": os.getloadavg(), "argv": sys.argv[1:] if argv is None else argv,
+    }  # fmt: skip
+    rows: list[dict] = []
+    for key in args.models:
+        model = build(key, device)
+        for section in args.sections:
+            {"infer": bench_infer, "text": bench_text, "train": bench_train, "flops": bench_flops}[section](model, key, args, device, rows)
+            if args.json:  # after every section, so a run cut short still leaves its numbers
+                Path(args.json).write_text(json.dumps({"env": env, "rows": rows}, indent=1, default=str))
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    add_peak_fraction(rows)
+    env["loadavg_end"] = os.getloadavg()
+    print(table(rows))
+    print(f"\nenvironment: {env}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"env": env, "rows": rows}, indent=1, default=str))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
