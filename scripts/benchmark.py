@@ -17,7 +17,8 @@ with ``+``: reference, exact, scores (fast head + full score maps), bf16, fp16, 
 
 Weights are random (no download); class embeddings of the inference runs are random unit vectors
 put into the name cache (the cost does not depend on their values). Peak memory: CUDA max allocated
-during the call, or on CPU the peak rise of the process RSS over the call (sampled every 2 ms).
+during the call, or on CPU the peak rise of the process RSS over the call (sampled every 2 ms) in a
+child process run with a fixed glibc mmap threshold (see :func:`cpu_memory_pass`).
 """
 
 from __future__ import annotations
@@ -217,18 +218,21 @@ def bench_infer(model: san.SAN, key: str, args: argparse.Namespace, device: torc
                     log.info("%s", rows[-1])
                     continue
                 with mode_context(model, flags, device):
-                    t = timeit(lambda: run_labels(model, inputs, flags, reduced), device, args.warmup, args.repeat)
+                    if args.memory_only:  # one warm-up call, then the measured one
+                        run_labels(model, inputs, flags, reduced)
+                    else:
+                        row.update(timeit(lambda: run_labels(model, inputs, flags, reduced), device, args.warmup, args.repeat))
                     with PeakMemory(device) as mem:
                         out = run_labels(model, inputs, flags, reduced)
                     same, diff = agreement(out, exact)
-                    row.update(t, peak_mb=mem.peak_mb, label_agree=same, score_maxdiff=diff)
-                    if args.batch > 1 and n == args.vocab[0]:
+                    row.update(peak_mb=mem.peak_mb, label_agree=same, score_maxdiff=diff)
+                    if args.batch > 1 and n == args.vocab[0] and not args.memory_only:
                         batch = make_inputs(size, args.batch, names, seed=1)
                         tb = timeit(lambda: run_labels(model, batch, flags, reduced), device, 1, max(2, args.repeat // 2))
                         row["img_per_s"] = args.batch / tb["median_s"]
                 if mode == "reference":
-                    ref_time = row["median_s"]
-                row["vs_ref"] = row["median_s"] / ref_time if ref_time else None
+                    ref_time = row.get("median_s")
+                row["vs_ref"] = row["median_s"] / ref_time if ref_time and "median_s" in row else None
                 rows.append(row)
                 log.info("%s", row)
 
@@ -307,7 +311,7 @@ def bench_train(model: san.SAN, key: str, args: argparse.Namespace, device: torc
                 _loss(model(inputs)).backward()
 
             with mode_context(model, flags, device):
-                t = timeit(step, device, args.warmup, args.repeat)
+                t = timeit(step, device, 1 if args.memory_only else args.warmup, 1 if args.memory_only else args.repeat)
                 with PeakMemory(device) as mem:
                     step()
             ref_time = t["median_s"] if mode == "reference" else ref_time
@@ -334,6 +338,33 @@ def bench_flops(model: san.SAN, key: str, args: argparse.Namespace, device: torc
         row = {"section": "flops", "model": key, "size": f"{hw[0]}x{hw[1]}", "vocab": 171, "mode": "fvcore", "gflops_fvcore": flops.total() / 1e9}
         rows.append(row)
         log.info("%s", row)
+
+
+def cpu_memory_pass(args: argparse.Namespace, rows: list[dict], argv: list[str] | None) -> None:
+    """Re-run infer/train in a child whose glibc returns every large block to the OS on free.
+
+    With glibc's default, freed large tensors stay in the heap and later peaks are invisible in
+    the RSS; a fixed mmap threshold fixes that but slows every allocation, so timings come from
+    this process and peak memory from the child.
+    """
+    import subprocess
+    import tempfile
+
+    sections = [s for s in args.sections if s in ("infer", "train")]
+    if not sections:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "mem.json"
+        cli = list(sys.argv[1:] if argv is None else argv)
+        cmd = [sys.executable, str(Path(__file__).resolve()), *cli, "--memory-only", "--json", str(out), "--sections", *sections]
+        log.info("peak-memory pass in a child process")
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+        child = json.loads(out.read_text())["rows"]
+    peaks = {(r["section"], r["model"], r["size"], r["vocab"], r["mode"]): r.get("peak_mb") for r in child}
+    for r in rows:
+        if r["section"] in ("infer", "train"):
+            r["peak_mb"] = peaks.get((r["section"], r["model"], r["size"], r["vocab"], r["mode"]), r.get("peak_mb"))
 
 
 # -- report ------------------------------------------------------------------------------------------
@@ -382,11 +413,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--max-ref-gb", type=float, default=6.0, help="skip full score maps larger than this")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave)")
     p.add_argument("--json", default="", help="write all rows and the environment here")
+    p.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.device == "cpu" and argv is None and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        # glibc keeps freed large blocks in the heap after its threshold grows, hiding later peaks
-        # from RSS; a fixed threshold returns every large tensor to the OS on free
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -405,6 +433,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    if device.type == "cpu" and not args.memory_only:
+        cpu_memory_pass(args, rows, argv)
     add_peak_fraction(rows)
     env["loadavg_end"] = os.getloadavg()
     print(table(rows))

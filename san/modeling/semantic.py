@@ -73,16 +73,17 @@ def _label_bands(
     height, width = row_mat.shape[0], maps.shape[-1]
     labels = torch.empty(height, width, dtype=torch.long, device=maps.device)
     scores = torch.empty(height, width, dtype=maps.dtype, device=maps.device)
-    probs_t = probs.T.contiguous()  # [C, Q]
     idx, weights = _taps(row_mat)  # [H, k]
-    band = _band_rows(height, (q * (idx.shape[1] + 1) + c) * width, max_elements)
+    band = _band_rows(height, (q * 2 + c) * width, max_elements)
     for start in range(0, height, band):
         i, wt = idx[start : start + band], weights[start : start + band]
-        up = (maps[:, i] * wt[None, :, :, None]).sum(dim=2)  # [Q, b, k, W] -> [Q, b, W]
+        up = maps.index_select(1, i[:, 0]) * wt[:, 0, None]  # [Q, b, W]
+        for j in range(1, i.shape[1]):
+            up.addcmul_(maps.index_select(1, i[:, j]), wt[:, j, None])
         if sigmoid:
-            up = up.sigmoid()
-        s = torch.matmul(probs_t, up.reshape(q, -1))  # [C, b*W]
-        best, arg = s.max(dim=0)
+            up.sigmoid_()
+        s = torch.matmul(up.reshape(q, -1).T, probs)  # [b*W, C]
+        best, arg = s.max(dim=1)
         scores[start : start + band] = best.view(-1, width)
         labels[start : start + band] = arg.view(-1, width)
     return labels, scores
@@ -108,14 +109,14 @@ def semantic_labels(
         padded_size: the padded batch size that masks are first upsampled to (official order).
         out_size: ``(height, width)`` of the output.
         postprocess_before_inference: the official SEM_SEG_POSTPROCESS_BEFORE_INFERENCE order.
-        max_elements: budget of one band's score and mask tensors (elements); default 2^24 on
+        max_elements: budget of one band's score and mask tensors (elements); default 2^22 on
             CPU, 2^28 on GPUs (fewer, larger launches).
         reduced: opt-in approximation; score all classes at ``k x`` the mask grid first.
     """
     if mask_cls.dim() != 2 or mask_pred.dim() != 3 or mask_cls.shape[0] != mask_pred.shape[0]:
         raise ValueError(f"expected mask_cls [Q, C+1] and mask_pred [Q, h, w], got {list(mask_cls.shape)} and {list(mask_pred.shape)}")
     if max_elements is None:
-        max_elements = 1 << (24 if mask_pred.device.type == "cpu" else 28)
+        max_elements = 1 << (22 if mask_pred.device.type == "cpu" else 28)
     # float32 even under autocast: the class sums decide the labels and cost little
     with torch.autocast(mask_pred.device.type, enabled=False):
         mask_pred = mask_pred.float()
