@@ -110,13 +110,13 @@ def semantic_labels(
         out_size: ``(height, width)`` of the output.
         postprocess_before_inference: the official SEM_SEG_POSTPROCESS_BEFORE_INFERENCE order.
         max_elements: budget of one band's score and mask tensors (elements); default 2^22 on
-            CPU, 2^28 on GPUs (fewer, larger launches).
+            CPU, 2^26 on GPUs (fewer, larger launches).
         reduced: opt-in approximation; score all classes at ``k x`` the mask grid first.
     """
     if mask_cls.dim() != 2 or mask_pred.dim() != 3 or mask_cls.shape[0] != mask_pred.shape[0]:
         raise ValueError(f"expected mask_cls [Q, C+1] and mask_pred [Q, h, w], got {list(mask_cls.shape)} and {list(mask_pred.shape)}")
     if max_elements is None:
-        max_elements = 1 << (22 if mask_pred.device.type == "cpu" else 28)
+        max_elements = 1 << (22 if mask_pred.device.type == "cpu" else 26)
     # float32 even under autocast: the class sums decide the labels and cost little
     with torch.autocast(mask_pred.device.type, enabled=False):
         mask_pred = mask_pred.float()
