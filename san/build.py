@@ -25,11 +25,13 @@ from san.modeling import (
     TextClassifier,
 )
 from san.modeling.clip import CLIPConfig, load_clip_state_dict, resolve_clip_config
+from san.modeling.criterion import SetCriterion, loss_weights
+from san.modeling.matcher import HungarianMatcher
 from san.modeling.side_adapter import parse_fusion_map, parse_vit_name
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_model", "build_san", "clip_state_dict_to_san", "freeze_clip"]
+__all__ = ["build_criterion", "build_model", "build_san", "clip_state_dict_to_san", "freeze_clip"]
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -253,6 +255,26 @@ def _load_clip_weights(model: SAN, cfg: Any) -> None:
     model.ov_classifier.clear_cache()
 
 
+def build_criterion(cfg: Any) -> SetCriterion:
+    """The official training losses from ``MODEL.SAN.*``: Hungarian matcher and set criterion with
+    one auxiliary loss set per earlier deep-supervision level."""
+    s = cfg.MODEL.SAN
+    matcher = HungarianMatcher(
+        cost_class=s.CLASS_WEIGHT, cost_mask=s.MASK_WEIGHT, cost_dice=s.DICE_WEIGHT, num_points=s.TRAIN_NUM_POINTS
+    )
+    levels = len(cfg.MODEL.SIDE_ADAPTER.DEEP_SUPERVISION_IDXS)
+    return SetCriterion(
+        num_classes=s.NUM_CLASSES,
+        matcher=matcher,
+        weight_dict=loss_weights(s.CLASS_WEIGHT, s.MASK_WEIGHT, s.DICE_WEIGHT, levels),
+        eos_coef=s.NO_OBJECT_WEIGHT,
+        losses=("labels", "masks"),
+        num_points=s.TRAIN_NUM_POINTS,
+        oversample_ratio=s.OVERSAMPLE_RATIO,
+        importance_sample_ratio=s.IMPORTANCE_SAMPLE_RATIO,
+    )
+
+
 def build_model(cfg: Any, *, load_clip_weights: bool = True) -> SAN:
     """Build SAN from a config, frozen as the official model, with CLIP weights when asked.
 
@@ -261,14 +283,7 @@ def build_model(cfg: Any, *, load_clip_weights: bool = True) -> SAN:
         load_clip_weights: fetch ``CLIP_PRETRAINED_NAME`` (skip it when a full SAN checkpoint,
             which holds every CLIP weight, is loaded next).
     """
-    criterion = None
-    try:
-        from san.modeling.criterion import build_criterion
-    except ImportError:
-        build_criterion = None
-    if build_criterion is not None:
-        criterion = build_criterion(cfg)
-    model = build_san(**san_kwargs(cfg), criterion=criterion)
+    model = build_san(**san_kwargs(cfg), criterion=build_criterion(cfg))
     if load_clip_weights and cfg.MODEL.SAN.CLIP_PRETRAINED_NAME:
         _load_clip_weights(model, cfg)
     freeze_clip(model, list(cfg.MODEL.SAN.CLIP_FROZEN_EXCLUDE), list(cfg.MODEL.SAN.CLIP_DEEPER_FROZEN_EXCLUDE))

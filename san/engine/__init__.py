@@ -1,0 +1,1 @@
+"""Training and evaluation without detectron2: trainer, optimizer and schedule, evaluator."""

@@ -1,0 +1,180 @@
+"""Set-prediction losses of SAN (the official Mask2Former ``SetCriterion``).
+
+After Hungarian matching (:class:`~san.modeling.matcher.HungarianMatcher`):
+
+- ``loss_ce``: cross-entropy over the ``C + 1`` logits of every query; unmatched queries target the
+  no-object class ``C``, whose weight is ``eos_coef`` (``empty_weight`` buffer, weighted mean);
+- ``loss_mask`` / ``loss_dice``: sigmoid BCE and dice between each matched proposal and its target
+  mask on ``num_points`` importance-sampled points, summed over masks and divided by the number of
+  target masks of the batch averaged over processes (at least 1).
+
+Every auxiliary output (earlier deep-supervision levels) is matched on its own and adds the same
+losses with the suffix ``_i``. The checkpoint key ``criterion.empty_weight`` of the official
+release is this module's ``empty_weight`` buffer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .matcher import HungarianMatcher
+from .point_sampling import PointSource, point_sample, uncertain_points, uniform_points
+
+__all__ = ["SetCriterion", "dice_loss", "sigmoid_ce_loss", "num_masks_across_processes", "loss_weights"]
+
+
+def dice_loss(logits: Tensor, targets: Tensor, num_masks: float) -> Tensor:
+    """Sum over masks of ``1 - (2 p.t + 1) / (sum p + sum t + 1)``, divided by ``num_masks``.
+
+    ``logits`` and ``targets`` are ``[N, P]`` (P points per mask), p = sigmoid(logits).
+    """
+    p = logits.sigmoid().flatten(1)
+    numerator = 2 * (p * targets).sum(-1)
+    denominator = p.sum(-1) + targets.sum(-1)
+    return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
+
+
+def sigmoid_ce_loss(logits: Tensor, targets: Tensor, num_masks: float) -> Tensor:
+    """Per-mask mean sigmoid BCE over its points, summed over masks, divided by ``num_masks``."""
+    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return loss.mean(1).sum() / num_masks
+
+
+def num_masks_across_processes(targets: Sequence[dict[str, Tensor]], device: torch.device) -> float:
+    """Number of target masks in the batch, averaged over the distributed processes, at least 1."""
+    n = torch.as_tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
+    world = 1
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(n)
+        world = dist.get_world_size()
+    return max(n.item() / world, 1.0)
+
+
+def loss_weights(class_weight: float, mask_weight: float, dice_weight: float, num_levels: int) -> dict[str, float]:
+    """The official ``weight_dict``: final-level keys plus ``_i`` copies for ``num_levels - 1`` aux levels."""
+    base = {"loss_ce": class_weight, "loss_mask": mask_weight, "loss_dice": dice_weight}
+    out = dict(base)
+    for i in range(num_levels - 1):
+        out.update({f"{k}_{i}": v for k, v in base.items()})
+    return out
+
+
+class SetCriterion(nn.Module):
+    """Hungarian-matched classification and point-sampled mask losses with deep supervision.
+
+    Args:
+        num_classes: training classes C (MODEL.SAN.NUM_CLASSES); index C is "no object".
+        matcher: the query-to-target matcher.
+        weight_dict: loss name -> weight (see :func:`loss_weights`); applied by the model.
+        eos_coef: cross-entropy weight of the no-object class (MODEL.SAN.NO_OBJECT_WEIGHT).
+        losses: which losses to compute, among ``"labels"`` and ``"masks"``.
+        num_points: points per mask for BCE and dice (MODEL.SAN.TRAIN_NUM_POINTS).
+        oversample_ratio: candidate points per kept point (MODEL.SAN.OVERSAMPLE_RATIO).
+        importance_sample_ratio: share of points chosen by uncertainty (IMPORTANCE_SAMPLE_RATIO).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: HungarianMatcher,
+        weight_dict: dict[str, float],
+        eos_coef: float,
+        losses: Sequence[str] = ("labels", "masks"),
+        num_points: int = 12544,
+        oversample_ratio: float = 3.0,
+        importance_sample_ratio: float = 0.75,
+    ) -> None:
+        super().__init__()
+        unknown = sorted(set(losses) - {"labels", "masks"})
+        if unknown:
+            raise ValueError(f"unknown losses {unknown}; SetCriterion computes 'labels' and 'masks'")
+        if num_classes < 1:
+            raise ValueError(f"NUM_CLASSES must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.weight_dict = dict(weight_dict)
+        self.eos_coef = eos_coef
+        self.losses = tuple(losses)
+        self.num_points = num_points
+        self.oversample_ratio = oversample_ratio
+        self.importance_sample_ratio = importance_sample_ratio
+        self.rand_points: PointSource = uniform_points
+        empty_weight = torch.ones(num_classes + 1)
+        empty_weight[-1] = eos_coef
+        self.register_buffer("empty_weight", empty_weight)  # persistent: official checkpoints hold it
+
+    def loss_labels(
+        self, outputs: dict[str, Tensor], targets: Sequence[dict[str, Tensor]], indices: list, num_masks: float
+    ) -> dict[str, Tensor]:
+        """``loss_ce``: weighted cross-entropy over ``C + 1`` classes for all queries."""
+        logits = outputs["pred_logits"].float()  # [B, Q, C+1]
+        if logits.shape[-1] != self.num_classes + 1:
+            raise ValueError(
+                f"the model scored {logits.shape[-1] - 1} classes but the criterion was built for "
+                f"MODEL.SAN.NUM_CLASSES={self.num_classes}; set NUM_CLASSES to the training vocabulary size"
+            )
+        target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
+        for b, (src, tgt) in enumerate(indices):
+            target_classes[b, src.to(logits.device)] = targets[b]["labels"][tgt].to(logits.device)
+        return {"loss_ce": F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight)}
+
+    def loss_masks(
+        self, outputs: dict[str, Tensor], targets: Sequence[dict[str, Tensor]], indices: list, num_masks: float
+    ) -> dict[str, Tensor]:
+        """``loss_mask`` (BCE) and ``loss_dice`` on importance-sampled points of matched pairs."""
+        pred = outputs["pred_masks"]  # [B, Q, h, w]
+        src = torch.cat([pred[b, i.to(pred.device)] for b, (i, _) in enumerate(indices)])  # [N, h, w]
+        tgt = torch.cat([targets[b]["masks"][j.to(targets[b]["masks"].device)] for b, (_, j) in enumerate(indices)])
+        src = src[:, None].float()  # [N, 1, h, w]
+        tgt = tgt[:, None].to(src)  # [N, 1, H, W]
+        with torch.no_grad():
+            coords = uncertain_points(
+                src, self.num_points, self.oversample_ratio, self.importance_sample_ratio, rand=self.rand_points
+            )
+            labels = point_sample(tgt, coords)[:, 0]  # [N, P]
+        logits = point_sample(src, coords)[:, 0]  # [N, P]
+        return {
+            "loss_mask": sigmoid_ce_loss(logits, labels, num_masks),
+            "loss_dice": dice_loss(logits, labels, num_masks),
+        }
+
+    def _level_losses(
+        self, outputs: dict[str, Tensor], targets: Sequence[dict[str, Tensor]], num_masks: float
+    ) -> dict[str, Tensor]:
+        indices = self.matcher(outputs, targets)
+        losses: dict[str, Tensor] = {}
+        if "labels" in self.losses:
+            losses.update(self.loss_labels(outputs, targets, indices, num_masks))
+        if "masks" in self.losses:
+            losses.update(self.loss_masks(outputs, targets, indices, num_masks))
+        return losses
+
+    def forward(self, outputs: dict, targets: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """Unweighted losses.
+
+        Args:
+            outputs: ``pred_logits [B, Q, C+1]``, ``pred_masks [B, Q, h, w]`` and optionally
+                ``aux_outputs``, a list of such dicts for the earlier levels.
+            targets: per image ``labels [K]`` and binary ``masks [K, H, W]``.
+
+        Returns:
+            ``loss_ce``, ``loss_mask``, ``loss_dice`` and, for aux level i, the same with ``_i``.
+        """
+        with torch.autocast(device_type=outputs["pred_logits"].device.type, enabled=False):
+            num_masks = num_masks_across_processes(targets, outputs["pred_logits"].device)
+            losses = self._level_losses(outputs, targets, num_masks)
+            for i, aux in enumerate(outputs.get("aux_outputs", [])):
+                losses.update({f"{k}_{i}": v for k, v in self._level_losses(aux, targets, num_masks).items()})
+        return losses
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, eos_coef={self.eos_coef}, losses={list(self.losses)}, "
+            f"num_points={self.num_points}, oversample_ratio={self.oversample_ratio}, "
+            f"importance_sample_ratio={self.importance_sample_ratio}, weight_dict={self.weight_dict}"
+        )

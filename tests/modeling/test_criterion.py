@@ -1,0 +1,183 @@
+"""Set criterion: hand-computed CE / BCE / dice, num_masks normalisation, deep supervision, build."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import san
+from san.build import build_criterion
+from san.modeling.criterion import SetCriterion, dice_loss, loss_weights, sigmoid_ce_loss
+from san.modeling.matcher import HungarianMatcher
+
+from ..conftest import tiny_cfg
+from .test_matcher import fixed_points
+
+
+class FixedMatcher(HungarianMatcher):
+    """Returns a given assignment (per image: query indices, target indices)."""
+
+    def __init__(self, indices):
+        super().__init__()
+        self.indices = indices
+
+    def forward(self, outputs, targets):
+        return [(torch.tensor(q, dtype=torch.long), torch.tensor(t, dtype=torch.long)) for q, t in self.indices]
+
+
+def softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def make_criterion(indices, num_classes=2, **kw) -> SetCriterion:
+    kw.setdefault("importance_sample_ratio", 1.0)  # with oversample 1: every candidate point is kept
+    crit = SetCriterion(
+        num_classes,
+        FixedMatcher(indices),
+        loss_weights(2, 5, 5, 1),
+        eos_coef=0.1,
+        num_points=4,
+        oversample_ratio=1.0,
+        **kw,
+    )
+    crit.rand_points = fixed_points(2, 2)  # the 4 pixel centres of a 2 x 2 mask, for every mask
+    return crit
+
+
+def test_cross_entropy_with_no_object_weight_is_hand_computed():
+    logits = torch.tensor([[[1.0, 2.0, 0.5], [0.0, -1.0, 3.0], [2.0, 0.0, 0.0]]])  # [1, Q=3, C+1=3]
+    outputs = {"pred_logits": logits, "pred_masks": torch.zeros(1, 3, 2, 2)}
+    targets = [{"labels": torch.tensor([0]), "masks": torch.ones(1, 2, 2)}]
+    crit = make_criterion([([2], [0])], losses=("labels",))
+    got = crit(outputs, targets)["loss_ce"].item()
+
+    def nll(row, cls):
+        return -math.log(math.exp(row[cls]) / sum(math.exp(v) for v in row))
+
+    rows = logits[0].tolist()
+    # query 2 -> class 0 (weight 1); queries 0, 1 -> no-object class 2 (weight 0.1); weighted mean
+    expected = (1.0 * nll(rows[2], 0) + 0.1 * nll(rows[0], 2) + 0.1 * nll(rows[1], 2)) / (1.0 + 0.1 + 0.1)
+    assert got == pytest.approx(expected, rel=1e-6)
+    assert crit.empty_weight.tolist() == pytest.approx([1.0, 1.0, 0.1])
+
+
+def test_bce_and_dice_on_points_are_hand_computed_and_normalised_by_num_masks():
+    pred = torch.tensor([[[2.0, -1.0], [0.0, 3.0]], [[-2.0, 1.0], [0.5, 0.0]]])  # [Q=2, 2, 2]
+    tmask = torch.tensor([[[1.0, 0.0], [1.0, 1.0]], [[0.0, 0.0], [0.0, 1.0]]])  # [K=2, 2, 2]
+    outputs = {"pred_logits": torch.zeros(1, 2, 3), "pred_masks": pred[None]}
+    targets = [{"labels": torch.tensor([0, 1]), "masks": tmask}]
+    # query 0 <-> target 1 and query 1 <-> target 0: a crossed assignment
+    for ratio in (0.0, 1.0):  # all points uniform, or all chosen by uncertainty: same 4 points
+        crit = make_criterion([([0, 1], [1, 0])], losses=("masks",), importance_sample_ratio=ratio)
+        got = crit(outputs, targets)
+        pairs = [
+            (pred[0].flatten().tolist(), tmask[1].flatten().tolist()),
+            (pred[1].flatten().tolist(), tmask[0].flatten().tolist()),
+        ]
+        bce = sum(sum(softplus(-x) if y else softplus(x) for x, y in zip(p, t)) / 4 for p, t in pairs)
+        dice = sum(
+            1 - (2 * sum(sigmoid(x) * y for x, y in zip(p, t)) + 1) / (sum(sigmoid(x) for x in p) + sum(t) + 1)
+            for p, t in pairs
+        )
+        assert got["loss_mask"].item() == pytest.approx(bce / 2, rel=1e-6)  # 2 target masks
+        assert got["loss_dice"].item() == pytest.approx(dice / 2, rel=1e-6)
+
+
+def test_num_masks_counts_all_targets_of_the_batch_and_is_at_least_one():
+    logits = torch.randn(3, 4, 3)
+    pred = torch.randn(3, 4, 2, 2)
+    masks = (torch.rand(3, 2, 2) > 0.5).float()
+    one = [{"labels": torch.tensor([1]), "masks": masks[:1]}]
+    empty = {"labels": torch.zeros(0, dtype=torch.long), "masks": torch.zeros(0, 2, 2)}
+    crit = make_criterion([([0], [0])], losses=("masks",))
+    single = crit({"pred_logits": logits[:1], "pred_masks": pred[:1]}, one)["loss_mask"]
+    # the same pair plus an image with two more target masks matched to other queries
+    crit3 = make_criterion([([0], [0]), ([], []), ([1, 2], [0, 1])], losses=("masks",))
+    three = [one[0], empty, {"labels": torch.tensor([0, 1]), "masks": masks[1:]}]
+    both = crit3({"pred_logits": logits, "pred_masks": pred}, three)["loss_mask"]
+    per_mask = [
+        sigmoid_ce_loss(pred[b, q].flatten()[None], m.flatten()[None], 1.0)
+        for b, q, m in [(0, 0, masks[0]), (2, 1, masks[1]), (2, 2, masks[2])]
+    ]
+    assert single.item() == pytest.approx(per_mask[0].item(), rel=1e-6)
+    assert both.item() == pytest.approx(sum(v.item() for v in per_mask) / 3, rel=1e-6)
+    # no target at all: normalised by 1, mask losses are exactly zero, CE still trains "no object"
+    crit0 = make_criterion([([], [])])
+    none = crit0({"pred_logits": logits[:1].requires_grad_(), "pred_masks": pred[:1]}, [empty])
+    assert none["loss_mask"].item() == 0 and none["loss_dice"].item() == 0 and none["loss_ce"].item() > 0
+
+
+def test_loss_helpers_match_their_formulas():
+    x = torch.tensor([[0.0, 2.0]])
+    t = torch.tensor([[1.0, 0.0]])
+    assert sigmoid_ce_loss(x, t, 2.0).item() == pytest.approx((softplus(-0.0) + softplus(2.0)) / 2 / 2)
+    p = [0.5, sigmoid(2.0)]
+    assert dice_loss(x, t, 1.0).item() == pytest.approx(1 - (2 * 0.5 + 1) / (sum(p) + 1 + 1))
+
+
+def test_deep_supervision_keys_and_weights():
+    assert loss_weights(2.0, 5.0, 5.0, 3) == {
+        "loss_ce": 2.0, "loss_mask": 5.0, "loss_dice": 5.0,
+        "loss_ce_0": 2.0, "loss_mask_0": 5.0, "loss_dice_0": 5.0,
+        "loss_ce_1": 2.0, "loss_mask_1": 5.0, "loss_dice_1": 5.0,
+    }  # fmt: skip
+    crit = SetCriterion(2, HungarianMatcher(2, 5, 5, num_points=16), loss_weights(2, 5, 5, 3), 0.1, num_points=16)
+    level = lambda: {"pred_logits": torch.randn(2, 5, 3), "pred_masks": torch.randn(2, 5, 4, 4)}  # noqa: E731
+    outputs = {**level(), "aux_outputs": [level(), level()]}
+    targets = [{"labels": torch.tensor([0, 1]), "masks": torch.rand(2, 16, 16) > 0.5} for _ in range(2)]
+    losses = crit(outputs, targets)
+    assert set(losses) == set(crit.weight_dict)
+    # each aux level is matched on its own: its losses equal that level's losses as a final output
+    crit.rand_points = crit.matcher.rand_points = fixed_points(4, 4)
+    aux = crit(outputs, targets)
+    for i in range(2):
+        alone = crit(outputs["aux_outputs"][i], targets)
+        assert {k: aux[f"{k}_{i}"].item() for k in alone} == {k: v.item() for k, v in alone.items()}
+    assert aux["loss_ce_0"].item() != aux["loss_ce_1"].item()
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="unknown losses"):
+        SetCriterion(2, HungarianMatcher(), {}, 0.1, losses=("boxes",))
+    crit = make_criterion([([0], [0])], num_classes=5)
+    with pytest.raises(ValueError, match="NUM_CLASSES=5"):
+        crit(
+            {"pred_logits": torch.zeros(1, 2, 3), "pred_masks": torch.zeros(1, 2, 2, 2)},
+            [{"labels": torch.tensor([0]), "masks": torch.ones(1, 2, 2)}],
+        )
+
+
+def test_build_criterion_from_config_and_official_buffer(tmp_path):
+    cfg = tiny_cfg(tmp_path, num_classes=7)
+    crit = build_criterion(cfg)
+    assert crit.weight_dict == loss_weights(2.0, 5.0, 5.0, 2)
+    assert (crit.matcher.cost_class, crit.matcher.cost_mask, crit.matcher.cost_dice) == (2.0, 5.0, 5.0)
+    assert crit.num_points == crit.matcher.num_points == 256
+    model = san.build_model(cfg)
+    sd = model.state_dict()
+    assert sd["criterion.empty_weight"].tolist() == pytest.approx([1.0] * 7 + [0.1])
+    official = san.get_cfg()
+    assert build_criterion(official).empty_weight.shape == (172,)  # criterion.empty_weight of the releases
+
+
+def test_tiny_model_loss_dict_has_every_weighted_key(tmp_path):
+    cfg = tiny_cfg(tmp_path, num_classes=3)
+    torch.manual_seed(0)
+    model = san.build_model(cfg).train()
+    masks = torch.zeros(2, 64, 64, dtype=torch.bool)
+    masks[0, :32], masks[1, 32:] = True, True
+    inputs = [
+        {"image": torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8), "vocabulary": ["a", "b", "c"],
+         "instances": {"labels": torch.tensor([0, 2]), "masks": masks}}
+    ]  # fmt: skip
+    losses = model(inputs)
+    assert set(losses) == set(model.criterion.weight_dict)
+    sum(losses.values()).backward()
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert all(model.get_parameter(n).grad is not None for n in trained)
