@@ -1,0 +1,371 @@
+"""Semantic-segmentation metrics with detectron2's ``SemSegEvaluator`` semantics, without detectron2.
+
+A confusion matrix of shape ``(N + 1, N + 1)`` is accumulated over every image: rows are the
+predicted class (the argmax of ``outputs[i]["sem_seg"]``), columns the ground truth, whose ignore
+pixels go to the extra index ``N`` and so never count. From it, as detectron2 computes them:
+
+- ``IoU-<c>`` = TP / (GT + predicted - TP) and ``ACC-<c>`` = TP / GT, where "predicted" counts only
+  pixels with a valid ground truth; a class without any ground-truth pixel gets NaN for both and
+  is left out of every mean (a class predicted but absent from the ground truth therefore does not
+  lower the mIoU).
+- ``mIoU``/``mACC``: means over the classes with ground truth; ``fwIoU``: IoU weighted by each
+  class's share of ground-truth pixels; ``pACC``: correct / valid pixels. All in percent.
+
+In a ``torch.distributed`` run the matrices of all processes are summed (``all_reduce``; CPU
+tensors for gloo, the current CUDA device for NCCL) and every process gets the results; only the
+main process writes files. Optional prediction dumping writes ``sem_seg_predictions.json`` as
+detectron2 does: one entry per image and predicted class with a COCO-style compressed RLE
+(column-major, pycocotools' string encoding, implemented here; :func:`rle_decode` reads it back)
+and the class's dataset id where the dataset has them (COCO-Stuff, ADE-847).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["SemSegEvaluator", "format_results", "rle_decode", "rle_encode", "save_results"]
+
+logger = logging.getLogger(__name__)
+
+
+def _dist_ready() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _is_main() -> bool:
+    return not _dist_ready() or torch.distributed.get_rank() == 0
+
+
+class SemSegEvaluator:
+    """Accumulate a confusion matrix over ``process`` calls; ``evaluate`` returns the metrics."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_label: int,
+        class_names: list[str],
+        *,
+        dataset_name: str | None = None,
+        distributed: bool = True,
+        output_dir: str | os.PathLike | None = None,
+        dataset_ids: list[int] | None = None,
+        dump_predictions: bool = False,
+    ) -> None:
+        if len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
+        if dataset_ids is not None and len(dataset_ids) != num_classes:
+            raise ValueError(f"{len(dataset_ids)} dataset ids for num_classes={num_classes}")
+        if dump_predictions and output_dir is None:
+            raise ValueError("dump_predictions needs an output_dir to write sem_seg_predictions.json to")
+        self.num_classes = int(num_classes)
+        self.ignore_label = int(ignore_label)
+        self.class_names = list(class_names)
+        self.dataset_name = dataset_name
+        self.distributed = distributed
+        self.output_dir = os.fspath(output_dir) if output_dir is not None else None
+        self.dataset_ids = list(dataset_ids) if dataset_ids is not None else None
+        self.dump_predictions = dump_predictions
+        self.reset()
+
+    @classmethod
+    def from_dataset(cls, name: str, **kwargs: Any) -> SemSegEvaluator:
+        """An evaluator for a registered dataset (classes, ignore value and dataset ids from the catalog)."""
+        from san.data.catalog import get_dataset
+
+        spec = get_dataset(name)
+        kwargs.setdefault("dataset_ids", spec.dataset_ids)
+        return cls(spec.num_classes, spec.ignore_label, spec.classes, dataset_name=name, **kwargs)
+
+    def reset(self) -> None:
+        """Forget everything processed so far."""
+        n = self.num_classes + 1
+        self.conf_matrix = np.zeros((n, n), dtype=np.int64)  # [pred, gt]
+        self._predictions: list[dict[str, Any]] = []
+
+    def process(self, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
+        """Add a batch: ``outputs[i]["sem_seg"]`` scores ``[N, H, W]`` vs the ground truth of ``inputs[i]``.
+
+        The ground truth is ``inputs[i]["sem_seg"]`` (``[H, W]``) when present, else read from
+        ``inputs[i]["sem_seg_file_name"]``.
+        """
+        if len(inputs) != len(outputs):
+            raise ValueError(f"{len(inputs)} inputs but {len(outputs)} outputs")
+        for inp, out in zip(inputs, outputs):
+            name = inp.get("file_name", inp.get("sem_seg_file_name", "<image>"))
+            pred = self._prediction(out, name)
+            gt = self._ground_truth(inp, name)
+            if pred.shape != gt.shape:
+                raise ValueError(
+                    f"{name}: prediction is {list(pred.shape)} but the ground truth is {list(gt.shape)}; "
+                    "predict at the ground-truth resolution (inputs' height/width)"
+                )
+            n = self.num_classes
+            self.conf_matrix += np.bincount(
+                (n + 1) * pred.reshape(-1) + gt.reshape(-1), minlength=(n + 1) ** 2
+            ).reshape(n + 1, n + 1)
+            if self.dump_predictions:
+                self._predictions.extend(self._encode(pred, inp.get("file_name", name)))
+
+    def _prediction(self, out: dict[str, Any], name: str) -> np.ndarray:
+        if "sem_seg" not in out:
+            raise KeyError(f"{name}: the model output has no 'sem_seg'")
+        scores = out["sem_seg"]
+        scores = scores if isinstance(scores, torch.Tensor) else torch.as_tensor(np.asarray(scores))
+        if scores.dim() == 2 and not scores.is_floating_point():
+            pred = scores.to("cpu", torch.int64)
+        elif scores.dim() == 3:
+            if scores.shape[0] != self.num_classes:
+                raise ValueError(
+                    f"{name}: prediction has {scores.shape[0]} class channels but the dataset has "
+                    f"{self.num_classes} classes (was the model given the dataset's vocabulary?)"
+                )
+            pred = scores.argmax(dim=0).to("cpu", torch.int64)
+        else:
+            raise ValueError(f"{name}: 'sem_seg' must be scores [N, H, W] or labels [H, W], got {list(scores.shape)}")
+        pred = pred.numpy()
+        if pred.size and (pred.min() < 0 or pred.max() >= self.num_classes):
+            raise ValueError(f"{name}: predicted labels outside 0..{self.num_classes - 1}")
+        return pred
+
+    def _ground_truth(self, inp: dict[str, Any], name: str) -> np.ndarray:
+        if inp.get("sem_seg") is not None:
+            gt = inp["sem_seg"]
+            gt = gt.cpu().numpy() if isinstance(gt, torch.Tensor) else np.asarray(gt)
+            source = name
+        elif inp.get("sem_seg_file_name"):
+            from san.data.io import read_label
+
+            source = inp["sem_seg_file_name"]
+            gt = read_label(source)
+        else:
+            raise KeyError(f"{name}: the input has neither 'sem_seg' nor 'sem_seg_file_name' (no ground truth)")
+        gt = gt.astype(np.int64)
+        if gt.ndim != 2:
+            raise ValueError(f"{source}: ground truth must be [H, W], got {list(gt.shape)}")
+        ignore = gt == self.ignore_label
+        bad = ~ignore & ((gt < 0) | (gt >= self.num_classes))
+        if bad.any():
+            raise ValueError(
+                f"{source}: ground-truth value {int(gt[bad][0])} is neither a class id (0..{self.num_classes - 1}) "
+                f"nor the ignore value {self.ignore_label}"
+            )
+        gt[ignore] = self.num_classes
+        return gt
+
+    def _encode(self, pred: np.ndarray, file_name: str) -> list[dict[str, Any]]:
+        entries = []
+        for label in np.unique(pred):
+            cid = int(self.dataset_ids[label]) if self.dataset_ids is not None else int(label)
+            entries.append({"file_name": file_name, "category_id": cid, "segmentation": rle_encode(pred == label)})
+        return entries
+
+    def evaluate(self) -> OrderedDict:
+        """Metrics ``{"sem_seg": {"mIoU", "fwIoU", "mACC", "pACC", "IoU-<c>", "ACC-<c>"}}`` (percent).
+
+        In a distributed run, every process must call this (it sums the matrices of all processes).
+        """
+        conf = self.conf_matrix
+        predictions = self._predictions
+        if self.distributed and _dist_ready():
+            conf = _all_reduce_sum(conf)
+            if self.dump_predictions:
+                gathered: list[Any] = [None] * torch.distributed.get_world_size()
+                torch.distributed.all_gather_object(gathered, predictions)
+                predictions = [p for part in gathered for p in part]
+        results = OrderedDict(sem_seg=metrics_from_confusion(conf, self.class_names))
+        if _is_main():
+            logger.info("%s: %s", self.dataset_name or "sem_seg", format_results(results, header_only=True))
+            if self.output_dir is not None:
+                os.makedirs(self.output_dir, exist_ok=True)
+                if self.dump_predictions:
+                    _write_json(os.path.join(self.output_dir, "sem_seg_predictions.json"), predictions)
+                save_results(results, self.output_dir, self.dataset_name or "sem_seg")
+        return results
+
+
+def _all_reduce_sum(conf: np.ndarray) -> np.ndarray:
+    device = "cpu"
+    if torch.distributed.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    t = torch.from_numpy(conf).to(device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+    return t.cpu().numpy()
+
+
+def metrics_from_confusion(conf: np.ndarray, class_names: list[str]) -> OrderedDict:
+    """detectron2's metrics from a ``[pred, gt]`` confusion matrix whose last row/column is "ignore"."""
+    n = len(class_names)
+    if conf.shape != (n + 1, n + 1):
+        raise ValueError(f"confusion matrix {conf.shape} does not fit {n} classes (+1 ignore)")
+    acc = np.full(n, np.nan, dtype=np.float64)
+    iou = np.full(n, np.nan, dtype=np.float64)
+    tp = conf.diagonal()[:-1].astype(np.float64)
+    pos_gt = conf[:-1, :-1].sum(axis=0).astype(np.float64)
+    pos_pred = conf[:-1, :-1].sum(axis=1).astype(np.float64)
+    acc_valid = pos_gt > 0
+    acc[acc_valid] = tp[acc_valid] / pos_gt[acc_valid]
+    union = pos_gt + pos_pred - tp
+    iou_valid = acc_valid & (union > 0)
+    iou[iou_valid] = tp[iou_valid] / union[iou_valid]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        class_weights = pos_gt / np.sum(pos_gt)
+        macc = np.sum(acc[acc_valid]) / np.sum(acc_valid)
+        miou = np.sum(iou[iou_valid]) / np.sum(iou_valid)
+        fiou = np.sum(iou[iou_valid] * class_weights[iou_valid])
+        pacc = np.sum(tp) / np.sum(pos_gt)
+    res: OrderedDict = OrderedDict()
+    res["mIoU"] = 100 * miou
+    res["fwIoU"] = 100 * fiou
+    for i, name in enumerate(class_names):
+        res[f"IoU-{name}"] = 100 * iou[i]
+    res["mACC"] = 100 * macc
+    res["pACC"] = 100 * pacc
+    for i, name in enumerate(class_names):
+        res[f"ACC-{name}"] = 100 * acc[i]
+    return res
+
+
+# --------------------------------------------------------------------------------------------
+# COCO-style compressed RLE (pycocotools' format), so predictions dump without pycocotools
+# --------------------------------------------------------------------------------------------
+def rle_encode(mask: np.ndarray) -> dict[str, Any]:
+    """``{"size": [h, w], "counts": str}`` of a 2-D boolean mask, column-major, as pycocotools."""
+    mask = np.asarray(mask, dtype=bool)
+    h, w = mask.shape
+    flat = mask.reshape(-1, order="F").astype(np.int8)
+    change = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    if flat.size and flat[0] == 1:
+        counts = [0, *counts]  # runs start with zeros
+    chars = []
+    for i, c in enumerate(counts):
+        x = c - counts[i - 2] if i > 2 else c
+        more = True
+        while more:
+            ch = x & 0x1F
+            x >>= 5
+            more = x != -1 if ch & 0x10 else x != 0
+            if more:
+                ch |= 0x20
+            chars.append(chr(ch + 48))
+    return {"size": [int(h), int(w)], "counts": "".join(chars)}
+
+
+def rle_decode(rle: dict[str, Any]) -> np.ndarray:
+    """The boolean ``[h, w]`` mask of a compressed RLE written by :func:`rle_encode` or pycocotools."""
+    h, w = rle["size"]
+    s = rle["counts"]
+    s = s.decode() if isinstance(s, bytes) else s
+    counts: list[int] = []
+    p = 0
+    while p < len(s):
+        x, k, more = 0, 0, True
+        while more:
+            ch = ord(s[p]) - 48
+            x |= (ch & 0x1F) << (5 * k)
+            more = bool(ch & 0x20)
+            p += 1
+            k += 1
+            if not more and ch & 0x10:
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    values = np.zeros(len(counts), dtype=bool)
+    values[1::2] = True
+    flat = np.repeat(values, counts)
+    if flat.size != h * w:
+        raise ValueError(f"RLE counts cover {flat.size} pixels, expected {h}x{w}")
+    return flat.reshape((h, w), order="F")
+
+
+# --------------------------------------------------------------------------------------------
+# Results: JSON, table, bar chart
+# --------------------------------------------------------------------------------------------
+def _finite_or_none(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _finite_or_none(x) for k, x in v.items()}
+    if isinstance(v, (float, np.floating)):
+        return float(v) if np.isfinite(v) else None
+    return v
+
+
+def _write_json(path: str, data: Any) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, allow_nan=False)
+    os.replace(tmp, path)
+
+
+def format_results(results: dict[str, Any], header_only: bool = False) -> str:
+    """A plain-text table: the four headline metrics, then per-class IoU and accuracy."""
+    r = results.get("sem_seg", results)
+    head = ["mIoU", "fwIoU", "mACC", "pACC"]
+    line = "  ".join(f"{k} {r[k]:.2f}" for k in head)
+    if header_only:
+        return line
+    names = [k[4:] for k in r if k.startswith("IoU-")]
+    width = max([len(n) for n in names] + [5])
+    rows = [line, "copypaste: " + ",".join(f"{r[k]:.4f}" for k in head), "", f"{'class':<{width}}  {'IoU':>7}  {'ACC':>7}"]
+    for n in names:
+        iou, acc = r[f"IoU-{n}"], r[f"ACC-{n}"]
+        rows.append(f"{n:<{width}}  {_fmt(iou):>7}  {_fmt(acc):>7}")
+    return "\n".join(rows) + "\n"
+
+
+def _fmt(v: float) -> str:
+    return "n/a" if v is None or not np.isfinite(v) else f"{v:.2f}"
+
+
+def save_results(results: dict[str, Any], output_dir: str | os.PathLike, name: str) -> dict[str, str]:
+    """Write ``<name>.json`` (NaN as null), ``<name>.txt`` (table) and ``<name>_iou.png`` (bar chart).
+
+    Returns the written paths by kind. Classes without ground truth are listed as n/a and left out
+    of the chart; with more than 100 classes the chart shows the best and worst 50.
+    """
+    output_dir = os.fspath(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    paths = {k: os.path.join(output_dir, f"{safe}{ext}") for k, ext in
+             (("json", ".json"), ("table", ".txt"), ("chart", "_iou.png"))}  # fmt: skip
+    _write_json(paths["json"], _finite_or_none(dict(results)))
+    with open(paths["table"], "w", encoding="utf-8") as f:
+        f.write(f"{name}\n{format_results(results)}")
+    _bar_chart(results.get("sem_seg", results), name, paths["chart"])
+    return paths
+
+
+def _bar_chart(r: dict[str, Any], title: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    items = [(k[4:], float(v)) for k, v in r.items() if k.startswith("IoU-") and v is not None and np.isfinite(v)]
+    items.sort(key=lambda kv: -kv[1])
+    note = ""
+    if len(items) > 100:
+        note = f" (best and worst 50 of {len(items)} classes)"
+        items = items[:50] + [("...", 0.0)] + items[-50:]
+    n = max(len(items), 1)
+    fig = Figure(figsize=(8, 1.2 + 0.22 * n), dpi=80)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.barh(range(len(items)), [v for _, v in items], color="#3b75af")
+    ax.set_yticks(range(len(items)))
+    ax.set_yticklabels([k for k, _ in items], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("IoU (%)")
+    ax.set_title(f"{title}: mIoU {_fmt(r.get('mIoU'))}{note}", fontsize=10)
+    fig.tight_layout()
+    tmp = f"{path}.tmp{os.getpid()}.png"
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
