@@ -27,12 +27,13 @@ _REGISTERED: dict[str, str] = {}
 
 def _metadata(name: str, root: str) -> dict[str, Any]:
     spec = get_dataset(name)
+    resolved = spec.resolve(root)
     meta: dict[str, Any] = {
         "stuff_classes": list(spec.classes),
         "ignore_label": int(spec.ignore_label),
         "evaluator_type": spec.evaluator_type,
-        "image_root": os.path.join(root, spec.image_dir),
-        "sem_seg_root": os.path.join(root, spec.gt_dir),
+        "image_root": resolved.image_dir,
+        "sem_seg_root": resolved.gt_dir,
     }
     if spec.dataset_ids is not None:
         meta["stuff_dataset_id_to_contiguous_id"] = {int(d): i for i, d in enumerate(spec.dataset_ids)}
