@@ -313,6 +313,8 @@ def add_san_config(cfg: CfgNode) -> None:
     cfg.SOLVER.BACKBONE_MULTIPLIER = 1.0
     cfg.SOLVER.CLIP_MULTIPLIER = 1.0
     cfg.SOLVER.TEST_IMS_PER_BATCH = 1
+    # san's trainer (not an official key): autocast dtype under SOLVER.AMP.ENABLED, float16 or bfloat16
+    cfg.SOLVER.AMP.PRECISION = "float16"
 
     # SAN.
     cfg.MODEL.SAN = CN()

@@ -7,7 +7,8 @@
   parameters whose name contains an entry of ``WEIGHT_DECAY_EMBED_GROUP``; learning rate x
   ``BACKBONE_MULTIPLIER`` inside ``side_adapter_network`` and x ``CLIP_MULTIPLIER`` in modules
   whose name contains "clip".
-- :class:`WarmupPolyLR`: detectron2's DeepLab-project poly schedule with warm-up and constant ending.
+- :class:`WarmupPolyLR`: detectron2's DeepLab-project poly schedule with warm-up and constant ending
+  (:class:`WarmupMultiStepLR`, detectron2's default, is there for configs that keep it).
 - :func:`build_gradient_clipper`: ``SOLVER.CLIP_GRADIENTS`` as a function the trainer calls after
   un-scaling the gradients: ``full_model`` clips the global L2 norm over all parameters (the
   official setting, 0.01); ``value`` and ``norm`` clip each parameter on its own, as detectron2.
@@ -25,6 +26,7 @@ from torch import nn
 
 __all__ = [
     "NORM_MODULE_TYPES",
+    "WarmupMultiStepLR",
     "WarmupPolyLR",
     "build_gradient_clipper",
     "build_lr_scheduler",
@@ -163,13 +165,55 @@ class WarmupPolyLR(torch.optim.lr_scheduler.LRScheduler):
         return self.get_lr()
 
 
+class WarmupMultiStepLR(torch.optim.lr_scheduler.LRScheduler):
+    """detectron2's default step schedule: ``base_lr * warmup(it) * gamma ** (number of steps <= it)``."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        steps: list[int],
+        gamma: float = 0.1,
+        warmup_factor: float = 0.001,
+        warmup_iters: int = 1000,
+        warmup_method: str = "linear",
+        last_epoch: int = -1,
+    ) -> None:
+        if list(steps) != sorted(steps):
+            raise ValueError(f"SOLVER.STEPS must be increasing, got {list(steps)}")
+        self.steps = [int(x) for x in steps]
+        self.gamma = gamma
+        self.warmup_factor = warmup_factor
+        self.warmup_iters = warmup_iters
+        self.warmup_method = warmup_method
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self) -> list[float]:
+        it = self.last_epoch
+        warmup = warmup_factor_at_iter(self.warmup_method, it, self.warmup_iters, self.warmup_factor)
+        decay = self.gamma ** sum(1 for step in self.steps if step <= it)
+        return [base_lr * warmup * decay for base_lr in self.base_lrs]
+
+    def _get_closed_form_lr(self) -> list[float]:
+        return self.get_lr()
+
+
 def build_lr_scheduler(cfg: Any, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-    """The ``WarmupPolyLR`` schedule of ``SOLVER.*`` (the only schedule of the official recipe)."""
+    """``SOLVER.LR_SCHEDULER_NAME``: WarmupPolyLR (the official recipe) or detectron2's default
+    WarmupMultiStepLR (``STEPS``, ``GAMMA``), both with ``WARMUP_*``."""
     s = cfg.SOLVER
+    if s.LR_SCHEDULER_NAME == "WarmupMultiStepLR":
+        return WarmupMultiStepLR(
+            optimizer,
+            list(s.STEPS),
+            gamma=s.GAMMA,
+            warmup_factor=s.WARMUP_FACTOR,
+            warmup_iters=s.WARMUP_ITERS,
+            warmup_method=s.WARMUP_METHOD,
+        )
     if s.LR_SCHEDULER_NAME != "WarmupPolyLR":
         raise ValueError(
-            f"SOLVER.LR_SCHEDULER_NAME {s.LR_SCHEDULER_NAME!r} is not supported by san's trainer; "
-            "the official recipe uses WarmupPolyLR (the base config sets it)"
+            f"unknown SOLVER.LR_SCHEDULER_NAME {s.LR_SCHEDULER_NAME!r}; use WarmupPolyLR (the official recipe) "
+            "or WarmupMultiStepLR"
         )
     return WarmupPolyLR(
         optimizer,

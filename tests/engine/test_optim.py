@@ -118,9 +118,16 @@ def test_official_schedule_matches_the_released_log(tmp_path):
     assert (sched.max_iters, sched.power, sched.warmup_iters) == (60000, 0.9, 0)
     assert f"{_lrs(sched, 20)[19]:.4e}" == "9.9971e-05"
     assert sched.state_dict()["last_epoch"] == 20
-    cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"
-    with pytest.raises(ValueError, match="WarmupPolyLR"):
+    cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupCosine"
+    with pytest.raises(ValueError, match="unknown SOLVER.LR_SCHEDULER_NAME 'WarmupCosine'"):
         build_lr_scheduler(cfg, _opt())
+
+
+def test_multistep_schedule_of_detectron2_defaults():
+    cfg = san.get_cfg()  # WarmupMultiStepLR, steps (30000,), gamma 0.1, linear warm-up 1000 from 1e-3
+    cfg.SOLVER.STEPS, cfg.SOLVER.WARMUP_ITERS = (4, 6), 2
+    lrs = _lrs(build_lr_scheduler(cfg, _opt(1.0)), 8)
+    assert lrs == pytest.approx([0.001, 0.5005, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
 
 
 def test_gradient_clippers():

@@ -1,0 +1,174 @@
+"""Evaluation on the configured test datasets, with optional test-time augmentation.
+
+:func:`evaluate` runs every ``DATASETS.TEST`` entry through the test loader (each input carries
+its dataset's class names as ``"vocabulary"``, so one model is evaluated zero-shot on every
+benchmark) and :class:`~san.engine.evaluator.SemSegEvaluator`; results are logged as a table and
+as detectron2's ``copypaste:`` lines and written under ``OUTPUT_DIR/inference`` (JSON, table,
+per-class IoU chart). :class:`SemSegTTA` averages the semantic scores over ``TEST.AUG`` sizes and
+horizontal flips, like the official ``SemanticSegmentorWithTTA``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import comm
+from .events import format_eta
+
+__all__ = ["SemSegTTA", "evaluate", "flatten_results", "print_csv_format", "shortest_edge_size"]
+
+logger = logging.getLogger(__name__)
+
+
+def shortest_edge_size(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
+    """detectron2's ResizeShortestEdge output size: short side ``short``, long side at most ``max_size``."""
+    scale = short / min(h, w)
+    newh, neww = (short, scale * w) if h < w else (scale * h, short)
+    if max(newh, neww) > max_size:
+        rescale = max_size / max(newh, neww)
+        newh, neww = newh * rescale, neww * rescale
+    return int(newh + 0.5), int(neww + 0.5)
+
+
+def _resize(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of a ``[3, H, W]`` 0..255 image, rounded back to uint8 like the data pipeline."""
+    if tuple(image.shape[-2:]) == size:
+        return image
+    out = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+class SemSegTTA(nn.Module):
+    """Average ``sem_seg`` scores over multi-scale (short side in ``min_sizes``, long side at most
+    ``max_size``) and, optionally, horizontally flipped copies of each input.
+
+    The loader's image is first resized back to ``(height, width)``, the original size, as
+    detectron2's ``DatasetMapperTTA`` does; every augmented prediction is made at that size.
+    """
+
+    def __init__(self, model: nn.Module, min_sizes: Sequence[int], max_size: int, flip: bool = True) -> None:
+        super().__init__()
+        if not min_sizes:
+            raise ValueError("TEST.AUG.MIN_SIZES is empty")
+        self.model = model
+        self.min_sizes = [int(s) for s in min_sizes]
+        self.max_size = int(max_size)
+        self.flip = flip
+
+    @torch.no_grad()
+    def forward(self, batched_inputs: Sequence[dict]) -> list[dict[str, Tensor]]:
+        results = []
+        for x in batched_inputs:
+            h, w = int(x.get("height", x["image"].shape[-2])), int(x.get("width", x["image"].shape[-1]))
+            original = _resize(x["image"], (h, w))
+            total: Tensor | None = None
+            count = 0
+            for short in self.min_sizes:
+                image = _resize(original, shortest_edge_size(h, w, short, self.max_size))
+                for flipped in (False, True) if self.flip else (False,):
+                    inp = {**x, "image": image.flip(-1) if flipped else image, "height": h, "width": w}
+                    scores = self.model([inp])[0]["sem_seg"]
+                    scores = scores.flip(-1) if flipped else scores
+                    total = scores if total is None else total + scores
+                    count += 1
+            assert total is not None
+            results.append({"sem_seg": total / count})
+        return results
+
+
+def flatten_results(results: dict[str, Any]) -> dict[str, float]:
+    """``{"<dataset>/sem_seg/<metric>": value}`` for finite numbers (detectron2's flattening)."""
+    flat: dict[str, float] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}/{k}" if prefix else str(k), v)
+        elif isinstance(node, (int, float)) and node == node:
+            flat[prefix] = float(node)
+
+    walk("", results)
+    return flat
+
+
+def print_csv_format(results: dict[str, Any]) -> None:
+    """detectron2's ``copypaste:`` lines: task, metric names, values (4 decimals)."""
+    for task, res in results.items():
+        head = [(k, v) for k, v in res.items() if "-" not in k]
+        logger.info("copypaste: Task: %s", task)
+        logger.info("copypaste: %s", ",".join(k for k, _ in head))
+        logger.info("copypaste: %s", ",".join(f"{v:.4f}" for _, v in head))
+
+
+def _inference_on_dataset(model: nn.Module, loader: Any, evaluator: Any, name: str) -> dict[str, Any]:
+    evaluator.reset()
+    total = len(loader) if hasattr(loader, "__len__") else None
+    start = last_log = time.perf_counter()
+    n = 0
+    with torch.no_grad():
+        for inputs in loader:
+            outputs = model(inputs)
+            evaluator.process(inputs, outputs)
+            n += 1
+            now = time.perf_counter()
+            if now - last_log > 5 or n == total:
+                per = (now - start) / n
+                eta = f", ETA {format_eta(per * (total - n))}" if total else ""
+                logger.info("%s: %d/%s batches, %.3f s/batch%s", name, n, total if total else "?", per, eta)
+                last_log = now
+    return evaluator.evaluate()
+
+
+def evaluate(
+    model: nn.Module,
+    cfg: Any,
+    dataset_names: Sequence[str] | None = None,
+    *,
+    output_dir: str | None = None,
+    tta: bool = False,
+) -> OrderedDict:
+    """Evaluate ``model`` on ``dataset_names`` (default ``DATASETS.TEST``), every process its shard.
+
+    Returns ``{dataset: {"sem_seg": {"mIoU", "fwIoU", "mACC", "pACC", "IoU-<c>", ...}}}``; files go
+    to ``output_dir`` (default ``OUTPUT_DIR/inference``, ``inference_TTA`` with ``tta``).
+    """
+    from san.data.loader import build_test_loader
+
+    from .evaluator import SemSegEvaluator, format_results
+
+    names = list(cfg.DATASETS.TEST if dataset_names is None else dataset_names)
+    if not names:
+        raise ValueError(
+            "nothing to evaluate: DATASETS.TEST is empty (add e.g. DATASETS.TEST \"('ade20k_sem_seg_val',)\")"
+        )
+    model = getattr(model, "module", model)
+    if tta:
+        a = cfg.TEST.AUG
+        model = SemSegTTA(model, a.MIN_SIZES, a.MAX_SIZE, a.FLIP)
+    out_dir = output_dir or os.path.join(cfg.OUTPUT_DIR, "inference_TTA" if tta else "inference")
+    was_training = model.training
+    model.eval()
+    results: OrderedDict = OrderedDict()
+    rank, world = comm.get_rank(), comm.get_world_size()
+    try:
+        for name in names:
+            loader = build_test_loader(cfg, name, rank=rank, world_size=world)
+            evaluator = SemSegEvaluator.from_dataset(name, distributed=True, output_dir=out_dir)
+            logger.info("evaluating %s%s on %d process(es)", name, " with TTA" if tta else "", world)
+            res = _inference_on_dataset(model, loader, evaluator, name)
+            results[name] = res
+            if comm.is_main_process():
+                logger.info("evaluation results for %s:\n%s", name, format_results(res))
+                print_csv_format(res)
+    finally:
+        model.train(was_training)
+    return results

@@ -1,0 +1,318 @@
+"""The training loop of the official recipe in plain PyTorch: DDP, AMP, clipping, checkpoints, resume.
+
+One process per device (``torchrun``, or ``san train --num-gpus N``), each seeing
+``SOLVER.IMS_PER_BATCH / world_size`` images per iteration; gradients are averaged by
+``DistributedDataParallel``. Every iteration: forward under autocast (fp16 with a ``GradScaler``,
+or bf16 without; ``SOLVER.AMP.*``), backward, un-scale, clip (``SOLVER.CLIP_GRADIENTS``), AdamW
+step, ``WarmupPolyLR`` step. Checkpoints (every ``SOLVER.CHECKPOINT_PERIOD`` iterations and at the
+end, written atomically as ``OUTPUT_DIR/model_XXXXXXX.pth`` / ``model_final.pth`` with
+``last_checkpoint`` naming the newest) hold the model, optimizer, scheduler, scaler, iteration,
+seed and every process's RNG states, so that ``resume`` continues the run exactly: the same data,
+the same random points, the same weights as a run that was never stopped (given the same
+number of processes). Evaluation runs every ``TEST.EVAL_PERIOD`` iterations and at the end, with the
+RNG states saved and restored around it so it does not change the training stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from san.build import build_model
+from san.checkpoint import load_checkpoint, read_state_dict, save_checkpoint
+
+from . import comm
+from .events import EventWriter, format_eta
+from .optim import build_gradient_clipper, build_lr_scheduler, build_optimizer
+
+__all__ = ["Trainer", "load_weights", "resolve_device", "resolve_precision", "last_checkpoint_path"]
+
+logger = logging.getLogger(__name__)
+
+_PRECISIONS = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_device(cfg: Any) -> torch.device:
+    """The device of this process: ``MODEL.DEVICE`` (cuda -> ``cuda:LOCAL_RANK``), CPU when no GPU exists."""
+    want = str(cfg.MODEL.DEVICE)
+    if want.startswith("cuda"):
+        if not torch.cuda.is_available():
+            logger.warning("MODEL.DEVICE=%s but CUDA is not available: running on CPU", want)
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device(want)
+
+
+def resolve_precision(cfg: Any, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``SOLVER.AMP`` on ``device``, or None for float32.
+
+    ``SOLVER.AMP.ENABLED`` turns autocast on with ``SOLVER.AMP.PRECISION`` (float16, the official
+    setting, or bfloat16). CPUs have no fp16 autocast: float16 there runs in float32 (logged).
+    """
+    amp = cfg.SOLVER.AMP
+    if not amp.ENABLED:
+        return None
+    name = str(getattr(amp, "PRECISION", "float16")).lower()
+    if name not in _PRECISIONS:
+        raise ValueError(f"SOLVER.AMP.PRECISION must be float16 or bfloat16, got {name!r}")
+    dtype = _PRECISIONS[name]
+    if device.type == "cpu" and dtype == torch.float16:
+        logger.info("SOLVER.AMP: float16 autocast needs a GPU; training in float32 on CPU (bfloat16 works on CPU)")
+        return None
+    return dtype
+
+
+def last_checkpoint_path(output_dir: str) -> str | None:
+    """The checkpoint named by ``OUTPUT_DIR/last_checkpoint``, if both exist."""
+    marker = os.path.join(output_dir, "last_checkpoint")
+    if not os.path.isfile(marker):
+        return None
+    with open(marker, encoding="utf-8") as f:
+        name = f.read().strip()
+    path = os.path.join(output_dir, name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{marker} names {name}, which does not exist; delete the marker or restore the file")
+    return path
+
+
+def load_weights(model: nn.Module, weights: str) -> None:
+    """Load ``MODEL.WEIGHTS`` (a path, URL or official checkpoint name) strictly into ``model``.
+
+    ``criterion.empty_weight`` is derived from NUM_CLASSES and NO_OBJECT_WEIGHT: a checkpoint
+    trained with another NUM_CLASSES (fine-tuning on a new dataset) keeps the model's own.
+    """
+    from san.model_zoo import resolve_weights
+
+    path = resolve_weights(weights)
+    sd = read_state_dict(path)
+    own = model.state_dict().get("criterion.empty_weight")
+    theirs = sd.get("criterion.empty_weight")
+    if own is not None and theirs is not None and theirs.shape != own.shape:
+        logger.info(
+            "%s was trained with %d classes, the model has %d: keeping its own criterion.empty_weight",
+            path,
+            len(theirs) - 1,
+            len(own) - 1,
+        )
+        sd["criterion.empty_weight"] = own
+    load_checkpoint(model, sd)
+    logger.info("loaded weights from %s", path)
+
+
+class Trainer:
+    """Trains SAN from a config (``cfg.OUTPUT_DIR`` receives checkpoints, metrics, logs).
+
+    Args:
+        cfg: the full config (``san.get_cfg()`` plus a YAML and overrides).
+        resume: continue from ``OUTPUT_DIR/last_checkpoint`` when it exists (else start from
+            ``MODEL.WEIGHTS``, as detectron2).
+        log_period: iterations between console lines and ``metrics.json`` entries.
+    """
+
+    def __init__(self, cfg: Any, *, resume: bool = False, log_period: int = 20) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg)
+        comm.init_distributed(self.device.type)
+        self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
+        s = cfg.SOLVER
+        if s.IMS_PER_BATCH % self.world_size:
+            raise ValueError(
+                f"SOLVER.IMS_PER_BATCH={s.IMS_PER_BATCH} is not divisible by the {self.world_size} processes"
+            )
+        self.max_iter = int(s.MAX_ITER)
+        self.log_period = log_period
+        self.output_dir = cfg.OUTPUT_DIR
+        if comm.is_main_process():
+            os.makedirs(self.output_dir, exist_ok=True)
+        torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
+
+        ckpt = self._read_resume_checkpoint() if resume else None
+        if ckpt is not None:
+            self.seed = int(ckpt["seed"])
+        else:
+            self.seed = int(cfg.SEED) if cfg.SEED >= 0 else comm.broadcast_object(comm.random_seed())
+        logger.info("seed %d%s", self.seed, " (SEED -1: drawn at random)" if cfg.SEED < 0 and ckpt is None else "")
+        comm.seed_all(self.seed)  # the same initial weights in every process
+
+        load_clip = ckpt is None and not cfg.MODEL.WEIGHTS  # SAN checkpoints hold every CLIP weight
+        model = build_model(cfg, load_clip_weights=load_clip).to(self.device)
+        if ckpt is None and cfg.MODEL.WEIGHTS:
+            load_weights(model, cfg.MODEL.WEIGHTS)
+        self.model = model
+        self.optimizer = build_optimizer(cfg, model)
+        self.scheduler = build_lr_scheduler(cfg, self.optimizer)
+        self.clipper = build_gradient_clipper(cfg)
+        self.amp_dtype = resolve_precision(cfg, self.device)
+        use_scaler = self.amp_dtype == torch.float16 and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.start_iter = 0
+        if ckpt is not None:
+            self._load_state(ckpt)
+        self.ddp_model: nn.Module = model
+        if self.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        self._resume_rng = ckpt["rng"] if ckpt is not None else None
+        self.writer = EventWriter(self.output_dir if comm.is_main_process() else None, self.max_iter)
+        self.iteration = self.start_iter - 1
+        self.eval_results: dict[str, Any] = {}
+
+    # -- state --------------------------------------------------------------------------------------
+    def _read_resume_checkpoint(self) -> dict[str, Any] | None:
+        path = last_checkpoint_path(self.output_dir)
+        if path is None:
+            logger.info("--resume: no checkpoint in %s; starting from MODEL.WEIGHTS", self.output_dir)
+            return None
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        missing = [k for k in ("model", "optimizer", "scheduler", "iteration", "seed", "rng") if k not in ckpt]
+        if missing:
+            raise ValueError(
+                f"{path} lacks {missing}: not a san training checkpoint (use MODEL.WEIGHTS for weights only)"
+            )
+        logger.info("resuming from %s (iteration %d)", path, ckpt["iteration"])
+        return ckpt
+
+    def _load_state(self, ckpt: dict[str, Any]) -> None:
+        load_checkpoint(self.model, ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.start_iter = int(ckpt["iteration"]) + 1
+
+    def state_dict(self, iteration: int) -> dict[str, Any]:
+        """Everything :meth:`save` writes except the model and the RNG states."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "iteration": iteration,
+            "seed": self.seed,
+            "world_size": self.world_size,
+        }
+
+    def save(self, name: str, iteration: int) -> None:
+        """Write ``OUTPUT_DIR/<name>.pth`` atomically and point ``last_checkpoint`` at it (collective)."""
+        rng = comm.all_gather_object(comm.get_rng_state())
+        if comm.is_main_process():
+            fname = f"{name}.pth"
+            save_checkpoint(self.model, os.path.join(self.output_dir, fname), rng=rng, **self.state_dict(iteration))
+            marker = os.path.join(self.output_dir, "last_checkpoint")
+            with open(marker + ".tmp", "w", encoding="utf-8") as f:
+                f.write(fname)
+            os.replace(marker + ".tmp", marker)
+            logger.info("saved checkpoint %s", fname)
+        comm.barrier()
+
+    # -- one iteration --------------------------------------------------------------------------------
+    def _autocast(self) -> Any:
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def forward_backward(self, batch: Sequence[dict]) -> dict[str, float]:
+        """Losses of one batch and their (scaled) gradients in ``.grad``; returns the loss values."""
+        self.ddp_model.train()
+        with self._autocast():
+            loss_dict = self.ddp_model(list(batch))
+        if not isinstance(loss_dict, dict) or not loss_dict:
+            raise RuntimeError("the model returned no losses: training inputs need 'instances' and a criterion")
+        total = sum(loss_dict.values())
+        values = {k: float(v.detach()) for k, v in loss_dict.items()}
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"loss became infinite or NaN at iteration {self.iteration}: {values}")
+        self.scaler.scale(total).backward()
+        return values
+
+    def run_step(self, batch: Sequence[dict]) -> dict[str, float]:
+        """zero_grad, forward/backward, un-scale and clip, optimizer step (skipped by the scaler on inf)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        values = self.forward_backward(batch)
+        if self.clipper is not None:
+            self.scaler.unscale_(self.optimizer)
+            self.clipper([p for g in self.optimizer.param_groups for p in g["params"]])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return values
+
+    # -- loop -------------------------------------------------------------------------------------------
+    def build_train_loader(self) -> Iterator[list[dict]]:
+        from san.data.loader import build_train_loader
+
+        return iter(
+            build_train_loader(
+                self.cfg, rank=self.rank, world_size=self.world_size, seed=self.seed, start_iter=self.start_iter
+            )
+        )
+
+    def _set_training_rng(self) -> None:
+        if self._resume_rng is None:
+            comm.seed_all(self.seed + self.rank)
+            return
+        if len(self._resume_rng) == self.world_size:
+            comm.set_rng_state(self._resume_rng[self.rank])
+        else:
+            logger.warning(
+                "the checkpoint was written by %d processes, this run has %d: RNG streams are reseeded, so the "
+                "continuation is statistically but not bitwise equal to an uninterrupted run",
+                len(self._resume_rng),
+                self.world_size,
+            )
+            comm.seed_all(self.seed + self.rank + 1_000_003 * self.start_iter)
+
+    def train(self, stop_at: int | None = None) -> dict[str, Any]:
+        """Run iterations ``start_iter .. MAX_ITER - 1`` (or up to ``stop_at``, exclusive, as if the
+        process were killed there). Returns the last evaluation results."""
+        s, t = self.cfg.SOLVER, self.cfg.TEST
+        end = self.max_iter if stop_at is None else min(stop_at, self.max_iter)
+        if self.start_iter >= self.max_iter:
+            logger.info("training already finished (iteration %d of %d)", self.start_iter, self.max_iter)
+            return self.eval_results
+        loader = self.build_train_loader()  # before restoring RNG: creating workers draws from it
+        self._set_training_rng()
+        logger.info(
+            "training iterations %d..%d on %d process(es), %s", self.start_iter, end - 1, self.world_size, self.device
+        )
+        start_time = time.perf_counter()
+        for it in range(self.start_iter, end):
+            self.iteration = it
+            t0 = time.perf_counter()
+            batch = next(loader)
+            data_time = time.perf_counter() - t0
+            losses = self.run_step(batch)
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.scheduler.step()
+            losses = comm.reduce_mean(losses, self.device)
+            self.writer.put(
+                it, total_loss=sum(losses.values()), **losses, lr=lr, data_time=data_time, time=time.perf_counter() - t0
+            )
+            last = it == self.max_iter - 1
+            if (it + 1) % s.CHECKPOINT_PERIOD == 0:
+                self.save(f"model_{it:07d}", it)
+            if last:
+                self.save("model_final", it)
+            extra = None
+            if t.EVAL_PERIOD > 0 and ((it + 1) % t.EVAL_PERIOD == 0 or last) and self.cfg.DATASETS.TEST:
+                extra = self.evaluate_keeping_rng()
+            if (it + 1) % self.log_period == 0 or last or extra:
+                self.writer.write(it, extra)
+        logger.info("trained %d iterations in %s", end - self.start_iter, format_eta(time.perf_counter() - start_time))
+        self.writer.close()
+        return self.eval_results
+
+    def evaluate_keeping_rng(self) -> dict[str, float]:
+        """Evaluate on DATASETS.TEST without disturbing the training RNG streams; flat metrics."""
+        from .inference import evaluate, flatten_results
+
+        state = comm.get_rng_state()
+        self.eval_results = evaluate(self.model, self.cfg)
+        comm.set_rng_state(state)
+        return flatten_results(self.eval_results)

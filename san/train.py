@@ -1,0 +1,201 @@
+"""``san train``: train and evaluate SAN with the official ``train_net.py`` command line.
+
+Examples::
+
+    san train --config-file configs/san_clip_vit_res4_coco.yaml --num-gpus 8 OUTPUT_DIR output/san_b16
+    san train --config-file configs/san_clip_vit_res4_coco.yaml --num-gpus 8 --resume OUTPUT_DIR output/san_b16
+    san train --config-file configs/san_clip_vit_res4_coco.yaml --eval-only MODEL.WEIGHTS san_vit_b_16.pth
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
+        -m san.train --config-file configs/san_clip_vit_res4_coco.yaml OUTPUT_DIR output/san_b16
+
+Under ``torchrun`` (RANK/WORLD_SIZE in the environment) each process joins that group; otherwise
+``--num-gpus N`` (> 1) starts N local processes itself, and ``--num-machines``/``--machine-rank``/
+``--dist-url`` connect several machines as detectron2's ``launch`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+__all__ = ["build_parser", "launch", "main", "setup"]
+
+logger = logging.getLogger("san.train")
+
+_PRECISION_FLAGS = {"fp32": (False, "float16"), "fp16": (True, "float16"), "bf16": (True, "bfloat16")}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """detectron2's ``default_argument_parser`` flags, plus ``--precision``."""
+    port = 2**15 + 2**14 + hash(os.getuid() if sys.platform != "win32" else 1) % 2**14
+    p = argparse.ArgumentParser(
+        prog="san train",
+        description="Train SAN or evaluate it on DATASETS.TEST (the official train_net.py command line).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Trailing KEY VALUE pairs override config keys, e.g. SOLVER.IMS_PER_BATCH 16 OUTPUT_DIR out/",
+    )
+    p.add_argument("--config-file", default="", metavar="FILE", help="path to a config file (or a bundled config name)")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last_checkpoint if it exists")
+    p.add_argument(
+        "--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS (or the last checkpoint with --resume)"
+    )
+    p.add_argument("--num-gpus", type=int, default=1, help="processes (GPUs) per machine")
+    p.add_argument("--num-machines", type=int, default=1, help="total number of machines")
+    p.add_argument("--machine-rank", type=int, default=0, help="rank of this machine (0 .. num_machines - 1)")
+    p.add_argument(
+        "--dist-url",
+        default=f"tcp://127.0.0.1:{port}",
+        help="tcp://HOST:PORT of machine 0 for multi-machine runs; 'auto' picks a free local port",
+    )
+    p.add_argument(
+        "--precision",
+        choices=sorted(_PRECISION_FLAGS),
+        default=None,
+        help="override SOLVER.AMP: fp32 (no autocast), fp16 (autocast + GradScaler), bf16 (autocast, no scaler)",
+    )
+    p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
+    return p
+
+
+def _setup_logging(output_dir: str | None, rank: int) -> None:
+    root = logging.getLogger("san")
+    for h in list(root.handlers):
+        if getattr(h, "_san_train", False):
+            root.removeHandler(h)
+            h.close()
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    fmt = logging.Formatter("[%(asctime)s %(name)s]: %(message)s", datefmt="%m/%d %H:%M:%S")
+    stream = logging.StreamHandler(sys.stdout)
+    stream.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    handlers: list[logging.Handler] = [stream]
+    if output_dir and rank == 0:
+        os.makedirs(output_dir, exist_ok=True)
+        handlers.append(logging.FileHandler(os.path.join(output_dir, "log.txt"), encoding="utf-8"))
+    for h in handlers:
+        h.setFormatter(fmt)
+        h._san_train = True  # type: ignore[attr-defined]
+        root.addHandler(h)
+
+
+def setup(args: argparse.Namespace) -> Any:
+    """Config from the file, overrides and flags (frozen); logging; ``OUTPUT_DIR/config.yaml``."""
+    import san
+    from san.engine import comm
+
+    cfg = san.get_cfg()
+    if args.config_file:
+        cfg.merge_from_file(san.config.get_config_file(args.config_file))
+    cfg.merge_from_list(list(args.opts))
+    if args.precision:
+        enabled, dtype = _PRECISION_FLAGS[args.precision]
+        cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.PRECISION = enabled, dtype
+    cfg.freeze()
+    rank = int(os.environ.get("RANK", comm.get_rank()))
+    _setup_logging(cfg.OUTPUT_DIR, rank)
+    if rank == 0:
+        logger.info("command line: %s", vars(args))
+        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.write(cfg.dump())
+        os.replace(path + ".tmp", path)
+        logger.info("full config saved to %s", path)
+    return cfg
+
+
+def _evaluate_only(cfg: Any, resume: bool) -> dict[str, Any]:
+    from san.build import build_model
+    from san.checkpoint import load_checkpoint
+    from san.engine import comm
+    from san.engine.inference import evaluate
+    from san.engine.trainer import last_checkpoint_path, load_weights, resolve_device
+
+    device = resolve_device(cfg)
+    comm.init_distributed(device.type)
+    ckpt = last_checkpoint_path(cfg.OUTPUT_DIR) if resume else None
+    model = build_model(cfg, load_clip_weights=not (ckpt or cfg.MODEL.WEIGHTS)).to(device)
+    if ckpt:
+        load_checkpoint(model, ckpt)
+        logger.info("evaluating %s", ckpt)
+    elif cfg.MODEL.WEIGHTS:
+        load_weights(model, cfg.MODEL.WEIGHTS)
+    else:
+        logger.warning("no MODEL.WEIGHTS: evaluating an untrained side adapter")
+    results = dict(evaluate(model, cfg))
+    if cfg.TEST.AUG.ENABLED:
+        results.update({f"{k}_TTA": v for k, v in evaluate(model, cfg, tta=True).items()})
+    return results
+
+
+def _main_worker(args: argparse.Namespace) -> dict[str, Any]:
+    import torch.distributed as dist
+
+    from san.engine.trainer import Trainer
+
+    cfg = setup(args)
+    try:
+        if args.eval_only:
+            return _evaluate_only(cfg, args.resume)
+        return Trainer(cfg, resume=args.resume).train()
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _spawned(local_rank: int, args: argparse.Namespace, world: int, addr: str, port: int) -> None:
+    rank = args.machine_rank * args.num_gpus + local_rank
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(local_rank),
+        LOCAL_WORLD_SIZE=str(args.num_gpus),
+        MASTER_ADDR=addr,
+        MASTER_PORT=str(port),
+    )
+    _main_worker(args)
+
+
+def launch(args: argparse.Namespace) -> None:
+    """Start ``--num-gpus`` processes on this machine (detectron2's ``launch`` on torch.multiprocessing)."""
+    import torch
+    import torch.multiprocessing as mp
+
+    from san.engine.comm import find_free_port
+
+    world = args.num_gpus * args.num_machines
+    if torch.cuda.is_available() and args.num_gpus > torch.cuda.device_count():
+        raise SystemExit(f"--num-gpus {args.num_gpus} but only {torch.cuda.device_count()} CUDA devices are visible")
+    if not torch.cuda.is_available():
+        print(f"san train: no CUDA device; starting {args.num_gpus} CPU processes (gloo)", file=sys.stderr)
+    url = args.dist_url
+    if url == "auto":
+        if args.num_machines != 1:
+            raise SystemExit("--dist-url auto only works on one machine; pass tcp://HOST:PORT of machine 0")
+        addr, port = "127.0.0.1", find_free_port()
+    elif url.startswith("tcp://") and ":" in url[6:]:
+        addr, port_s = url[6:].rsplit(":", 1)
+        port = int(port_s)
+    else:
+        raise SystemExit(f"--dist-url must be tcp://HOST:PORT or auto, got {url!r}")
+    mp.start_processes(_spawned, args=(args, world, addr, port), nprocs=args.num_gpus, join=True, start_method="spawn")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``san train`` and ``python -m san.train``."""
+    args = build_parser().parse_args(argv)
+    if args.num_gpus < 1 or args.num_machines < 1 or not 0 <= args.machine_rank < args.num_machines:
+        raise SystemExit("need --num-gpus >= 1, --num-machines >= 1 and 0 <= --machine-rank < --num-machines")
+    under_torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    if not under_torchrun and args.num_gpus * args.num_machines > 1:
+        launch(args)
+    else:
+        _main_worker(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
