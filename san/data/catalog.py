@@ -219,7 +219,9 @@ def register_dataset(spec: DatasetSpec | Mapping[str, Any] | None = None, /, ove
         raise TypeError("give either a DatasetSpec/mapping or keyword fields, not both")
     if not isinstance(spec, DatasetSpec):
         if not isinstance(spec, Mapping):
-            raise TypeError(f"register_dataset takes a DatasetSpec or a mapping of its fields, got {type(spec).__name__}")
+            raise TypeError(
+                f"register_dataset takes a DatasetSpec or a mapping of its fields, got {type(spec).__name__}"
+            )
         spec = _spec_from_mapping(dict(spec), source="register_dataset")
     with _LOCK:
         if spec.name in _CATALOG and not overwrite:
@@ -285,7 +287,9 @@ def register_datasets_from_yaml(path: str | os.PathLike, overwrite: bool = False
     if isinstance(entries, dict):
         entries = [{"name": k, **(v or {})} for k, v in entries.items()]
     if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
-        raise ValueError(f"{path}: expected `datasets:` holding a list of dataset entries (name, image_dir, gt_dir, ...)")
+        raise ValueError(
+            f"{path}: expected `datasets:` holding a list of dataset entries (name, image_dir, gt_dir, ...)"
+        )
     specs = [_spec_from_mapping(dict(e), source=path, base_dir=os.path.dirname(os.path.abspath(path))) for e in entries]
     return [register_dataset(s, overwrite=overwrite).name for s in specs]
 

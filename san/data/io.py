@@ -52,7 +52,11 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
                 if img.mode not in _LABEL_MODES:
                     raise DataError(
                         f"{path}: a label map must be a single-channel integer image, got PIL mode {img.mode!r}"
-                        + (" (a colour-coded annotation? convert it with `san prepare-data`)" if img.mode in ("RGB", "RGBA") else "")
+                        + (
+                            " (a colour-coded annotation? convert it with `san prepare-data`)"
+                            if img.mode in ("RGB", "RGBA")
+                            else ""
+                        )
                     )
                 mode, arr = img.mode, np.asarray(img)
     except DataError:

@@ -69,9 +69,11 @@ class ResizeShortestEdge:
                  sample_style: str = "range") -> None:  # fmt: skip
         if sample_style not in ("range", "choice"):
             raise ValueError(f"sample_style must be 'range' or 'choice', got {sample_style!r}")
-        lengths = [int(short_edge_length)] * 2 if isinstance(short_edge_length, (int, np.integer)) else [
-            int(x) for x in short_edge_length
-        ]
+        lengths = (
+            [int(short_edge_length)] * 2
+            if isinstance(short_edge_length, (int, np.integer))
+            else [int(x) for x in short_edge_length]
+        )
         if not lengths or (sample_style == "range" and len(lengths) != 2):
             raise ValueError(f"'range' sampling needs [min, max] short-edge lengths, got {list(lengths)}")
         self.short_edge_length = lengths

@@ -314,7 +314,12 @@ def format_results(results: dict[str, Any], header_only: bool = False) -> str:
         return line
     names = [k[4:] for k in r if k.startswith("IoU-")]
     width = max([len(n) for n in names] + [5])
-    rows = [line, "copypaste: " + ",".join(f"{r[k]:.4f}" for k in head), "", f"{'class':<{width}}  {'IoU':>7}  {'ACC':>7}"]
+    rows = [
+        line,
+        "copypaste: " + ",".join(f"{r[k]:.4f}" for k in head),
+        "",
+        f"{'class':<{width}}  {'IoU':>7}  {'ACC':>7}",
+    ]
     for n in names:
         iou, acc = r[f"IoU-{n}"], r[f"ACC-{n}"]
         rows.append(f"{n:<{width}}  {_fmt(iou):>7}  {_fmt(acc):>7}")

@@ -1,0 +1,8 @@
+"""Prepare the coco_stuff benchmark: same as `san prepare-data coco_stuff --raw RAW_DIR [--root ROOT]`."""
+
+import sys
+
+from san.data.prepare import main
+
+if __name__ == "__main__":
+    sys.exit(main(["coco_stuff", *sys.argv[1:]]))
