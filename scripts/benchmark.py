@@ -242,7 +242,7 @@ def bench_infer(model: san.SAN, key: str, args: argparse.Namespace, device: torc
             with torch.no_grad():
                 proxy = proxy_labels(model, inputs, classifier)
             distinct = int(proxy.unique().numel())
-            ref_time = None
+            timed: list[tuple[dict, set[str], int | None]] = []
             for mode in args.modes:
                 flags, reduced = parse_mode(mode)
                 row = {"section": "infer", "model": key, "size": f"{h}x{w}", "vocab": n, "mode": mode, "proxy_labels": distinct}
@@ -252,10 +252,8 @@ def bench_infer(model: san.SAN, key: str, args: argparse.Namespace, device: torc
                     log.info("%s", rows[-1])
                     continue
                 with mode_context(model, flags, device):
-                    if args.memory_only:  # one warm-up call, then the measured one
+                    for _ in range(max(1, args.warmup)):
                         run_labels(model, inputs, flags, reduced)
-                    else:
-                        row.update(timeit(lambda: run_labels(model, inputs, flags, reduced), device, args.warmup, args.repeat))
                     with PeakMemory(device) as mem:
                         out = run_labels(model, inputs, flags, reduced)
                     same, diff = agreement(out, exact)
@@ -268,11 +266,34 @@ def bench_infer(model: san.SAN, key: str, args: argparse.Namespace, device: torc
                         batch = make_inputs(size, args.batch, names, seed=1)
                         tb = timeit(lambda: run_labels(model, batch, flags, reduced), device, 1, max(2, args.repeat // 2))
                         row["img_per_s"] = args.batch / tb["median_s"]
-                if mode == "reference":
-                    ref_time = row.get("median_s")
-                row["vs_ref"] = row["median_s"] / ref_time if ref_time and "median_s" in row else None
                 rows.append(row)
+                timed.append((row, flags, reduced))
+            if not args.memory_only:
+                interleaved_times(model, inputs, timed, device, args.repeat)
+            for row, _, _ in timed:
                 log.info("%s", row)
+
+
+def interleaved_times(model: san.SAN, inputs: list[dict], timed: list[tuple], device: torch.device, repeat: int) -> None:
+    """Time the modes in rounds (A B C, A B C, ...) so that load from other processes hits all alike."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times: list[list[float]] = [[] for _ in timed]
+    for _ in range(repeat):
+        for k, (_, flags, reduced) in enumerate(timed):
+            with mode_context(model, flags, device):
+                sync()
+                t = time.perf_counter()
+                run_labels(model, inputs, flags, reduced)
+                sync()
+                times[k].append(time.perf_counter() - t)
+    ref_time = None
+    for (row, flags, _), ts in zip(timed, times):
+        ts.sort()
+        row.update(median_s=statistics.median(ts), p90_s=ts[min(len(ts) - 1, round(0.9 * (len(ts) - 1)))], n=len(ts))
+        if row["mode"] == "reference":
+            ref_time = row["median_s"]
+    for row, _, _ in timed:
+        row["vs_ref"] = row["median_s"] / ref_time if ref_time else None
 
 
 def bench_text(model: san.SAN, key: str, args: argparse.Namespace, device: torch.device, rows: list[dict]) -> None:

@@ -41,11 +41,14 @@ def _resize_chain(n_mask: int, n_pad: int, n_img: int, n_out: int, device: torch
     return first, resize_matrix(n_img, n_out, device, dtype)  # [n_out, n_img]
 
 
-def _taps(mat: Tensor) -> tuple[Tensor, Tensor]:
-    """A resize matrix ``[n_out, n_in]`` as its few non-zero taps per row: indices and weights ``[n_out, k]``."""
+def _taps(mat: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+    """A (CPU) resize matrix ``[n_out, n_in]`` as its non-zero taps per row, indices and weights ``[n_out, k]``.
+
+    Built on the CPU and copied once, so a GPU never waits for the host inside the band loop.
+    """
     k = max(1, int((mat != 0).sum(dim=1).max()))
     weights, idx = mat.topk(k, dim=1)  # bilinear weights are >= 0; unused taps carry weight 0
-    return idx, weights
+    return idx.to(device), weights.to(device)
 
 
 def _resize_last(x: Tensor, taps: tuple[Tensor, Tensor]) -> Tensor:
@@ -73,7 +76,7 @@ def _label_bands(
     height, width = row_mat.shape[0], maps.shape[-1]
     labels = torch.empty(height, width, dtype=torch.long, device=maps.device)
     scores = torch.empty(height, width, dtype=maps.dtype, device=maps.device)
-    idx, weights = _taps(row_mat)  # [H, k]
+    idx, weights = _taps(row_mat, maps.device)  # [H, k]
     band = _band_rows(height, (q * 2 + c) * width, max_elements)
     for start in range(0, height, band):
         i, wt = idx[start : start + band], weights[start : start + band]
@@ -135,18 +138,18 @@ def _exact_labels(
     postprocess_before_inference: bool,
     max_elements: int,
 ) -> tuple[Tensor, Tensor]:
-    dtype, device = mask_pred.dtype, mask_pred.device
+    cpu, device = torch.device("cpu"), mask_pred.device
     (h, w), (hp, wp), (h0, w0), (ho, wo) = mask_pred.shape[-2:], padded_size, image_size, out_size
-    r1, r2 = _resize_chain(h, hp, h0, ho, device, dtype)
-    c1, c2 = _resize_chain(w, wp, w0, wo, device, dtype)
+    r1, r2 = _resize_chain(h, hp, h0, ho, cpu, mask_pred.dtype)
+    c1, c2 = _resize_chain(w, wp, w0, wo, cpu, mask_pred.dtype)
     if postprocess_before_inference:  # resize logits to the output, then sigmoid
-        cols = _resize_last(mask_pred, _taps(c2 @ c1))  # [Q, h, W]
+        cols = _resize_last(mask_pred, _taps(c2 @ c1, device))  # [Q, h, W]
         return _label_bands(probs, r2 @ r1, cols, True, max_elements)
     # official alternative: sigmoid on the padded-size masks (Q maps, no class axis), then scores
     # resized (linear, so the resize moves onto the masks)
     first = F.interpolate(mask_pred[None], size=tuple(padded_size), mode="bilinear", align_corners=False)[0]
     first = first[:, :h0, :w0].sigmoid()  # [Q, h0, w0]
-    return _label_bands(probs, r2, _resize_last(first, _taps(c2)), False, max_elements)
+    return _label_bands(probs, r2, _resize_last(first, _taps(c2, device)), False, max_elements)
 
 
 def _reduced_labels(
@@ -167,10 +170,11 @@ def _reduced_labels(
     q, c = probs.shape
     cand = torch.zeros(c, dtype=torch.bool, device=probs.device)
     (lh, lw), grid = low, mask_pred.shape[-2:]
-    r1, r2 = _resize_chain(grid[0], padded_size[0], image_size[0], lh, probs.device, probs.dtype)
-    c1, c2 = _resize_chain(grid[1], padded_size[1], image_size[1], lw, probs.device, probs.dtype)
-    up = _resize_last(mask_pred, _taps(c2 @ c1)).transpose(1, 2)  # [Q, lw, h]
-    up = _resize_last(up, _taps(r2 @ r1)).transpose(1, 2).sigmoid().reshape(q, -1)  # [Q, lh*lw]
+    cpu, device = torch.device("cpu"), mask_pred.device
+    r1, r2 = _resize_chain(grid[0], padded_size[0], image_size[0], lh, cpu, probs.dtype)
+    c1, c2 = _resize_chain(grid[1], padded_size[1], image_size[1], lw, cpu, probs.dtype)
+    up = _resize_last(mask_pred, _taps(c2 @ c1, device)).transpose(1, 2)  # [Q, lw, h]
+    up = _resize_last(up, _taps(r2 @ r1, device)).transpose(1, 2).sigmoid().reshape(q, -1)  # [Q, lh*lw]
     chunk = _band_rows(c, lh * lw, max_elements)
     for start in range(0, c, chunk):  # top-2 classes of every low-resolution pixel
         s = torch.matmul(probs[:, start : start + chunk].T, up)  # [c', lh*lw]
