@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="tcp://HOST:PORT of machine 0 for multi-machine runs; 'auto' picks a free local port",
     )
     p.add_argument(
+        "--datasets-yaml",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="register your own datasets from a YAML file (san.data.register_datasets_from_yaml); repeatable",
+    )
+    p.add_argument(
         "--precision",
         choices=sorted(_PRECISION_FLAGS),
         default=None,
@@ -84,8 +91,11 @@ def _setup_logging(output_dir: str | None, rank: int) -> None:
 def setup(args: argparse.Namespace) -> Any:
     """Config from the file, overrides and flags (frozen); logging; ``OUTPUT_DIR/config.yaml``."""
     import san
+    from san.data import register_datasets_from_yaml
     from san.engine import comm
 
+    for path in args.datasets_yaml:
+        register_datasets_from_yaml(path, overwrite=True)
     cfg = san.get_cfg()
     if args.config_file:
         cfg.merge_from_file(san.config.get_config_file(args.config_file))

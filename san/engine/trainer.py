@@ -115,9 +115,10 @@ class Trainer:
         resume: continue from ``OUTPUT_DIR/last_checkpoint`` when it exists (else start from
             ``MODEL.WEIGHTS``, as detectron2).
         log_period: iterations between console lines and ``metrics.json`` entries.
+        window: iterations over which logged losses and times are smoothed (median; 1 = raw).
     """
 
-    def __init__(self, cfg: Any, *, resume: bool = False, log_period: int = 20) -> None:
+    def __init__(self, cfg: Any, *, resume: bool = False, log_period: int = 20, window: int = 20) -> None:
         self.cfg = cfg
         self.device = resolve_device(cfg)
         comm.init_distributed(self.device.type)
@@ -161,7 +162,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
         self._resume_rng = ckpt["rng"] if ckpt is not None else None
-        self.writer = EventWriter(self.output_dir if comm.is_main_process() else None, self.max_iter)
+        self.writer = EventWriter(self.output_dir if comm.is_main_process() else None, self.max_iter, window=window)
         self.iteration = self.start_iter - 1
         self.eval_results: dict[str, Any] = {}
 

@@ -30,6 +30,15 @@ from ..conftest import tiny_cfg
 VOCAB = ["sky", "grass", "road", "car", "tree"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread, and do not stall when other jobs share the CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def fixed_points(rows: int, n: int, device: torch.device) -> torch.Tensor:
     g = torch.Generator().manual_seed(1234)
     return torch.rand(n, 2, generator=g).to(device).expand(rows, -1, -1).clone()
