@@ -22,6 +22,8 @@ cost does not grow with C x H x W; its agreement with the exact map is measured 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -51,6 +53,15 @@ def _taps(mat: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
     return idx.to(device), weights.to(device)
 
 
+@functools.lru_cache(maxsize=64)
+def _chain_taps(
+    which: str, n_mask: int, n_pad: int, n_img: int, n_out: int, dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Cached taps of the whole resize chain (``"both"``) or of its second step (``"second"``)."""
+    first, second = _resize_chain(n_mask, n_pad, n_img, n_out, torch.device("cpu"), dtype)
+    return _taps(second @ first if which == "both" else second, device)
+
+
 def _resize_last(x: Tensor, taps: tuple[Tensor, Tensor]) -> Tensor:
     """Resize the last dimension of ``x`` with :func:`_taps` output (exact sparse matmul)."""
     idx, weights = taps
@@ -62,21 +73,21 @@ def _band_rows(n_rows: int, per_row: int, max_elements: int) -> int:
 
 
 def _label_bands(
-    probs: Tensor, row_mat: Tensor, maps: Tensor, sigmoid: bool, max_elements: int
+    probs: Tensor, rows: tuple[Tensor, Tensor], maps: Tensor, sigmoid: bool, max_elements: int
 ) -> tuple[Tensor, Tensor]:
-    """Arg-max/max over classes of ``probs^T f(row_mat @ maps)``, a band of rows at a time.
+    """Arg-max/max over classes of ``probs^T f(R @ maps)``, a band of rows at a time.
 
     Args:
         probs: ``[Q, C]`` class probabilities of every mask (background dropped).
-        row_mat: ``[H, h']`` row resize matrix (applied through its taps).
+        rows: taps ``[H, k]`` (indices, weights) of the row resize matrix ``R [H, h']``.
         maps: ``[Q, h', W]`` masks already resized along the columns.
         sigmoid: apply the sigmoid after the row resize (mask logits) or not (probabilities).
     """
     q, c = probs.shape
-    height, width = row_mat.shape[0], maps.shape[-1]
+    idx, weights = rows
+    height, width = idx.shape[0], maps.shape[-1]
     labels = torch.empty(height, width, dtype=torch.long, device=maps.device)
     scores = torch.empty(height, width, dtype=maps.dtype, device=maps.device)
-    idx, weights = _taps(row_mat, maps.device)  # [H, k]
     band = _band_rows(height, (q * 2 + c) * width, max_elements)
     for start in range(0, height, band):
         i, wt = idx[start : start + band], weights[start : start + band]
@@ -138,18 +149,17 @@ def _exact_labels(
     postprocess_before_inference: bool,
     max_elements: int,
 ) -> tuple[Tensor, Tensor]:
-    cpu, device = torch.device("cpu"), mask_pred.device
+    dtype, device = mask_pred.dtype, mask_pred.device
     (h, w), (hp, wp), (h0, w0), (ho, wo) = mask_pred.shape[-2:], padded_size, image_size, out_size
-    r1, r2 = _resize_chain(h, hp, h0, ho, cpu, mask_pred.dtype)
-    c1, c2 = _resize_chain(w, wp, w0, wo, cpu, mask_pred.dtype)
     if postprocess_before_inference:  # resize logits to the output, then sigmoid
-        cols = _resize_last(mask_pred, _taps(c2 @ c1, device))  # [Q, h, W]
-        return _label_bands(probs, r2 @ r1, cols, True, max_elements)
+        cols = _resize_last(mask_pred, _chain_taps("both", w, wp, w0, wo, dtype, device))  # [Q, h, W]
+        return _label_bands(probs, _chain_taps("both", h, hp, h0, ho, dtype, device), cols, True, max_elements)
     # official alternative: sigmoid on the padded-size masks (Q maps, no class axis), then scores
     # resized (linear, so the resize moves onto the masks)
     first = F.interpolate(mask_pred[None], size=tuple(padded_size), mode="bilinear", align_corners=False)[0]
     first = first[:, :h0, :w0].sigmoid()  # [Q, h0, w0]
-    return _label_bands(probs, r2, _resize_last(first, _taps(c2, device)), False, max_elements)
+    cols = _resize_last(first, _chain_taps("second", w, wp, w0, wo, dtype, device))  # [Q, h0, W]
+    return _label_bands(probs, _chain_taps("second", h, hp, h0, ho, dtype, device), cols, False, max_elements)
 
 
 def _reduced_labels(
@@ -170,11 +180,10 @@ def _reduced_labels(
     q, c = probs.shape
     cand = torch.zeros(c, dtype=torch.bool, device=probs.device)
     (lh, lw), grid = low, mask_pred.shape[-2:]
-    cpu, device = torch.device("cpu"), mask_pred.device
-    r1, r2 = _resize_chain(grid[0], padded_size[0], image_size[0], lh, cpu, probs.dtype)
-    c1, c2 = _resize_chain(grid[1], padded_size[1], image_size[1], lw, cpu, probs.dtype)
-    up = _resize_last(mask_pred, _taps(c2 @ c1, device)).transpose(1, 2)  # [Q, lw, h]
-    up = _resize_last(up, _taps(r2 @ r1, device)).transpose(1, 2).sigmoid().reshape(q, -1)  # [Q, lh*lw]
+    dtype, device = probs.dtype, mask_pred.device
+    up = _resize_last(mask_pred, _chain_taps("both", grid[1], padded_size[1], image_size[1], lw, dtype, device))
+    up = _resize_last(up.transpose(1, 2), _chain_taps("both", grid[0], padded_size[0], image_size[0], lh, dtype, device))
+    up = up.transpose(1, 2).sigmoid().reshape(q, -1)  # [Q, lh*lw]
     chunk = _band_rows(c, lh * lw, max_elements)
     for start in range(0, c, chunk):  # top-2 classes of every low-resolution pixel
         s = torch.matmul(probs[:, start : start + chunk].T, up)  # [c', lh*lw]
