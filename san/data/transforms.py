@@ -184,10 +184,11 @@ def bgr_to_hsv(bgr: np.ndarray) -> np.ndarray:
 
 
 def hsv_to_bgr(hsv: np.ndarray) -> np.ndarray:
-    """uint8 HSV (H 0..179) -> uint8 BGR as OpenCV's vectorised ``COLOR_HSV2BGR``.
+    """uint8 HSV ``[H, W, 3]`` (H 0..179) -> uint8 BGR exactly as OpenCV 5.0's ``COLOR_HSV2BGR``.
 
-    float32 sector arithmetic, ``1 - a*b`` rounded once (OpenCV's fused multiply-add) and
-    truncation to uint8: equal to OpenCV 5.0 on all 2^24 inputs.
+    float32 sector arithmetic with ``1 - a*b`` rounded once (a fused multiply-add). OpenCV converts
+    each row in blocks of 32 pixels that truncate to uint8, and the last ``W % 32`` pixels of a
+    row with a scalar path that rounds; both are reproduced (checked on all 2^24 inputs).
     """
     h = hsv[..., 0].astype(np.float32) * np.float32(6.0 / 180.0)
     s = hsv[..., 1].astype(np.float32) * np.float32(1.0 / 255.0)
@@ -205,7 +206,10 @@ def hsv_to_bgr(hsv: np.ndarray) -> np.ndarray:
     tab = np.stack([v, v * (one - s), v * one_minus(s, f), v * one_minus(s, one - f)], axis=-1)
     bgr = np.take_along_axis(tab, _SECTOR_TAB[sector], axis=-1)
     bgr = np.where((s == 0)[..., None], v[..., None], bgr)
-    return np.clip(np.floor(bgr * np.float32(255.0)), 0, 255).astype(np.uint8)
+    scaled = bgr * np.float32(255.0)
+    width = hsv.shape[-2] if hsv.ndim >= 2 else 1
+    tail = (np.arange(width) >= width // 32 * 32)[:, None]  # [W, 1]: pixels of the scalar path
+    return np.clip(np.where(tail, np.rint(scaled), np.floor(scaled)), 0, 255).astype(np.uint8)
 
 
 class ColorAugSSD:
