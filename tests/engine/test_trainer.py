@@ -14,10 +14,12 @@ import os
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import san
 from san.data import register_dataset, unregister_dataset
+from san.engine.inference import SemSegTTA, evaluate, shortest_edge_size
 from san.engine.trainer import Trainer, last_checkpoint_path
 from san.train import build_parser
 from san.train import main as train_main
@@ -190,3 +192,82 @@ def test_command_line_flags_follow_the_official_train_net():
     assert args.opts == ["SOLVER.IMS_PER_BATCH", "16", "OUTPUT_DIR", "o"]
     with pytest.raises(SystemExit):
         train_main(["--num-gpus", "2", "--num-machines", "2", "--machine-rank", "2"])
+
+
+def test_two_processes_from_the_command_line(toy_root, tmp_path, monkeypatch):
+    """``san train --num-gpus 2`` on a CPU machine: two gloo processes, datasets from a YAML file."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    entries = [
+        {
+            "name": f"toy_{s}",
+            "image_dir": f"toy/images/{s}",
+            "gt_dir": f"toy/labels/{s}",
+            "classes": CLASSES,
+            "ignore_label": 255,
+        }
+        for s in ("train", "val")
+    ]
+    (tmp_path / "toy_datasets.yaml").write_text(json.dumps({"datasets": entries}))  # JSON is YAML
+    cfg = toy_cfg(str(tmp_path), "unused", **{"SOLVER.MAX_ITER": 2, "TEST.EVAL_PERIOD": 2})
+    (tmp_path / "toy.yaml").write_text(cfg.dump())
+    out = tmp_path / "out"
+    argv = ["--config-file", str(tmp_path / "toy.yaml"), "--num-gpus", "2", "--dist-url", "auto"]
+    argv += ["--datasets-yaml", str(tmp_path / "toy_datasets.yaml"), "OUTPUT_DIR", str(out)]
+    assert train_main(argv) == 0
+    ckpt = _final(str(out))
+    assert ckpt["world_size"] == 2 and ckpt["iteration"] == 1 and len(ckpt["rng"]) == 2
+    assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])  # each rank its own stream
+    metrics = _metrics(str(out))
+    assert [m["iteration"] for m in metrics if "total_loss" in m] == [1]
+    assert 0 <= metrics[-1]["toy_val/sem_seg/mIoU"] <= 100
+    log = (out / "log.txt").read_text()
+    assert "rank 0 of 2 (gloo)" in log and "copypaste: mIoU,fwIoU,mACC,pACC" in log
+
+
+def test_autocast_precision_on_cpu(toy_root, tmp_path):
+    cfg = toy_cfg(str(tmp_path), str(tmp_path / "out"), **{"SOLVER.AMP.ENABLED": True})
+    assert Trainer(cfg).amp_dtype is None  # fp16 autocast needs a GPU: float32 on CPU
+    cfg.defrost()
+    cfg.SOLVER.AMP.PRECISION = "bfloat16"
+    trainer = Trainer(cfg)
+    assert trainer.amp_dtype == torch.bfloat16 and not trainer.scaler.is_enabled()
+    losses = trainer.run_step(next(trainer.build_train_loader()))
+    assert set(losses) == set(trainer.model.criterion.weight_dict) and all(np.isfinite(v) for v in losses.values())
+    cfg.SOLVER.AMP.PRECISION = "int8"
+    with pytest.raises(ValueError, match="float16 or bfloat16"):
+        Trainer(cfg)
+
+
+class _Echo(torch.nn.Module):
+    """A stand-in model whose scores are the input image resized to (height, width)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def forward(self, inputs):
+        self.sizes += [tuple(x["image"].shape[-2:]) for x in inputs]
+        return [
+            {"sem_seg": F.interpolate(x["image"][None].float(), size=(x["height"], x["width"]), mode="bilinear")[0]}
+            for x in inputs
+        ]
+
+
+def test_tta_averages_rescaled_and_unflipped_predictions():
+    assert shortest_edge_size(512, 683, 640, 2560) == (640, 854)  # the ADE example of the official pipeline
+    assert shortest_edge_size(100, 1000, 640, 2560) == (256, 2560)  # long side capped
+    ramp = torch.arange(48, dtype=torch.float32).mul(5).expand(3, 32, 48).to(torch.uint8)  # left-right asymmetric
+    model = _Echo()
+    tta = SemSegTTA(model, [16, 32, 64], max_size=80, flip=True)
+    out = tta([{"image": ramp, "height": 32, "width": 48}])[0]["sem_seg"]
+    assert model.sizes == [(16, 24), (16, 24), (32, 48), (32, 48), (53, 80), (53, 80)]
+    assert out.shape == (3, 32, 48)
+    assert (out - ramp.float()).abs()[:, :, 2:-2].max() < 3  # flips undone, scales averaged
+    with pytest.raises(ValueError, match="MIN_SIZES is empty"):
+        SemSegTTA(model, [], 100)
+
+
+def test_evaluate_needs_test_datasets(tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    with pytest.raises(ValueError, match="DATASETS.TEST is empty"):
+        evaluate(torch.nn.Identity(), cfg)
