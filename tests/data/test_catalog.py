@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
+
 from san.assets import read_classes, read_dataset_ids
 from san.data.catalog import (
     DatasetSpec,

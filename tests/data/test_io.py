@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
+
 from san.data.io import DataError, read_image, read_label, write_label
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from san.config import get_cfg, get_config_file
 from san.data.transforms import (
     ColorAugSSD,
