@@ -20,7 +20,7 @@ from PIL import Image
 import san
 from san.data import register_dataset, unregister_dataset
 from san.engine.inference import SemSegTTA, evaluate, shortest_edge_size
-from san.engine.trainer import Trainer, last_checkpoint_path
+from san.engine.trainer import Trainer, last_checkpoint_path, load_weights
 from san.train import build_parser
 from san.train import main as train_main
 
@@ -271,3 +271,17 @@ def test_evaluate_needs_test_datasets(tmp_path):
     cfg = tiny_cfg(tmp_path)
     with pytest.raises(ValueError, match="DATASETS.TEST is empty"):
         evaluate(torch.nn.Identity(), cfg)
+
+
+def test_weights_from_another_num_classes_keep_the_models_no_object_weight(tmp_path):
+    torch.manual_seed(0)
+    source = san.build_model(tiny_cfg(tmp_path, num_classes=5))
+    san.save_checkpoint(source, tmp_path / "five.pth")
+    target = san.build_model(tiny_cfg(tmp_path, num_classes=3))
+    with pytest.raises(
+        san.checkpoint.CheckpointError, match=r"criterion.empty_weight: checkpoint \[6\] vs model \[4\]"
+    ):
+        san.load_checkpoint(target, tmp_path / "five.pth")
+    load_weights(target, str(tmp_path / "five.pth"))  # MODEL.WEIGHTS: fine-tuning on 3 classes
+    assert target.criterion.empty_weight.tolist() == pytest.approx([1, 1, 1, 0.1])
+    assert torch.equal(target.side_adapter_network.query_embed, source.side_adapter_network.query_embed)
