@@ -82,6 +82,12 @@ class ColorAugSSD(T.Transform):
         self.contrast_range = (contrast_low, contrast_high)
         self.saturation_range = (saturation_low, saturation_high)
 
+    def __repr__(self) -> str:
+        return (
+            f"ColorAugSSD(rgb={self.is_rgb}, brightness_delta={self.brightness_delta}, "
+            f"contrast={self.contrast_range}, saturation={self.saturation_range}, hue_delta={self.hue_delta})"
+        )
+
     def apply_coords(self, coords: np.ndarray) -> np.ndarray:
         return coords
 
