@@ -144,9 +144,13 @@ def _evaluate_only(cfg: Any, resume: bool) -> dict[str, Any]:
 def _main_worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch.distributed as dist
 
+    from san.config import ConfigError
     from san.engine.trainer import Trainer
 
-    cfg = setup(args)
+    try:
+        cfg = setup(args)
+    except (FileNotFoundError, ConfigError) as e:
+        raise SystemExit(f"san train: {e}") from None
     try:
         if args.eval_only:
             return _evaluate_only(cfg, args.resume)

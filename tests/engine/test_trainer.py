@@ -192,6 +192,10 @@ def test_command_line_flags_follow_the_official_train_net():
     assert args.opts == ["SOLVER.IMS_PER_BATCH", "16", "OUTPUT_DIR", "o"]
     with pytest.raises(SystemExit):
         train_main(["--num-gpus", "2", "--num-machines", "2", "--machine-rank", "2"])
+    with pytest.raises(SystemExit, match="neither a file nor a bundled config"):
+        train_main(["--config-file", "no_such_config.yaml"])
+    with pytest.raises(SystemExit, match="unknown config key 'SOLVER.BASE_LRR'"):
+        train_main(["SOLVER.BASE_LRR", "0.1"])
 
 
 def test_two_processes_from_the_command_line(toy_root, tmp_path, monkeypatch):
