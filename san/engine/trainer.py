@@ -296,7 +296,7 @@ class Trainer:
                 it, total_loss=sum(losses.values()), **losses, lr=lr, data_time=data_time, time=time.perf_counter() - t0
             )
             last = it == self.max_iter - 1
-            if (it + 1) % s.CHECKPOINT_PERIOD == 0:
+            if s.CHECKPOINT_PERIOD > 0 and (it + 1) % s.CHECKPOINT_PERIOD == 0:
                 self.save(f"model_{it:07d}", it)
             if last:
                 self.save("model_final", it)
