@@ -33,10 +33,9 @@ import os
 import platform
 import statistics
 import sys
-import threading
 import time
-from collections.abc import Callable
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -47,67 +46,11 @@ from san.assets import read_classes
 from san.config import get_config_file
 from san.modeling.semantic import semantic_labels
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_tools import PeakMemory, add_peak_fraction, cpu_memory_pass, table, timeit  # noqa: E402
+
 MODELS = {"vitb": "san_clip_vit_res4_coco", "vitl": "san_clip_vit_large_res4_coco"}
-H100_BF16_DENSE_TFLOPS = 989.0
 log = logging.getLogger("benchmark")
-
-
-# -- measuring ---------------------------------------------------------------------------------------
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class PeakMemory:
-    """Peak memory (MB) used during a block: CUDA max allocated, or the peak RSS rise on CPU."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.peak_mb = device, 0.0
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        else:
-            self.base = self.peak = _rss()
-            self.running = True
-            self.thread = threading.Thread(target=self._sample, daemon=True)
-            self.thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while self.running:
-            self.peak = max(self.peak, _rss())
-            time.sleep(0.002)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.peak_mb = (torch.cuda.max_memory_allocated() - self.base) / 2**20
-        else:
-            self.running = False
-            self.thread.join()
-            self.peak_mb = (max(self.peak, _rss()) - self.base) / 2**20
-
-
-def timeit(fn: Callable[[], object], device: torch.device, warmup: int, repeat: int) -> dict[str, float]:
-    """Median and p90 wall time (s) of ``fn`` after ``warmup`` calls (CUDA synchronised)."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        fn()
-    sync()
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    times.sort()
-    p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
-    return {"median_s": statistics.median(times), "p90_s": p90, "warmup_s": first, "n": repeat}
 
 
 # -- inputs ------------------------------------------------------------------------------------------
@@ -132,7 +75,9 @@ def fill_random_embeddings(model: san.SAN, names: list[str]) -> None:
     clf._cache.update(zip(names, emb.to(clf.text_projection.device)))
 
 
-def proxy_labels(model: san.SAN, inputs: list[dict], classifier: torch.Tensor, reduced: int | None = None) -> torch.Tensor:
+def proxy_labels(
+    model: san.SAN, inputs: list[dict], classifier: torch.Tensor, reduced: int | None = None
+) -> torch.Tensor:
     """Label map from the model's mask proposals with fixed logits: query q votes for class q mod C.
 
     Random weights make every SOS token nearly the same, so one class wins everywhere and the
@@ -245,7 +190,14 @@ def bench_infer(model: san.SAN, key: str, args: argparse.Namespace, device: torc
             timed: list[tuple[dict, set[str], int | None]] = []
             for mode in args.modes:
                 flags, reduced = parse_mode(mode)
-                row = {"section": "infer", "model": key, "size": f"{h}x{w}", "vocab": n, "mode": mode, "proxy_labels": distinct}
+                row = {
+                    "section": "infer",
+                    "model": key,
+                    "size": f"{h}x{w}",
+                    "vocab": n,
+                    "mode": mode,
+                    "proxy_labels": distinct,
+                }
                 full_maps_gb = 4 * n * h * w / 2**30
                 if ("reference" in flags or "scores" in flags) and full_maps_gb > args.max_ref_gb:
                     rows.append({**row, "skipped": f"score maps alone need {full_maps_gb:.1f} GB > --max-ref-gb"})
@@ -264,7 +216,9 @@ def bench_infer(model: san.SAN, key: str, args: argparse.Namespace, device: torc
                         row["proxy_agree"] = float((mine == proxy).float().mean())
                     if args.batch > 1 and n == args.vocab[0] and not args.memory_only:
                         batch = make_inputs(size, args.batch, names, seed=1)
-                        tb = timeit(lambda: run_labels(model, batch, flags, reduced), device, 1, max(2, args.repeat // 2))
+                        tb = timeit(
+                            partial(run_labels, model, batch, flags, reduced), device, 1, max(2, args.repeat // 2)
+                        )
                         row["img_per_s"] = args.batch / tb["median_s"]
                 rows.append(row)
                 timed.append((row, flags, reduced))
@@ -274,7 +228,9 @@ def bench_infer(model: san.SAN, key: str, args: argparse.Namespace, device: torc
                 log.info("%s", row)
 
 
-def interleaved_times(model: san.SAN, inputs: list[dict], timed: list[tuple], device: torch.device, repeat: int) -> None:
+def interleaved_times(
+    model: san.SAN, inputs: list[dict], timed: list[tuple], device: torch.device, repeat: int
+) -> None:
     """Time the modes in rounds (A B C, A B C, ...) so that load from other processes hits all alike."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times: list[list[float]] = [[] for _ in timed]
@@ -287,7 +243,7 @@ def interleaved_times(model: san.SAN, inputs: list[dict], timed: list[tuple], de
                 sync()
                 times[k].append(time.perf_counter() - t)
     ref_time = None
-    for (row, flags, _), ts in zip(timed, times):
+    for (row, _, _), ts in zip(timed, times):
         ts.sort()
         row.update(median_s=statistics.median(ts), p90_s=ts[min(len(ts) - 1, round(0.9 * (len(ts) - 1)))], n=len(ts))
         if row["mode"] == "reference":
@@ -306,21 +262,30 @@ def bench_text(model: san.SAN, key: str, args: argparse.Namespace, device: torch
         clf.clear_cache()
         clf.cache_dir = None
         ref = clf.embed_names(names, fast=False)
-        t_ref = timeit(lambda: clf.embed_names(names, fast=False), device, 0, args.text_repeat)
-        rows.append({**base, "mode": "reference", **t_ref, "vs_ref": 1.0})
 
         def cold() -> None:
             clf.clear_cache()
             clf.embed_names(names)
 
-        t_fast = timeit(cold, device, 0, args.text_repeat)
+        # reference and fast path alternate, so that load from other processes hits both alike
+        t_ref, t_fast = [], []
+        for _ in range(args.text_repeat):
+            t_ref.append(timeit(lambda: clf.embed_names(names, fast=False), device, 0, 1)["median_s"])
+            t_fast.append(timeit(cold, device, 0, 1)["median_s"])
+        t_ref = {"median_s": statistics.median(t_ref), "p90_s": max(t_ref), "n": len(t_ref)}
+        t_fast = {"median_s": statistics.median(t_fast), "p90_s": max(t_fast), "n": len(t_fast)}
+        rows.append({**base, "mode": "reference", **t_ref, "vs_ref": 1.0})
         diff = float((clf.embed_names(names) - ref).abs().max())
-        rows.append({**base, "mode": "exact", **t_fast, "vs_ref": t_fast["median_s"] / t_ref["median_s"], "score_maxdiff": diff})
+        rows.append(
+            {**base, "mode": "exact", **t_fast, "vs_ref": t_fast["median_s"] / t_ref["median_s"], "score_maxdiff": diff}
+        )
         if device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 t_bf = timeit(cold, device, 1, args.text_repeat)
                 diff = float((clf.embed_names(names).float() - ref).abs().max())
-            rows.append({**base, "mode": "bf16", **t_bf, "vs_ref": t_bf["median_s"] / t_ref["median_s"], "score_maxdiff": diff})
+            rows.append(
+                {**base, "mode": "bf16", **t_bf, "vs_ref": t_bf["median_s"] / t_ref["median_s"], "score_maxdiff": diff}
+            )
         t_hit = timeit(lambda: clf.embed_names(names), device, 0, args.text_repeat)
         rows.append({**base, "mode": "cached", **t_hit, "vs_ref": t_hit["median_s"] / t_ref["median_s"]})
     finally:
@@ -350,7 +315,9 @@ def _loss(out: dict) -> torch.Tensor:
     if "pred_logits" not in out:  # the criterion's weighted loss dict
         return sum(out.values())
     levels = [out, *out["aux_outputs"]]  # surrogate while no criterion is attached
-    return sum(lv["pred_logits"].float().logsumexp(-1).mean() + lv["pred_masks"].float().sigmoid().mean() for lv in levels)
+    return sum(
+        lv["pred_logits"].float().logsumexp(-1).mean() + lv["pred_masks"].float().sigmoid().mean() for lv in levels
+    )
 
 
 def bench_train(model: san.SAN, key: str, args: argparse.Namespace, device: torch.device, rows: list[dict]) -> None:
@@ -358,33 +325,51 @@ def bench_train(model: san.SAN, key: str, args: argparse.Namespace, device: torc
     fill_random_embeddings(model, names)
     inputs = _train_inputs(model, args.train_batch, args.crop, names)
     params = [p for p in model.parameters() if p.requires_grad]
+
+    def step() -> None:
+        for p in params:
+            p.grad = None
+        _loss(model(inputs)).backward()
+
     model.train()
-    ref_time = None
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    modes = [(mode, parse_mode(mode)[0]) for mode in args.train_modes]
+    size = f"{args.train_batch}x{args.crop}x{args.crop}"
+    loss = "criterion" if model.criterion is not None else "surrogate"
+    out = {
+        mode: {"section": "train", "model": key, "size": size, "vocab": 171, "mode": mode, "loss": loss}
+        for mode, _ in modes
+    }
+    times: dict[str, list[float]] = {mode: [] for mode, _ in modes}
     try:
-        for mode in args.train_modes:
-            flags, _ = parse_mode(mode)
-
-            def step() -> None:
-                for p in params:
-                    p.grad = None
-                _loss(model(inputs)).backward()
-
+        for mode, flags in modes:  # warm-up and peak memory
             with mode_context(model, flags, device):
-                t = timeit(step, device, 1 if args.memory_only else args.warmup, 1 if args.memory_only else args.repeat)
+                for _ in range(max(1, args.warmup)):
+                    step()
                 with PeakMemory(device) as mem:
                     step()
-            ref_time = t["median_s"] if mode == "reference" else ref_time
-            row = {"section": "train", "model": key, "size": f"{args.train_batch}x{args.crop}x{args.crop}", "vocab": 171, "mode": mode, **t}
-            row.update(peak_mb=mem.peak_mb, img_per_s=args.train_batch / t["median_s"], vs_ref=t["median_s"] / ref_time if ref_time else None)
-            row["loss"] = "criterion" if model.criterion is not None else "surrogate"
-            rows.append(row)
-            log.info("%s", row)
+            out[mode]["peak_mb"] = mem.peak_mb
+        for _ in range(1 if args.memory_only else args.repeat):  # interleaved rounds
+            for mode, flags in modes:
+                with mode_context(model, flags, device):
+                    sync()
+                    t = time.perf_counter()
+                    step()
+                    sync()
+                    times[mode].append(time.perf_counter() - t)
     finally:
         model.eval()
+    ref = statistics.median(times["reference"]) if "reference" in times else None
+    for mode, _ in modes:
+        ts = sorted(times[mode])
+        row = out[mode]
+        row.update(median_s=statistics.median(ts), p90_s=ts[min(len(ts) - 1, round(0.9 * (len(ts) - 1)))], n=len(ts))
+        row.update(img_per_s=args.train_batch / row["median_s"], vs_ref=row["median_s"] / ref if ref else None)
+        rows.append(row)
+        log.info("%s", row)
 
 
 def bench_flops(model: san.SAN, key: str, args: argparse.Namespace, device: torch.device, rows: list[dict]) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from count_params_flops import _ImageOnly, _sdpa_flops
     from fvcore.nn import FlopCountAnalysis
 
@@ -394,69 +379,25 @@ def bench_flops(model: san.SAN, key: str, args: argparse.Namespace, device: torc
         flops = FlopCountAnalysis(_ImageOnly(model, classifier), torch.zeros(1, 3, *hw, device=device))
         flops.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flops)
         flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        row = {"section": "flops", "model": key, "size": f"{hw[0]}x{hw[1]}", "vocab": 171, "mode": "fvcore", "gflops_fvcore": flops.total() / 1e9}
+        row = {
+            "section": "flops",
+            "model": key,
+            "size": f"{hw[0]}x{hw[1]}",
+            "vocab": 171,
+            "mode": "fvcore",
+            "gflops_fvcore": flops.total() / 1e9,
+        }
         rows.append(row)
         log.info("%s", row)
-
-
-def cpu_memory_pass(args: argparse.Namespace, rows: list[dict], argv: list[str] | None) -> None:
-    """Re-run infer/train in a child whose glibc returns every large block to the OS on free.
-
-    With glibc's default, freed large tensors stay in the heap and later peaks are invisible in
-    the RSS; a fixed mmap threshold fixes that but slows every allocation, so timings come from
-    this process and peak memory from the child.
-    """
-    import subprocess
-    import tempfile
-
-    sections = [s for s in args.sections if s in ("infer", "train")]
-    if not sections:
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "mem.json"
-        cli = list(sys.argv[1:] if argv is None else argv)
-        cmd = [sys.executable, str(Path(__file__).resolve()), *cli, "--memory-only", "--json", str(out), "--sections", *sections]
-        log.info("peak-memory pass in a child process")
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-        child = json.loads(out.read_text())["rows"]
-    peaks = {(r["section"], r["model"], r["size"], r["vocab"], r["mode"]): r.get("peak_mb") for r in child}
-    for r in rows:
-        if r["section"] in ("infer", "train"):
-            r["peak_mb"] = peaks.get((r["section"], r["model"], r["size"], r["vocab"], r["mode"]), r.get("peak_mb"))
-
-
-# -- report ------------------------------------------------------------------------------------------
-def add_peak_fraction(rows: list[dict]) -> None:
-    """Fraction of the H100's dense bf16 peak reached by image throughput (2 x fvcore MACs per image)."""
-    gmacs = {r["model"]: r["gflops_fvcore"] for r in rows if r["section"] == "flops" and r["size"] == "640x864"}
-    for r in rows:
-        if r.get("img_per_s") and r["model"] in gmacs and r["section"] == "infer" and r["size"] == "640x852":
-            r["tflops_per_s"] = 2 * gmacs[r["model"]] * r["img_per_s"] / 1e3  # image path; semantic inference excluded
-            r["h100_peak_frac"] = r["tflops_per_s"] / H100_BF16_DENSE_TFLOPS
-
-
-def table(rows: list[dict]) -> str:
-    cols = ["section", "model", "size", "vocab", "mode", "median_s", "p90_s", "vs_ref", "img_per_s", "peak_mb", "label_agree", "proxy_agree", "score_maxdiff", "h100_peak_frac"]
-    fmt = {"proxy_agree": "{:.4f}", "median_s": "{:.4f}", "p90_s": "{:.4f}", "vs_ref": "{:.2f}", "img_per_s": "{:.2f}", "peak_mb": "{:.0f}", "label_agree": "{:.4f}", "score_maxdiff": "{:.1e}", "h100_peak_frac": "{:.3f}"}
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        if r["section"] == "flops":
-            lines.append(f"| flops | {r['model']} | {r['size']} | {r['vocab']} | fvcore GFLOPs (MACs) {r['gflops_fvcore']:.1f} |")
-            continue
-        if "skipped" in r:
-            lines.append(f"| {r['section']} | {r['model']} | {r['size']} | {r['vocab']} | {r['mode']} | skipped: {r['skipped']} |")
-            continue
-        cells = [fmt[c].format(r[c]) if c in fmt and r.get(c) is not None else str(r.get(c, "")) for c in cols]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
     p.add_argument("--models", nargs="+", default=["vitb"], choices=sorted(MODELS))
-    p.add_argument("--sections", nargs="+", default=["infer", "text", "train"], choices=["infer", "text", "train", "flops"])
+    p.add_argument(
+        "--sections", nargs="+", default=["infer", "text", "train"], choices=["infer", "text", "train", "flops"]
+    )
     p.add_argument("--sizes", nargs="+", type=int, default=[640], help="short edge (4:3 landscape images)")
     p.add_argument("--vocab", nargs="+", type=int, default=[150])
     p.add_argument("--modes", nargs="+", default=["reference", "scores", "exact", "bf16", "reduced4"])
@@ -486,14 +427,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for key in args.models:
         model = build(key, device)
         for section in args.sections:
-            {"infer": bench_infer, "text": bench_text, "train": bench_train, "flops": bench_flops}[section](model, key, args, device, rows)
+            {"infer": bench_infer, "text": bench_text, "train": bench_train, "flops": bench_flops}[section](
+                model, key, args, device, rows
+            )
             if args.json:  # after every section, so a run cut short still leaves its numbers
                 Path(args.json).write_text(json.dumps({"env": env, "rows": rows}, indent=1, default=str))
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
     if device.type == "cpu" and not args.memory_only:
-        cpu_memory_pass(args, rows, argv)
+        cpu_memory_pass(str(Path(__file__).resolve()), args, rows, argv)
     add_peak_fraction(rows)
     env["loadavg_end"] = os.getloadavg()
     print(table(rows))

@@ -31,13 +31,17 @@ from torch import Tensor
 __all__ = ["resize_matrix", "semantic_labels"]
 
 
-def resize_matrix(n_in: int, n_out: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+def resize_matrix(
+    n_in: int, n_out: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """``[n_out, n_in]`` weights of 1-D linear resizing exactly as ``F.interpolate(align_corners=False)``."""
     eye = torch.eye(n_in, device=device, dtype=dtype)[None]  # [1, n_in, n_in]: channel i is basis vector i
     return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T.contiguous()
 
 
-def _resize_chain(n_mask: int, n_pad: int, n_img: int, n_out: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+def _resize_chain(
+    n_mask: int, n_pad: int, n_img: int, n_out: int, device: torch.device, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
     """(mask grid -> padded input, cropped to the image) and (image -> output) resize matrices."""
     first = resize_matrix(n_mask, n_pad, device, dtype)[:n_img]  # [n_img, n_mask]
     return first, resize_matrix(n_img, n_out, device, dtype)  # [n_out, n_img]
@@ -128,7 +132,9 @@ def semantic_labels(
         reduced: opt-in approximation; score all classes at ``k x`` the mask grid first.
     """
     if mask_cls.dim() != 2 or mask_pred.dim() != 3 or mask_cls.shape[0] != mask_pred.shape[0]:
-        raise ValueError(f"expected mask_cls [Q, C+1] and mask_pred [Q, h, w], got {list(mask_cls.shape)} and {list(mask_pred.shape)}")
+        raise ValueError(
+            f"expected mask_cls [Q, C+1] and mask_pred [Q, h, w], got {list(mask_cls.shape)} and {list(mask_pred.shape)}"
+        )
     if max_elements is None:
         max_elements = 1 << (22 if mask_pred.device.type == "cpu" else 26)
     # float32 even under autocast: the class sums decide the labels and cost little
@@ -136,8 +142,12 @@ def semantic_labels(
         mask_pred = mask_pred.float()
         probs = mask_cls.float().softmax(dim=-1)[:, :-1]  # [Q, C]
         if reduced is not None:
-            return _reduced_labels(probs, mask_pred, image_size, padded_size, out_size, postprocess_before_inference, max_elements, reduced)
-        return _exact_labels(probs, mask_pred, image_size, padded_size, out_size, postprocess_before_inference, max_elements)
+            return _reduced_labels(
+                probs, mask_pred, image_size, padded_size, out_size, postprocess_before_inference, max_elements, reduced
+            )
+        return _exact_labels(
+            probs, mask_pred, image_size, padded_size, out_size, postprocess_before_inference, max_elements
+        )
 
 
 def _exact_labels(
@@ -182,7 +192,9 @@ def _reduced_labels(
     (lh, lw), grid = low, mask_pred.shape[-2:]
     dtype, device = probs.dtype, mask_pred.device
     up = _resize_last(mask_pred, _chain_taps("both", grid[1], padded_size[1], image_size[1], lw, dtype, device))
-    up = _resize_last(up.transpose(1, 2), _chain_taps("both", grid[0], padded_size[0], image_size[0], lh, dtype, device))
+    up = _resize_last(
+        up.transpose(1, 2), _chain_taps("both", grid[0], padded_size[0], image_size[0], lh, dtype, device)
+    )
     up = up.transpose(1, 2).sigmoid().reshape(q, -1)  # [Q, lh*lw]
     chunk = _band_rows(c, lh * lw, max_elements)
     for start in range(0, c, chunk):  # top-2 classes of every low-resolution pixel

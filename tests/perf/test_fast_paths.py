@@ -149,7 +149,9 @@ def test_semantic_labels_equal_full_scores(before, max_elements):
         ref = semantic_inference(cls, sem_seg_postprocess(up, image, *out))
     else:
         ref = sem_seg_postprocess(semantic_inference(cls, up), image, *out)
-    labels, scores = semantic_labels(cls, masks, image, padded, out, postprocess_before_inference=before, max_elements=max_elements)
+    labels, scores = semantic_labels(
+        cls, masks, image, padded, out, postprocess_before_inference=before, max_elements=max_elements
+    )
     assert labels.shape == scores.shape == out and labels.dtype == torch.long
     torch.testing.assert_close(scores, ref.max(0).values, atol=1e-5, rtol=0)
     assert torch.equal(labels, ref.argmax(0))
@@ -161,7 +163,12 @@ def test_semantic_labels_equal_full_scores(before, max_elements):
 def test_predict_labels_equals_forward_argmax(tiny_model):
     torch.manual_seed(3)
     inputs = [
-        {"image": torch.randint(0, 256, (3, 70, 90), dtype=torch.uint8), "height": 50, "width": 120, "vocabulary": NAMES},
+        {
+            "image": torch.randint(0, 256, (3, 70, 90), dtype=torch.uint8),
+            "height": 50,
+            "width": 120,
+            "vocabulary": NAMES,
+        },
         {"image": torch.randint(0, 256, (3, 96, 64), dtype=torch.uint8), "vocabulary": NAMES},
     ]
     with torch.no_grad():
