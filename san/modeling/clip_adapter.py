@@ -15,7 +15,8 @@ same computation up to exp(-100) terms. ``forward_dense`` keeps the official for
 reference path. ``sos_attention`` picks how the SOS tokens attend: ``"manual"`` (explicit softmax
 over the self-logit and the biased visual logits) or ``"sdpa"`` (one
 ``F.scaled_dot_product_attention`` over [all SOS keys, visual keys] with a mask that leaves each SOS
-token only its own key); both are exact, and ``scripts/benchmark.py`` compares them.
+token only its own key); both are exact. ``"dense"`` routes ``forward`` to ``forward_dense`` (the
+reference path ``scripts/benchmark.py`` compares against).
 """
 
 from __future__ import annotations
@@ -215,6 +216,10 @@ class RecognitionHead(nn.Module):
             features: the extractor's output; ``layer`` is the index fed to the first deeper block.
             attn_biases: per level, the per-layer bias list from the mask decoder.
         """
+        if self.sos_attention == "dense":
+            return self.forward_dense(features, layer, attn_biases, normalize)
+        if self.sos_attention not in ("sdpa", "manual"):
+            raise ValueError(f"unknown sos_attention {self.sos_attention!r} (sdpa, manual, dense)")
         x = features.tokens[layer]  # [B, 1 + L, D]
         grid = features.grid
         levels = [self.format_biases(level, grid) for level in attn_biases]

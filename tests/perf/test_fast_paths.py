@@ -104,6 +104,18 @@ def test_rec_head_equals_dense_tiny(tiny_model, impl, levels):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
+def test_rec_head_dense_flag_and_bad_value(tiny_model):
+    head = tiny_model.clip_rec_head
+    feats, biases = _rec_inputs(tiny_model, (64, 64), 1)
+    with torch.no_grad():
+        ref = head.forward_dense(feats, tiny_model.rec_layer, biases)
+        head.sos_attention = "dense"
+        assert torch.equal(head(feats, tiny_model.rec_layer, biases)[0], ref[0])
+        head.sos_attention = "flash"
+        with pytest.raises(ValueError, match="unknown sos_attention 'flash'"):
+            head(feats, tiny_model.rec_layer, biases)
+
+
 def test_rec_head_equals_dense_vitb(vitb):
     head = vitb.clip_rec_head
     feats, biases = _rec_inputs(vitb, (96, 128), 2)
