@@ -10,6 +10,9 @@ pixels go to the extra index ``N`` and so never count. From it, as detectron2 co
   lower the mIoU).
 - ``mIoU``/``mACC``: means over the classes with ground truth; ``fwIoU``: IoU weighted by each
   class's share of ground-truth pixels; ``pACC``: correct / valid pixels. All in percent.
+- ``BoundaryIoU-<c>`` and ``min(IoU, B-Iou)-<c>`` (as newer detectron2, which the official logs
+  used): the same IoU on boundary bands of prediction and ground truth; computed when there are
+  fewer than 255 classes and SciPy is installed (``boundary_iou=False`` skips it).
 
 In a ``torch.distributed`` run the matrices of all processes are summed (``all_reduce``; CPU
 tensors for gloo, the current CUDA device for NCCL) and every process gets the results; only the
@@ -57,6 +60,7 @@ class SemSegEvaluator:
         output_dir: str | os.PathLike | None = None,
         dataset_ids: list[int] | None = None,
         dump_predictions: bool = False,
+        boundary_iou: bool | None = None,
     ) -> None:
         if len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
@@ -72,6 +76,11 @@ class SemSegEvaluator:
         self.output_dir = os.fspath(output_dir) if output_dir is not None else None
         self.dataset_ids = list(dataset_ids) if dataset_ids is not None else None
         self.dump_predictions = dump_predictions
+        if boundary_iou is None:  # as detectron2: only when labels fit uint8 (and the erosion is available)
+            boundary_iou = self.num_classes < 255 and _has_scipy()
+        if boundary_iou and self.num_classes >= 255:
+            raise ValueError("boundary IoU needs fewer than 255 classes (labels are eroded as uint8, as in detectron2)")
+        self.boundary_iou = bool(boundary_iou)
         self.reset()
 
     @classmethod
@@ -87,6 +96,7 @@ class SemSegEvaluator:
         """Forget everything processed so far."""
         n = self.num_classes + 1
         self.conf_matrix = np.zeros((n, n), dtype=np.int64)  # [pred, gt]
+        self.boundary_conf_matrix = np.zeros((n, n), dtype=np.int64)  # the same, on boundary bands
         self._predictions: list[dict[str, Any]] = []
 
     def process(self, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
@@ -110,6 +120,11 @@ class SemSegEvaluator:
             self.conf_matrix += np.bincount(
                 (n + 1) * pred.reshape(-1) + gt.reshape(-1), minlength=(n + 1) ** 2
             ).reshape(n + 1, n + 1)
+            if self.boundary_iou:
+                b_pred, b_gt = _boundary(pred), _boundary(gt)
+                self.boundary_conf_matrix += np.bincount(
+                    (n + 1) * b_pred.reshape(-1) + b_gt.reshape(-1), minlength=(n + 1) ** 2
+                ).reshape(n + 1, n + 1)
             if self.dump_predictions:
                 self._predictions.extend(self._encode(pred, inp.get("file_name", name)))
 
@@ -171,15 +186,18 @@ class SemSegEvaluator:
 
         In a distributed run, every process must call this (it sums the matrices of all processes).
         """
-        conf = self.conf_matrix
+        conf, b_conf = self.conf_matrix, self.boundary_conf_matrix
         predictions = self._predictions
         if self.distributed and _dist_ready():
             conf = _all_reduce_sum(conf)
+            if self.boundary_iou:
+                b_conf = _all_reduce_sum(b_conf)
             if self.dump_predictions:
                 gathered: list[Any] = [None] * torch.distributed.get_world_size()
                 torch.distributed.all_gather_object(gathered, predictions)
                 predictions = [p for part in gathered for p in part]
-        results = OrderedDict(sem_seg=metrics_from_confusion(conf, self.class_names))
+        b_conf = b_conf if self.boundary_iou else None
+        results = OrderedDict(sem_seg=metrics_from_confusion(conf, self.class_names, b_conf))
         if _is_main():
             logger.info("%s: %s", self.dataset_name or "sem_seg", format_results(results, header_only=True))
             if self.output_dir is not None:
@@ -188,6 +206,31 @@ class SemSegEvaluator:
                     _write_json(os.path.join(self.output_dir, "sem_seg_predictions.json"), predictions)
                 save_results(results, self.output_dir, self.dataset_name or "sem_seg")
         return results
+
+
+def _has_scipy() -> bool:
+    try:
+        import scipy.ndimage  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _boundary(label: np.ndarray, dilation_ratio: float = 0.02) -> np.ndarray:
+    """detectron2's ``_mask_to_boundary`` on a label map: ``label - erode(label)`` in uint8.
+
+    The map gets a one-pixel zero frame and is eroded ``d = max(1, round(0.02 * diagonal))`` times
+    by a 3x3 square (= one (2d+1)-square minimum filter): zero within ``d`` pixels of the border
+    and wherever a smaller label is near; so the result is non-zero on bands along label edges.
+    """
+    from scipy.ndimage import minimum_filter
+
+    mask = label.astype(np.uint8)
+    h, w = mask.shape
+    d = max(1, int(round(dilation_ratio * np.sqrt(h**2 + w**2))))
+    padded = np.pad(mask, 1, constant_values=0)
+    eroded = minimum_filter(padded, size=2 * d + 1, mode="constant", cval=255)[1:-1, 1:-1]
+    return (mask - eroded).astype(np.int64)
 
 
 def _all_reduce_sum(conf: np.ndarray) -> np.ndarray:
@@ -199,8 +242,14 @@ def _all_reduce_sum(conf: np.ndarray) -> np.ndarray:
     return t.cpu().numpy()
 
 
-def metrics_from_confusion(conf: np.ndarray, class_names: list[str]) -> OrderedDict:
-    """detectron2's metrics from a ``[pred, gt]`` confusion matrix whose last row/column is "ignore"."""
+def metrics_from_confusion(
+    conf: np.ndarray, class_names: list[str], boundary_conf: np.ndarray | None = None
+) -> OrderedDict:
+    """detectron2's metrics from a ``[pred, gt]`` confusion matrix whose last row/column is "ignore".
+
+    With ``boundary_conf`` (the matrix of the boundary bands) also ``BoundaryIoU-<c>`` and
+    ``min(IoU, B-Iou)-<c>``, as newer detectron2 versions report them.
+    """
     n = len(class_names)
     if conf.shape != (n + 1, n + 1):
         raise ValueError(f"confusion matrix {conf.shape} does not fit {n} classes (+1 ignore)")
@@ -220,11 +269,20 @@ def metrics_from_confusion(conf: np.ndarray, class_names: list[str]) -> OrderedD
         miou = np.sum(iou[iou_valid]) / np.sum(iou_valid)
         fiou = np.sum(iou[iou_valid] * class_weights[iou_valid])
         pacc = np.sum(tp) / np.sum(pos_gt)
+    b_iou = None
+    if boundary_conf is not None:
+        b_tp = boundary_conf.diagonal()[:-1].astype(np.float64)
+        b_union = boundary_conf[:-1, :-1].sum(axis=0) + boundary_conf[:-1, :-1].sum(axis=1) - b_tp
+        b_iou = np.full(n, np.nan, dtype=np.float64)
+        b_iou[b_union > 0] = b_tp[b_union > 0] / b_union[b_union > 0]
     res: OrderedDict = OrderedDict()
     res["mIoU"] = 100 * miou
     res["fwIoU"] = 100 * fiou
     for i, name in enumerate(class_names):
         res[f"IoU-{name}"] = 100 * iou[i]
+        if b_iou is not None:
+            res[f"BoundaryIoU-{name}"] = 100 * b_iou[i]
+            res[f"min(IoU, B-Iou)-{name}"] = 100 * min(iou[i], b_iou[i])
     res["mACC"] = 100 * macc
     res["pACC"] = 100 * pacc
     for i, name in enumerate(class_names):

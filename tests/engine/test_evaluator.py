@@ -148,3 +148,19 @@ def test_confusion_matrices_are_summed_across_processes(tmp_path):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert got == pytest.approx({k: (None if math.isnan(v) else v) for k, v in expected.items()})
     assert (tmp_path / "sem_seg.json").is_file()  # written once, by the main process
+
+
+def test_boundary_iou_on_a_hand_computed_case():
+    # 4x4 image: erosion radius max(1, round(0.02 * diagonal)) = 1 with a zero frame, so the
+    # boundary of an all-"1" label is its 12-pixel outer ring (value 1 - 0), the inner 2x2 is 0.
+    ev = SemSegEvaluator(2, 255, ["a", "b"])
+    assert ev.boundary_iou
+    ev.process([{"sem_seg": torch.ones(4, 4, dtype=torch.long)}], [{"sem_seg": _scores([[0] * 4] * 4, 2)}])
+    expected = np.zeros((3, 3), np.int64)
+    expected[0, 1], expected[0, 0] = 12, 4  # [boundary of prediction (all 0), boundary of ground truth]
+    assert np.array_equal(ev.boundary_conf_matrix, expected)
+    r = ev.evaluate()["sem_seg"]
+    assert r["BoundaryIoU-a"] == pytest.approx(25.0) and r["BoundaryIoU-b"] == 0  # 4 / (4 + 16 - 4); 0 / 12
+    assert math.isnan(r["min(IoU, B-Iou)-a"]) and r["min(IoU, B-Iou)-b"] == 0
+    assert list(r)[:5] == ["mIoU", "fwIoU", "IoU-a", "BoundaryIoU-a", "min(IoU, B-Iou)-a"]  # detectron2's order
+    assert "BoundaryIoU-c0" not in SemSegEvaluator(300, 65535, [f"c{i}" for i in range(300)]).evaluate()["sem_seg"]
