@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -72,7 +72,6 @@ class DatasetSpec:
     gt_ext: str = ".png"
     evaluator_type: str = "sem_seg"
     dataset_ids: list[int] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
