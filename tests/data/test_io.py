@@ -76,6 +76,10 @@ def test_image_modes_become_rgb(tmp_path, mode):
 
 def test_bad_images_name_the_file(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3)).astype(np.uint8)).save(tmp_path / "f.jpg")
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "f.jpg").read_bytes()[:300])
+    with pytest.raises(DataError, match="(?i)cut.jpg.*truncated"):
+        read_image(tmp_path / "cut.jpg")
     with pytest.raises(DataError, match="a.jpg"):
         read_image(tmp_path / "a.jpg")
     with pytest.raises(DataError, match="nope.jpg"):
