@@ -140,7 +140,7 @@ def _checked_u8(path: str) -> np.ndarray:
 
 def _atomic_save_jpeg(image: np.ndarray, dst: str) -> None:
     tmp = f"{dst}.tmp{os.getpid()}.jpg"
-    Image.fromarray(image).save(tmp, quality=95)
+    Image.fromarray(image).save(tmp, format="JPEG")  # PIL's default quality (75), as the official script
     os.replace(tmp, dst)
 
 
@@ -204,7 +204,10 @@ def _run(task: _Task) -> str:
 
 
 def _resize_bilinear_nonaa(image: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Bilinear without antialiasing (OpenCV's INTER_LINEAR, as the official ADE-847 script)."""
+    """Bilinear without antialiasing, as OpenCV's INTER_LINEAR in the official ADE-847 script.
+
+    OpenCV rounds its fixed-point weights differently: some pixels differ by 1 (before JPEG coding).
+    """
     import torch
     import torch.nn.functional as F
 
