@@ -275,10 +275,14 @@ def _tasks_ade150(raw: str, root: str, args: argparse.Namespace) -> dict[str, li
 class _IndexUnpickler(pickle.Unpickler):
     """Unpickles plain containers and NumPy arrays only; any other global is refused."""
 
+    # array reconstruction helpers of NumPy 1.x/2.x (protocols 2-5) and _codecs.encode, which
+    # protocol 2 uses to store bytes; none of them can run code
     ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
                ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-               ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice"), ("builtins", "complex")}  # fmt: skip
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+               ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice"), ("builtins", "complex"),
+               ("_codecs", "encode")}  # fmt: skip
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self.ALLOWED:

@@ -107,6 +107,17 @@ class _Evil:
         return (os.system, ("touch hacked",))
 
 
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_index_unpickler_reads_numpy_pickles(tmp_path, protocol):
+    index = {"folder": ["f"], "filename": ["ADE_train_1.jpg"], "objectPresence": np.arange(6).reshape(2, 3)}
+    data = pickle.dumps(index, protocol=protocol)
+    if protocol == 2:  # as NumPy 1.x wrote it (the ADE20K 2021 index predates NumPy 2)
+        data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    (tmp_path / "i.pkl").write_bytes(data)
+    loaded = safe_load_index(str(tmp_path / "i.pkl"))
+    assert loaded["filename"] == ["ADE_train_1.jpg"] and loaded["objectPresence"].tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
 def test_index_unpickler_refuses_code(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with open("evil.pkl", "wb") as f:
