@@ -126,7 +126,8 @@ def build_train_loader(
 
     Per-rank batch = ``SOLVER.IMS_PER_BATCH // world_size``; ``DATALOADER.NUM_WORKERS`` worker
     processes (0: in this process). ``seed`` defaults to ``cfg.SEED`` (random when negative; then
-    shared across ranks when torch.distributed is initialised).
+    shared across ranks when torch.distributed is initialised). A custom ``mapper`` is called as
+    ``mapper(record, rng=numpy.random.Generator)`` and must draw its randomness from ``rng``.
     """
     total = int(cfg.SOLVER.IMS_PER_BATCH)
     if world_size < 1 or not 0 <= rank < world_size:

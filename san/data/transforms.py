@@ -8,7 +8,9 @@ uint8 RGB image and an ``[H, W]`` integer label (or ``None``), drawing its rando
   side capped at ``max_size``, sizes rounded as detectron2 (``int(x + 0.5)``); image bilinear
   (PIL), label nearest (``torch`` "nearest" on float64, detectron2's path for labels).
 - :class:`RandomCrop`: detectron2's crop types; with ``single_category_max_area < 1`` up to 10
-  windows are tried until no single class (ignore excluded) covers more than that share.
+  windows are tried until no single class (ignore excluded) covers more than that share. The
+  ignore value is the training dataset's (the official mapper passes detectron2's
+  ``SEM_SEG_HEAD.IGNORE_VALUE``, 255, also for 16-bit datasets; the same for 8-bit labels).
 - :class:`ColorAugSSD`: brightness ±32, then contrast [0.5, 1.5] before or after saturation
   [0.5, 1.5] and hue ±18 (random order), each with p=0.5, on BGR values with OpenCV's 8-bit HSV
   conversions (ported to NumPy, checked against OpenCV 5.0 on all 2^24 colours), truncating to uint8 as the official transform does.
