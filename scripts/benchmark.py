@@ -127,8 +127,9 @@ def mode_context(model: san.SAN, flags: set[str], device: torch.device) -> ExitS
     stack = ExitStack()
     head = model.clip_rec_head
     if "reference" in flags:
-        head.forward = head.forward_dense  # instance attribute: nn.Module.__call__ picks it up
-        stack.callback(lambda: head.__dict__.pop("forward", None))
+        old_attention = head.sos_attention
+        head.sos_attention = "dense"  # RecognitionHead.forward -> forward_dense
+        stack.callback(lambda: setattr(head, "sos_attention", old_attention))
     for dtype in ("bf16", "fp16"):
         if dtype in flags:
             torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float16
