@@ -67,16 +67,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """A console handler that writes to ``sys.stdout`` as it is when a record is emitted, so a caller
+    that swaps stdout (pytest, notebooks, ``contextlib.redirect_stdout``) never leaves it a closed file."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def _setup_logging(output_dir: str | None, rank: int) -> None:
+    """Console (rank 0: INFO, others: WARNING) and ``OUTPUT_DIR/log.txt`` handlers on the ``san`` logger.
+
+    Records still propagate to the root logger, so handlers a caller installed there (``caplog``, an
+    application's own logging) keep seeing ``san`` messages after a run in the same process."""
     root = logging.getLogger("san")
     for h in list(root.handlers):
         if getattr(h, "_san_train", False):
             root.removeHandler(h)
             h.close()
     root.setLevel(logging.INFO)
-    root.propagate = False
     fmt = logging.Formatter("[%(asctime)s %(name)s]: %(message)s", datefmt="%m/%d %H:%M:%S")
-    stream = logging.StreamHandler(sys.stdout)
+    stream = _StdoutHandler()
     stream.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     handlers: list[logging.Handler] = [stream]
     if output_dir and rank == 0:

@@ -9,6 +9,7 @@ trainer run for a few iterations of a tiny model.
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -164,7 +165,7 @@ def test_resume_after_a_kill_gives_the_uninterrupted_run_exactly(uninterrupted, 
     assert done.start_iter == 10 and done.train() == {}
 
 
-def test_eval_only_command_line_reports_metrics(uninterrupted, tmp_path, capsys):
+def test_eval_only_command_line_reports_metrics(uninterrupted, tmp_path, capsys, caplog):
     cfg = toy_cfg(str(tmp_path), str(tmp_path / "unused"))
     cfg_file = tmp_path / "toy.yaml"
     cfg_file.write_text(cfg.dump())
@@ -181,6 +182,10 @@ def test_eval_only_command_line_reports_metrics(uninterrupted, tmp_path, capsys)
     assert "copypaste: mIoU,fwIoU,mACC,pACC" in log
     assert (out / "config.yaml").is_file() and "toy_val" in (out / "config.yaml").read_text()
     assert "copypaste:" in capsys.readouterr().out
+    # the run's handlers do not cut library loggers off from the caller's (root) handlers
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("san.vocabulary").warning("after the run")
+    assert "after the run" in caplog.text
 
 
 def test_command_line_flags_follow_the_official_train_net():
