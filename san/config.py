@@ -23,7 +23,15 @@ from typing import Any
 import yaml
 from fvcore.common.config import CfgNode as _FvCfgNode
 
-__all__ = ["CfgNode", "ConfigError", "get_cfg", "get_config_file", "add_san_config", "add_detectron2_defaults", "BASE_KEY"]
+__all__ = [
+    "CfgNode",
+    "ConfigError",
+    "get_cfg",
+    "get_config_file",
+    "add_san_config",
+    "add_detectron2_defaults",
+    "BASE_KEY",
+]
 
 BASE_KEY = "_BASE_"
 
@@ -150,9 +158,7 @@ class CfgNode(_FvCfgNode):
     def merge_from_list(self, cfg_list: list) -> CfgNode:
         """Merge ``[KEY, VALUE, KEY, VALUE, ...]`` overrides, as on the official command line."""
         if len(cfg_list) % 2:
-            raise ConfigError(
-                f"config overrides must be KEY VALUE pairs, got an odd number of items: {cfg_list}"
-            )
+            raise ConfigError(f"config overrides must be KEY VALUE pairs, got an odd number of items: {cfg_list}")
         for key in cfg_list[0::2]:
             self._check_key(str(key), source="command line")
         try:
@@ -223,6 +229,16 @@ def add_detectron2_defaults(cfg: CfgNode) -> None:
     cfg.MODEL.LOAD_PROPOSALS = False
     cfg.MODEL.KEYPOINT_ON = False
 
+    cfg.MODEL.SEM_SEG_HEAD = CN(
+        {"NAME": "SemSegFPNHead", "IN_FEATURES": ["p2", "p3", "p4", "p5"], "IGNORE_VALUE": 255, "NUM_CLASSES": 54,
+         "CONVS_DIM": 128, "COMMON_STRIDE": 4, "NORM": "GN", "LOSS_WEIGHT": 1.0}
+    )  # fmt: skip
+    cfg.MODEL.RESNETS = CN(
+        {"DEPTH": 50, "OUT_FEATURES": ["res4"], "NUM_GROUPS": 1, "NORM": "FrozenBN", "WIDTH_PER_GROUP": 64,
+         "STRIDE_IN_1X1": True, "RES5_DILATION": 1, "RES2_OUT_CHANNELS": 256, "STEM_OUT_CHANNELS": 64,
+         "DEFORM_ON_PER_STAGE": [False, False, False, False], "DEFORM_MODULATED": False, "DEFORM_NUM_GROUPS": 1}
+    )  # fmt: skip
+
     cfg.INPUT = CN()
     cfg.INPUT.MIN_SIZE_TRAIN = (800,)
     cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
@@ -288,12 +304,20 @@ def add_detectron2_defaults(cfg: CfgNode) -> None:
 
 
 def add_san_config(cfg: CfgNode) -> None:
-    """Add the official SAN keys (``add_san_config``) and DeepLab's poly-LR keys to ``cfg``."""
+    """Add the official SAN keys (``add_san_config``), DeepLab's (``add_deeplab_config``) and san's
+    ``SAN_ENGINE`` keys to ``cfg`` (a config holding detectron2's defaults)."""
     CN = type(cfg)
-    # DeepLab project (WarmupPolyLR), as detectron2's add_deeplab_config defines it.
+    # DeepLab project, every key of detectron2's add_deeplab_config (the official train_net calls it);
+    # san reads only the crop constraint and the poly-LR keys, the others are accepted as official YAMLs set them.
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
     cfg.SOLVER.POLY_LR_POWER = 0.9
     cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
+    h = cfg.MODEL.SEM_SEG_HEAD
+    h.LOSS_TYPE, h.PROJECT_FEATURES, h.PROJECT_CHANNELS = "hard_pixel_mining", ["res2"], [48]
+    h.ASPP_CHANNELS, h.ASPP_DILATIONS, h.ASPP_DROPOUT = 256, [6, 12, 18], 0.1
+    h.USE_DEPTHWISE_SEPARABLE_CONV = False
+    r = cfg.MODEL.RESNETS
+    r.RES4_DILATION, r.RES5_MULTI_GRID, r.STEM_TYPE = 1, [1, 2, 4], "deeplab"
 
     # Data (Mask2Former semantic mapper).
     cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"
@@ -364,6 +388,12 @@ def add_san_config(cfg: CfgNode) -> None:
     cfg.WANDB.PROJECT = "san"
     cfg.WANDB.NAME = None
     cfg.MODEL.FLASH = False
+
+    # san's own engine settings (not official keys; detectron2 hard-codes the first two).
+    cfg.SAN_ENGINE = CN()
+    cfg.SAN_ENGINE.LOG_PERIOD = 20  # iterations between console lines / metrics.json entries
+    cfg.SAN_ENGINE.METRICS_WINDOW = 20  # iterations over which logged losses and times are smoothed (median)
+    cfg.SAN_ENGINE.DUMP_PREDICTIONS = False  # evaluation writes inference/<dataset>/sem_seg_predictions.json
 
 
 def get_cfg() -> CfgNode:

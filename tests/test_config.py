@@ -22,7 +22,11 @@ def test_official_san_defaults():
     assert (s.NO_OBJECT_WEIGHT, s.CLASS_WEIGHT, s.DICE_WEIGHT, s.MASK_WEIGHT) == (0.1, 2.0, 5.0, 5.0)
     assert (s.TRAIN_NUM_POINTS, s.NUM_CLASSES, s.OVERSAMPLE_RATIO, s.IMPORTANCE_SAMPLE_RATIO) == (12544, 171, 3.0, 0.75)
     assert (s.CLIP_MODEL_NAME, s.CLIP_PRETRAINED_NAME, s.CLIP_TEMPLATE_SET) == ("ViT-B/16", "openai", "vild")
-    assert (s.FEATURE_LAST_LAYER_IDX, s.CLIP_FROZEN_EXCLUDE, s.CLIP_DEEPER_FROZEN_EXCLUDE) == (9, ["positional_embedding"], [])
+    assert (s.FEATURE_LAST_LAYER_IDX, s.CLIP_FROZEN_EXCLUDE, s.CLIP_DEEPER_FROZEN_EXCLUDE) == (
+        9,
+        ["positional_embedding"],
+        [],
+    )
     assert (s.REC_CROSS_ATTN, s.REC_DOWNSAMPLE_METHOD, s.SOS_TOKEN_FORMAT) == (False, "max", "cls_token")
     assert (s.SIZE_DIVISIBILITY, s.ASYMETRIC_INPUT, s.CLIP_RESOLUTION) == (32, True, 0.5)
     assert s.SEM_SEG_POSTPROCESS_BEFORE_INFERENCE is True
@@ -82,7 +86,7 @@ def test_official_base_file_with_eval_tag_loads_without_running_code(tmp_path):
     [
         'X: !!python/object/apply:os.system ["echo hacked"]',
         "X: !!python/object/apply:eval [\"__import__('os').system('echo hacked')\"]",
-        'X: !!python/object/apply:eval ["open(\'/etc/passwd\').read()"]',
+        "X: !!python/object/apply:eval [\"open('/etc/passwd').read()\"]",
     ],
 )
 def test_unsafe_yaml_is_refused(tmp_path, payload):
@@ -122,3 +126,77 @@ def test_overrides_and_broken_files(tmp_path):
     scalar.write_text("42\n")
     with pytest.raises(ConfigError, match="mapping"):
         cfg.merge_from_file(str(scalar))
+
+
+def _plain(v):
+    return [_plain(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
+def _flat(node, prefix=""):
+    out = {}
+    for k, v in node.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = _plain(v)
+    return out
+
+
+# detectron2 0.6: get_cfg()'s MODEL.SEM_SEG_HEAD, and what projects/deeplab's add_deeplab_config adds
+D2_SEM_SEG_HEAD = {"NAME": "SemSegFPNHead", "IN_FEATURES": ["p2", "p3", "p4", "p5"], "IGNORE_VALUE": 255,
+                   "NUM_CLASSES": 54, "CONVS_DIM": 128, "COMMON_STRIDE": 4, "NORM": "GN", "LOSS_WEIGHT": 1.0}  # fmt: skip
+DEEPLAB = {"INPUT.CROP.SINGLE_CATEGORY_MAX_AREA": 1.0, "SOLVER.POLY_LR_POWER": 0.9, "SOLVER.POLY_LR_CONSTANT_ENDING": 0.0,
+           "MODEL.SEM_SEG_HEAD.LOSS_TYPE": "hard_pixel_mining", "MODEL.SEM_SEG_HEAD.PROJECT_FEATURES": ["res2"],
+           "MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS": [48], "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS": 256,
+           "MODEL.SEM_SEG_HEAD.ASPP_DILATIONS": [6, 12, 18], "MODEL.SEM_SEG_HEAD.ASPP_DROPOUT": 0.1,
+           "MODEL.SEM_SEG_HEAD.USE_DEPTHWISE_SEPARABLE_CONV": False, "MODEL.RESNETS.RES4_DILATION": 1,
+           "MODEL.RESNETS.RES5_MULTI_GRID": [1, 2, 4], "MODEL.RESNETS.STEM_TYPE": "deeplab"}  # fmt: skip
+
+
+def test_sem_seg_head_and_deeplab_keys_have_detectron2_defaults():
+    ours = _flat(san.get_cfg())
+    for k, v in D2_SEM_SEG_HEAD.items():
+        assert ours[f"MODEL.SEM_SEG_HEAD.{k}"] == v, k
+    for k, v in DEEPLAB.items():
+        assert ours[k] == v, k
+
+
+@pytest.mark.detectron2
+def test_every_shared_key_equals_detectron2s_default():
+    d2_config = pytest.importorskip("detectron2.config")
+    deeplab = pytest.importorskip("detectron2.projects.deeplab")
+    ref = d2_config.get_cfg()
+    deeplab.add_deeplab_config(ref)
+    ref = _flat(ref)
+    ours = _flat(san.get_cfg())
+    for prefix in ("MODEL.SEM_SEG_HEAD.", "MODEL.RESNETS."):  # whole subtrees, nothing missing
+        missing = [k for k in ref if k.startswith(prefix) and k not in ours]
+        assert not missing, missing
+    assert set(DEEPLAB) <= set(ref)
+    shared = [k for k in ours if k in ref]
+    assert len(shared) > 90  # the comparison covers most of the config, not a handful of keys
+    for k in shared:
+        assert ours[k] == ref[k], f"{k}: san {ours[k]!r} vs detectron2 {ref[k]!r}"
+
+
+def test_official_deeplab_and_sem_seg_head_overrides_merge(tmp_path):
+    cfg = san.get_cfg()
+    cfg.merge_from_list(["MODEL.SEM_SEG_HEAD.IGNORE_VALUE", 65535, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 847,
+                         "MODEL.SEM_SEG_HEAD.LOSS_TYPE", "cross_entropy", "MODEL.SEM_SEG_HEAD.ASPP_DILATIONS", "[3, 6, 9]",
+                         "MODEL.RESNETS.RES5_MULTI_GRID", "[1, 1, 1]", "MODEL.RESNETS.STEM_TYPE", "basic",
+                         "SOLVER.POLY_LR_POWER", 1.0, "INPUT.CROP.SINGLE_CATEGORY_MAX_AREA", 0.75])  # fmt: skip
+    h = cfg.MODEL.SEM_SEG_HEAD
+    assert (h.IGNORE_VALUE, h.NUM_CLASSES, h.LOSS_TYPE, h.ASPP_DILATIONS) == (65535, 847, "cross_entropy", [3, 6, 9])
+    assert (cfg.MODEL.RESNETS.RES5_MULTI_GRID, cfg.MODEL.RESNETS.STEM_TYPE) == ([1, 1, 1], "basic")
+    assert (cfg.SOLVER.POLY_LR_POWER, cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA) == (1.0, 0.75)
+    path = tmp_path / "deeplab.yaml"
+    path.write_text(
+        "MODEL:\n  SEM_SEG_HEAD:\n    NAME: DeepLabV3PlusHead\n    COMMON_STRIDE: 4\n    PROJECT_CHANNELS: [48]\n"
+        "    USE_DEPTHWISE_SEPARABLE_CONV: True\n  RESNETS:\n    DEPTH: 101\n    RES4_DILATION: 2\n"
+        "SAN_ENGINE:\n  DUMP_PREDICTIONS: True\n"
+    )
+    cfg.merge_from_file(str(path))
+    assert (h.NAME, h.USE_DEPTHWISE_SEPARABLE_CONV, cfg.MODEL.RESNETS.DEPTH) == ("DeepLabV3PlusHead", True, 101)
+    assert cfg.MODEL.RESNETS.RES4_DILATION == 2 and cfg.SAN_ENGINE.DUMP_PREDICTIONS is True
+    with pytest.raises(ConfigError, match="unknown config key 'MODEL.SEM_SEG_HEAD.ASPP_CHANNEL'"):
+        cfg.merge_from_list(["MODEL.SEM_SEG_HEAD.ASPP_CHANNEL", 128])
