@@ -10,14 +10,19 @@ uint8, or floating point on the 0..255 scale of the model contract). Conversions
 - 16-bit images are scaled to 8 bits (value / 257), 32-bit integer images too when they hold
   16-bit data; float arrays and PIL mode ``F`` images are read on the 0..1 scale if their maximum
   is <= 1, else on the 0..255 scale (float tensors: always 0..255, the model's scale).
-- Images above ``max_pixels`` are refused before they are decoded (a clear error, never an
-  out-of-memory crash); the limit is an argument.
+- Images above ``max_pixels`` are refused before they are decoded (a clear error); the limit is an
+  argument. While a file is decoded, Pillow's own decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``,
+  about 89 MP, refusing above twice that) is raised to ``max_pixels`` when that is higher, and put back
+  afterwards; ``max_pixels=None`` lifts both limits.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -41,6 +46,34 @@ def _check_size(width: int, height: int, max_pixels: int | None, what: str) -> N
             f"{what}: the image is {width}x{height} = {width * height / 1e6:.1f} megapixels, above the limit of "
             f"{max_pixels / 1e6:.1f} MP; downscale it first or raise the limit (max_pixels / --max-pixels)"
         )
+
+
+_LIMIT_LOCK = threading.Lock()
+_ACTIVE: list[int | None] = []  # max_pixels of the decodes in progress (any thread)
+_SAVED: list[int | None] = []  # Pillow's limit before the first of them began
+
+
+def _raised_limit() -> int | None:
+    saved = _SAVED[0]
+    if saved is None or None in _ACTIVE:
+        return None
+    return max(saved, *_ACTIVE)  # type: ignore[type-var]
+
+
+@contextmanager
+def _pillow_limit(max_pixels: int | None) -> Iterator[None]:
+    """Raise (never lower) ``Image.MAX_IMAGE_PIXELS`` to ``max_pixels`` while decoding; restore it after."""
+    with _LIMIT_LOCK:
+        if not _ACTIVE:
+            _SAVED[:] = [Image.MAX_IMAGE_PIXELS]
+        _ACTIVE.append(max_pixels)
+        Image.MAX_IMAGE_PIXELS = _raised_limit()
+    try:
+        yield
+    finally:
+        with _LIMIT_LOCK:
+            _ACTIVE.remove(max_pixels)
+            Image.MAX_IMAGE_PIXELS = _raised_limit() if _ACTIVE else _SAVED[0]
 
 
 def _scale_high_bit_depth(a: np.ndarray, signed_16: bool = False) -> np.ndarray:
@@ -83,7 +116,7 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         raise ImageError(f"{path}: no such file")
     if os.path.isdir(path):
         raise ImageError(f"{path}: is a directory, not an image")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _pillow_limit(max_pixels):
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies below
         try:
             with Image.open(path) as img:
@@ -95,7 +128,11 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         except UnidentifiedImageError:
             raise ImageError(f"{path}: not an image file (PIL cannot identify its format)") from None
         except Image.DecompressionBombError as e:
-            raise ImageError(f"{path}: refused as a decompression bomb ({e})") from None
+            limit = "no limit" if max_pixels is None else f"the limit of {max_pixels / 1e6:.1f} MP"
+            raise ImageError(
+                f"{path}: Pillow refused it as a possible decompression bomb ({e}); with {limit}, if you trust "
+                "the file, raise the limit (max_pixels= in Python, --max-pixels N for san predict)"
+            ) from None
         except (OSError, SyntaxError, ValueError) as e:
             hint = " (the file is truncated or corrupt)" if "truncated" in str(e) or "broken" in str(e) else ""
             raise ImageError(f"{path}: cannot decode the image{hint}: {e}") from None

@@ -5,12 +5,16 @@ reseeded numpy's global random state). ``overlay`` blends class colours into the
 size; ``legend`` lists the classes present with their pixel share; ``render`` puts the two side
 by side (what ``san predict`` writes). The class called ``"other"`` (distractor pixels) is drawn
 in grey and left almost transparent, as the official demo left it uncoloured.
+
+Memory: blending is integer arithmetic (weights in 1/256 steps, uint16 intermediates) over bands of
+about a million pixels, so drawing an ``H x W`` image needs its ``H x W x 3`` uint8 result (``render``
+writes the bands straight into the PIL canvas) plus a few megabytes, not float copies of the photo.
 """
 
 from __future__ import annotations
 
 import colorsys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -20,6 +24,8 @@ from san.vocabulary import OTHER
 __all__ = ["legend", "overlay", "palette", "pixel_fractions", "render"]
 
 _OTHER_COLOR = (128, 128, 128)
+_BAND_PIXELS = 1 << 20
+_EDGE = 90  # boundaries keep 90/256 (about 0.35) of their brightness
 
 
 def palette(n: int) -> np.ndarray:
@@ -40,32 +46,67 @@ def _colors(class_names: Sequence[str]) -> np.ndarray:
     return cols
 
 
+def _check_labels(labels: np.ndarray, n: int) -> None:
+    if labels.size and (labels.min() < 0 or labels.max() >= n):
+        raise ValueError(f"labels hold values outside 0..{n - 1}")
+
+
+def _rows_per_band(width: int) -> int:
+    return max(1, _BAND_PIXELS // max(1, width))
+
+
 def pixel_fractions(labels: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
     """Share of pixels per class present in ``labels`` (indices into ``class_names``), largest first."""
-    if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)):
-        raise ValueError(f"labels hold values outside 0..{len(class_names) - 1}")
-    counts = np.bincount(labels.ravel().astype(np.int64), minlength=len(class_names))
+    _check_labels(labels, len(class_names))
+    counts = np.zeros(len(class_names), dtype=np.int64)
+    flat = labels.reshape(-1)
+    step = _BAND_PIXELS
+    for i in range(0, flat.size, step):  # counted in chunks: no int64 copy of the whole map
+        counts += np.bincount(flat[i : i + step], minlength=len(class_names))
     order = np.argsort(-counts, kind="stable")
     return {class_names[i]: float(counts[i]) / max(1, labels.size) for i in order if counts[i]}
+
+
+def _overlay_bands(
+    image: np.ndarray, labels: np.ndarray, class_names: Sequence[str], alpha: float
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, [rows, W, 3] uint8)`` bands of the overlay, top to bottom."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be HxWx3 uint8, got {image.dtype} {list(image.shape)}")
+    if image.shape[:2] != labels.shape:
+        raise ValueError(f"image {image.shape[:2]} and labels {labels.shape} differ in size")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in 0..1, got {alpha}")
+    _check_labels(labels, len(class_names))
+    cols = _colors(class_names).astype(np.uint16)
+    weight = np.full(len(class_names), round(alpha * 256), dtype=np.uint16)
+    if class_names and class_names[-1] == OTHER:
+        weight[-1] = round(0.15 * 256)
+    h, w = labels.shape
+    rows = _rows_per_band(w)
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        lab = labels[y0 : min(h, y1 + 1)]  # one row more: the boundary with the next band
+        band = lab[: y1 - y0]
+        wt = weight[band][..., None]  # [rows, W, 1]
+        out = image[y0:y1].astype(np.uint16) * (256 - wt)  # <= 255 * 256: no uint16 overflow
+        out += cols[band] * wt
+        out += 128
+        out >>= 8
+        edge = np.zeros(band.shape, dtype=bool)
+        edge[:, :-1] = band[:, :-1] != band[:, 1:]
+        edge[: lab.shape[0] - 1] |= lab[:-1] != lab[1:]
+        out[edge] = (out[edge] * _EDGE + 128) >> 8
+        yield y0, out.astype(np.uint8)
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, class_names: Sequence[str], alpha: float = 0.55) -> np.ndarray:
     """``[H, W, 3]`` uint8: the image with each class's colour blended in (``other`` barely tinted)
     and dark region boundaries; same size as the image."""
-    if image.shape[:2] != labels.shape:
-        raise ValueError(f"image {image.shape[:2]} and labels {labels.shape} differ in size")
-    cols = _colors(class_names).astype(np.float32)
-    a = np.full(len(class_names), alpha, dtype=np.float32)
-    if class_names and class_names[-1] == OTHER:
-        a[-1] = 0.15
-    lab = labels.astype(np.int64)
-    w = a[lab][..., None]  # [H, W, 1]
-    out = image.astype(np.float32) * (1 - w) + cols[lab] * w
-    edge = np.zeros(labels.shape, dtype=bool)
-    edge[:-1] |= lab[:-1] != lab[1:]
-    edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
-    out[edge] *= 0.35
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    out = np.empty(image.shape, dtype=np.uint8)
+    for y0, band in _overlay_bands(image, labels, class_names, alpha):
+        out[y0 : y0 + band.shape[0]] = band
+    return out
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -102,10 +143,11 @@ def legend(
 
 def render(image: np.ndarray, labels: np.ndarray, class_names: Sequence[str], alpha: float = 0.55) -> Image.Image:
     """The overlay with a legend of the classes present to its right."""
-    over = Image.fromarray(overlay(image, labels, class_names, alpha))
-    font_size = int(np.clip(over.height / 40, 12, 28))
-    panel = legend(pixel_fractions(labels, class_names), class_names, height=over.height, font_size=font_size)
-    canvas = Image.new("RGB", (over.width + panel.width, max(over.height, panel.height)), (255, 255, 255))
-    canvas.paste(over, (0, 0))
-    canvas.paste(panel, (over.width, 0))
+    h, w = labels.shape
+    font_size = int(np.clip(h / 40, 12, 28))
+    panel = legend(pixel_fractions(labels, class_names), class_names, height=h, font_size=font_size)
+    canvas = Image.new("RGB", (w + panel.width, max(h, panel.height)), (255, 255, 255))
+    for y0, band in _overlay_bands(image, labels, class_names, alpha):
+        canvas.paste(Image.fromarray(band), (0, y0))
+    canvas.paste(panel, (w, 0))
     return canvas
