@@ -10,7 +10,8 @@ Rules (deterministic and order-preserving, unlike the official ``predict.py`` wh
   synonyms (so ``ade20k_150.txt`` can be passed as a file unchanged).
 - Duplicates (compared case-insensitively, as CLIP's tokenizer lowercases) are dropped after the
   first occurrence, with a warning that names them.
-- Empty vocabularies and empty names are errors.
+- An empty vocabulary is an error; empty entries inside one (``"a, , b"``, ``["a", " "]``) are
+  dropped with a warning (blank lines and ``#`` comments in files are ignored silently).
 - Names too long for CLIP's 77-token context (after the longest prompt template) are cut to fit,
   with a warning.
 - "other": the official demo appends distractor names (all COCO-Stuff classes, or only its stuff
@@ -70,19 +71,27 @@ def parse_vocabulary(vocabulary: str | Sequence[str]) -> list[str]:
     """Class names from ``"cat, grass, sky"`` (commas/newlines separate, ``|`` or ``;`` join
     synonyms) or from a list (each entry is one class; ``|``/``;`` still join synonyms)."""
     if isinstance(vocabulary, str):
-        raw = re.split(r"[,\n]", vocabulary)
+        raw = re.split(r"[,\n]", vocabulary.strip())
     else:
         raw = list(vocabulary)
         bad = [n for n in raw if not isinstance(n, str)]
         if bad:
             raise TypeError(f"class names must be strings, got {bad[:3]}")
-    names = [c for c in (_clean(n) for n in raw) if c]
+    cleaned = [_clean(n) for n in raw]
+    names = [c for c in cleaned if c]
     if not names:
         raise ValueError(
             f"the vocabulary is empty ({vocabulary!r}): give class names separated by commas, e.g. "
             "'cat, grass, sky', or a dataset's classes with --dataset-vocabulary "
             f"({', '.join(list_class_sets())})"
         )
+    empty = [i + 1 for i, c in enumerate(cleaned) if not c]
+    if empty:
+        logger.warning(
+            "vocabulary: ignored %d empty entr%s (position%s %s)",
+            len(empty), "y" if len(empty) == 1 else "ies", "" if len(empty) == 1 else "s",
+            ", ".join(map(str, empty)),
+        )  # fmt: skip
     return _dedupe(names)
 
 

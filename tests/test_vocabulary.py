@@ -42,6 +42,20 @@ def test_duplicates_dropped_in_order_and_reported(caplog: pytest.LogCaptureFixtu
     assert "duplicate" in caplog.text and "'Dog'" in caplog.text and "'cat'" in caplog.text
 
 
+def test_empty_entries_dropped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="san.vocabulary"):
+        assert parse_vocabulary("a, , b") == ["a", "b"]
+    assert "ignored 1 empty entry (position 2)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="san.vocabulary"):
+        assert parse_vocabulary(["a", " ", "b", ""]) == ["a", "b"]
+    assert "ignored 2 empty entries (positions 2, 4)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="san.vocabulary"):
+        assert parse_vocabulary("  a, b\n") == ["a", "b"]  # surrounding whitespace is not an entry
+    assert not caplog.records
+
+
 @pytest.mark.parametrize("text", ["", " , ,\n", [], ["  "]])
 def test_empty_vocabulary_is_a_clear_error(text) -> None:
     with pytest.raises(ValueError, match="vocabulary is empty"):
