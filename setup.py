@@ -1,6 +1,18 @@
-"""Packaging for san (``pip install .``; extras: train, demo, dev)."""
+"""Packaging for san (``pip install .``; extras: train, demo, test, dev)."""
 
 from setuptools import find_packages, setup
+
+_TEST = [
+    "pytest",
+    "scipy",
+    "tensorboard",
+    "tifffile",
+    "matplotlib",
+    "scikit-image",
+    "gradio>=4",
+    "selenium",
+    "opencv-python-headless",
+]
 
 setup(
     name="san-seg",
@@ -22,7 +34,6 @@ setup(
         "torchvision>=0.16",
         "open_clip_torch>=2.20",
         "timm>=0.9",
-        "einops",
         "fvcore",
         "pyyaml",
         "numpy",
@@ -33,7 +44,9 @@ setup(
     extras_require={
         "train": ["scipy", "tensorboard", "tifffile", "matplotlib"],
         "demo": ["gradio>=4"],
-        "dev": ["pytest", "ruff", "scipy", "tensorboard", "tifffile", "matplotlib", "scikit-image", "gradio>=4", "selenium"],
+        # what the test suite needs (OpenCV only for the colour-jitter parity check against OpenCV itself)
+        "test": _TEST,
+        "dev": [*_TEST, "ruff"],
     },
     entry_points={"console_scripts": ["san = san.cli:main"]},
 )

@@ -74,6 +74,23 @@ def test_checkpoint_from_a_different_architecture(tiny_model, tmp_path):
         san.load_checkpoint(tiny_model, other.state_dict())
 
 
+def test_official_large_checkpoint_into_the_base_config_names_the_right_config():
+    def official(config: str) -> san.SAN:
+        cfg = san.get_cfg()
+        cfg.merge_from_file(san.config.get_config_file(config))
+        cfg.MODEL.SAN.CLIP_PRETRAINED_NAME = ""
+        with torch.device("meta"):  # shapes only: the error is raised before any tensor is copied
+            return san.build_model(cfg)
+
+    base, large = official("san_clip_vit_res4_coco"), official("san_clip_vit_large_res4_coco")
+    with pytest.raises(CheckpointError) as err:
+        san.load_checkpoint(base, large.state_dict())
+    msg = str(err.value)
+    assert "144 unexpected key(s)" in msg  # ViT-L's extra deeper blocks
+    assert "CLIP has positional embedding [577, 1024], the model [197, 768]" in msg
+    assert "another CLIP (e.g. ViT-L/14 vs ViT-B/16)" in msg and "san_clip_vit_large_res4_coco.yaml" in msg
+
+
 def test_unsafe_and_broken_files_are_refused(tiny_model, tmp_path):
     evil = tmp_path / "evil.pth"
     torch.save({"model": _Evil()}, evil)

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ClipWeightsUnavailable",
     "QuickGELU",
     "SelfAttention",
     "ResidualAttentionBlock",
@@ -33,6 +34,10 @@ __all__ = [
     "resolve_clip_config",
     "load_clip_state_dict",
 ]
+
+
+class ClipWeightsUnavailable(RuntimeError):
+    """open_clip could not fetch the pretrained CLIP weights (offline, or the download failed)."""
 
 
 class QuickGELU(nn.Module):
@@ -149,8 +154,16 @@ def _open_clip_name(name: str) -> str:
 
 
 def _pretrained_wants_quick_gelu(name: str, pretrained: str) -> bool:
-    if not pretrained or os.path.exists(pretrained):
+    """Whether the CLIP weights named by ``pretrained`` were trained with QuickGELU.
+
+    OpenAI's weights were: the ``openai`` tag and OpenAI's original TorchScript archives. A plain
+    state-dict file cannot tell; for a local copy of OpenAI's weights in that form use an open_clip
+    ``-quickgelu`` model name (e.g. ``ViT-B-16-quickgelu``) or a model config with ``"quick_gelu": true``.
+    """
+    if not pretrained:
         return False
+    if os.path.isfile(pretrained):
+        return zipfile.is_zipfile(pretrained) and _is_torchscript(pretrained)
     if pretrained == "openai":
         return True
     try:
@@ -256,10 +269,12 @@ def load_clip_state_dict(model_name: str, pretrained: str) -> dict[str, Tensor]:
     try:
         model = open_clip.create_model(name, pretrained=pretrained, device="cpu", precision="fp32")
     except Exception as e:
-        raise RuntimeError(
+        raise ClipWeightsUnavailable(
             f"could not load open_clip weights {name}/{pretrained} ({e}). Offline? Download them "
-            "elsewhere and set MODEL.SAN.CLIP_PRETRAINED_NAME to the local file, or load a SAN "
-            "checkpoint (it contains all CLIP weights) with CLIP_PRETRAINED_NAME ''."
+            "elsewhere and set MODEL.SAN.CLIP_PRETRAINED_NAME to the local file, or, when a SAN "
+            "checkpoint (it holds every CLIP weight) is loaded next, skip this download with "
+            "san.build_model(cfg, load_clip_weights=False) and keep CLIP_PRETRAINED_NAME as it is: "
+            "the tag also decides the activation (QuickGELU for 'openai'), so '' would change the model."
         ) from e
     return model.state_dict()
 

@@ -308,3 +308,20 @@ def test_register_all_datasets_fills_both_catalogs_idempotently(tmp_path):
         assert MetadataCatalog.get(name).image_root == str(elsewhere / "coco" / "val2017")
     finally:
         sd2.register_all_datasets(dataset_root())
+
+
+def test_offline_clip_weights_fall_back_to_model_weights_only_when_those_are_given(tmp_path, monkeypatch, caplog):
+    from san.modeling.clip import ClipWeightsUnavailable, QuickGELU
+
+    def offline(name, pretrained):
+        raise ClipWeightsUnavailable(f"could not load open_clip weights {name}/{pretrained} (offline)")
+
+    monkeypatch.setattr(san.build, "load_clip_state_dict", offline)
+    with pytest.raises(ClipWeightsUnavailable, match="offline"):
+        build_model(d2_cfg(tmp_path, "MODEL.SAN.CLIP_PRETRAINED_NAME", "openai"))
+    cfg = d2_cfg(tmp_path, "MODEL.SAN.CLIP_PRETRAINED_NAME", "openai", "MODEL.WEIGHTS", "san_vit_b_16.pth")
+    with caplog.at_level("WARNING"):
+        model = build_model(cfg)
+    assert "MODEL.WEIGHTS (san_vit_b_16.pth) must hold every CLIP weight" in caplog.text
+    # the tag still decides the activation: OpenAI's CLIP runs QuickGELU, as the checkpoint expects
+    assert isinstance(model.clip_rec_head.resblocks[0].mlp.gelu, QuickGELU)

@@ -73,3 +73,44 @@ def test_weights_that_do_not_fit_are_refused(tmp_path):
     cfg.MODEL.SAN.CLIP_PRETRAINED_NAME = str(weights)
     with pytest.raises(ValueError, match="do not fit.*mis-shaped"):
         san.build_model(cfg)
+
+
+class _Holder(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _torchscript_archive(state_dict: dict[str, torch.Tensor], path) -> None:
+    """Save tensors under their dotted names in a TorchScript archive, the format of OpenAI's own files."""
+    root = _Holder()
+    for key, value in state_dict.items():
+        *parents, leaf = key.split(".")
+        m = root
+        for p in parents:
+            if p not in m._modules:
+                m.add_module(p, _Holder())
+            m = m._modules[p]
+        m.register_buffer(leaf, value.clone())
+    torch.jit.script(root).save(str(path))
+
+
+def test_openai_torchscript_file_gets_quick_gelu_and_a_state_dict_file_does_not(tmp_path):
+    torch.manual_seed(0)
+    reference = open_clip.model.CLIP(embed_dim=32, vision_cfg=TINY_CLIP["vision_cfg"], text_cfg=TINY_CLIP["text_cfg"])
+    archive = tmp_path / "ViT-tiny.pt"
+    _torchscript_archive(reference.state_dict(), archive)
+    cfg = tiny_cfg(tmp_path)
+    cfg.MODEL.SAN.CLIP_PRETRAINED_NAME = str(archive)
+    model = san.build_model(cfg)
+    assert isinstance(model.clip_visual_extractor.resblocks[0].mlp.gelu, QuickGELU)
+    assert isinstance(model.clip_rec_head.resblocks[-1].mlp.gelu, QuickGELU)
+    assert isinstance(model.ov_classifier.transformer.resblocks[0].mlp.gelu, QuickGELU)
+    sd = reference.state_dict()
+    assert torch.equal(model.clip_rec_head.proj, sd["visual.proj"])
+    assert torch.equal(model.ov_classifier.token_embedding.weight, sd["token_embedding.weight"])
+    # a plain state-dict file cannot tell; an open_clip -quickgelu name (or "quick_gelu" in a JSON) can
+    plain = tmp_path / "clip_state_dict.pt"
+    torch.save(reference.state_dict(), plain)
+    assert not resolve_clip_config(cfg.MODEL.SAN.CLIP_MODEL_NAME, str(plain)).quick_gelu
+    assert resolve_clip_config("ViT-B-16-quickgelu", str(plain)).quick_gelu
+    assert resolve_clip_config("ViT-B-16-quickgelu", "").quick_gelu

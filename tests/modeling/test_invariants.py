@@ -24,32 +24,45 @@ def _features_and_biases(model: san.SAN, seed: int = 0):
     return out["clip_features"], out["attn_biases"]
 
 
-def _dense_visual_tokens(head: RecognitionHead, features, layer: int, bias):
-    """Run the official dense-mask sequence and return the cls + visual tokens after every block."""
-    q = head.num_sos
-    x0 = features.tokens[layer]
-    b, n, _ = x0.shape
-    x = torch.cat([head._sos_tokens(x0[:, 0]), x0], dim=1)
-    outs = []
-    for block, lb in zip(head.resblocks, head.format_biases(bias, features.grid)):
-        mask = lb.new_zeros(b, head.num_heads, q + n, q + n)
-        mask[..., :q] = -100.0
-        mask[..., torch.arange(q), torch.arange(q)] = 0.0
-        mask[..., :q, q] = -100.0
-        mask[..., :q, q + 1 :] = lb
-        x = block(x, attn_mask=mask)
-        outs.append(x[:, q:])
-    return outs
+def _recorded_visual_tokens(head: RecognitionHead, features, layer: int, bias, dense: bool) -> list[torch.Tensor]:
+    """Run our recognition head and record the class + visual tokens ``[B, 1 + L, D]`` it carries.
+
+    Dense path: the output of every block, minus the SOS rows. Fast path: the visual stream as it
+    enters each block (the ``ln_1`` inputs that are not SOS tokens).
+    """
+    q, n = head.num_sos, features.tokens[layer].shape[1]
+    seen: list[torch.Tensor] = []
+    if dense:
+        hooks = [blk.register_forward_hook(lambda m, i, o: seen.append(o[:, q:].clone())) for blk in head.resblocks]
+    else:
+        hooks = [
+            blk.ln_1.register_forward_hook(lambda m, i, o: seen.append(i[0].clone()) if i[0].shape[1] == n else None)
+            for blk in head.resblocks
+        ]
+    try:
+        with torch.no_grad():
+            (head.forward_dense if dense else head.forward)(features, layer, [bias])
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(seen) == len(head.resblocks) and all(t.shape[1] == n for t in seen)
+    return seen
 
 
-def test_visual_and_cls_tokens_ignore_the_bias(tiny_model):
+@pytest.mark.parametrize("dense", [True, False], ids=["dense", "fast"])
+def test_visual_and_cls_tokens_ignore_the_bias(tiny_model, dense):
     feats, biases = _features_and_biases(tiny_model)
     head = tiny_model.clip_rec_head
-    with torch.no_grad():
-        a = _dense_visual_tokens(head, feats, tiny_model.rec_layer, biases[0])
-        b = _dense_visual_tokens(head, feats, tiny_model.rec_layer, [t * -3.0 + 7.0 for t in biases[0]])
+    changed = [t * -3.0 + 7.0 for t in biases[0]]
+    a = _recorded_visual_tokens(head, feats, tiny_model.rec_layer, biases[0], dense)
+    b = _recorded_visual_tokens(head, feats, tiny_model.rec_layer, changed, dense)
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
+    # ... while the SOS tokens do see it
+    with torch.no_grad():
+        sos_a = head(feats, tiny_model.rec_layer, [biases[0]])[0]
+        sos_b = head(feats, tiny_model.rec_layer, [changed])[0]
+    assert (sos_a - sos_b).abs().max() > 1e-3
 
 
 def test_each_sos_depends_only_on_its_own_bias_row(tiny_model):

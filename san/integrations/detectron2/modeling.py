@@ -13,6 +13,7 @@ Two detectron2 conventions are added on top of the core input contract:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,8 +23,11 @@ from detectron2.modeling import META_ARCH_REGISTRY
 
 from san.build import build_model, san_kwargs
 from san.modeling import SAN as _CoreSAN
+from san.modeling.clip import ClipWeightsUnavailable
 
 __all__ = ["SAN", "dataset_vocabulary"]
+
+logger = logging.getLogger(__name__)
 
 _SCALAR_KEYS = (
     "clip_resolution",
@@ -59,8 +63,23 @@ class SAN(_CoreSAN):
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
         """Constructor arguments from a config: the modules of :func:`san.build.build_model`
-        (CLIP weights of ``CLIP_PRETRAINED_NAME`` loaded, CLIP frozen, criterion when available)."""
-        core = build_model(cfg, load_clip_weights=True)
+        (CLIP weights of ``CLIP_PRETRAINED_NAME`` loaded, CLIP frozen, criterion when available).
+
+        Offline, when the CLIP weights cannot be fetched but ``MODEL.WEIGHTS`` names a checkpoint
+        (which the trainer loads next), the model is built without them and a warning says so;
+        ``CLIP_PRETRAINED_NAME`` still decides the activation, as in the official model."""
+        try:
+            core = build_model(cfg, load_clip_weights=True)
+        except ClipWeightsUnavailable as e:
+            if not cfg.MODEL.WEIGHTS:
+                raise
+            logger.warning(
+                "%s\nBuilding without them: MODEL.WEIGHTS (%s) must hold every CLIP weight, as the official "
+                "SAN checkpoints do.",
+                e,
+                cfg.MODEL.WEIGHTS,
+            )
+            core = build_model(cfg, load_clip_weights=False)
         kwargs = san_kwargs(cfg)
         return {
             "clip_visual_extractor": core.clip_visual_extractor,
