@@ -6,8 +6,12 @@ downloads resume) and returns the local path. Checksums: the Hub stores these fi
 whose object id is the file's sha256 and becomes the name of the cached blob; after a download the
 file is hashed once and compared with that name (a marker records the success, so later runs skip
 the hash). An ``http(s)://`` URL is fetched with ``torch.hub.download_url_to_file`` into
-``~/.cache/san/weights``; a hex hash prefix in the file name (``name-<sha256 prefix>.pth``, torch.hub's
-convention) or a ``#sha256=<hex>`` fragment is checked. Anything else must be an existing file.
+``~/.cache/san/weights/<first 16 hex digits of the URL's sha256>/<file name>``, so two URLs with the
+same file name never share a cache entry. Checked: a ``#sha256=<hex>`` fragment (a full hash or a
+prefix), else a hash prefix in the file name in torch.hub's convention ``name-<hex>.ext``, which
+counts as a hash only with 8 to 64 hex digits of which at least one is a letter a-f (so
+``checkpoint-120000.pth`` or ``model-20240101.pth`` are plain names, not hashes; a prefix of digits
+only is not checked: give ``#sha256=`` to check it). Anything else must be an existing file.
 """
 
 from __future__ import annotations
@@ -21,7 +25,15 @@ from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MODELS", "ModelInfo", "WeightsError", "get_model_info", "resolve_weights", "sha256sum"]
+__all__ = [
+    "MODELS",
+    "ModelInfo",
+    "WeightsError",
+    "expected_sha256",
+    "get_model_info",
+    "resolve_weights",
+    "sha256sum",
+]
 
 HF_REPO = "Mendel192/san"
 
@@ -130,23 +142,36 @@ def _download_hub(info: ModelInfo, cache_dir: str | None) -> str:
     return path
 
 
+def expected_sha256(url: str) -> str | None:
+    """The sha256 (prefix) a URL promises: its ``#sha256=`` fragment, else a ``-<hex>.`` file-name
+    suffix of 8-64 hex digits with at least one letter a-f; None when it promises none."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.fragment.startswith("sha256="):
+        digest = parsed.fragment[len("sha256=") :].lower()
+        if not re.fullmatch(r"[0-9a-f]{1,64}", digest):
+            raise WeightsError(f"{url}: '#sha256=' must be followed by hex digits, got {digest!r}")
+        return digest
+    m = re.search(r"-([0-9a-fA-F]{8,64})\.[^/.]+$", os.path.basename(parsed.path))
+    if m and re.search(r"[a-fA-F]", m.group(1)):
+        return m.group(1).lower()
+    return None
+
+
 def _download_url(url: str, cache_dir: str | None) -> str:
     import torch.hub
 
     parsed = urllib.parse.urlparse(url)
     filename = os.path.basename(parsed.path) or "weights.pth"
-    expected = None
-    if parsed.fragment.startswith("sha256="):
-        expected = parsed.fragment[len("sha256=") :].lower()
-    elif m := re.search(r"-([a-f0-9]{6,64})\.", filename):
-        expected = m.group(1)
+    expected = expected_sha256(url)
+    bare = urllib.parse.urlunparse(parsed._replace(fragment=""))
     cache_dir = cache_dir or os.path.join(os.path.expanduser(os.getenv("SAN_CACHE", "~/.cache/san")), "weights")
+    cache_dir = os.path.join(cache_dir, hashlib.sha256(bare.encode()).hexdigest()[:16])  # one folder per URL
     os.makedirs(cache_dir, exist_ok=True)
     dst = os.path.join(cache_dir, filename)
     if os.path.isfile(dst) and (expected is None or sha256sum(dst).startswith(expected)):
         return dst
     try:
-        torch.hub.download_url_to_file(urllib.parse.urlunparse(parsed._replace(fragment="")), dst, progress=True)
+        torch.hub.download_url_to_file(bare, dst, progress=True)
     except Exception as e:
         raise WeightsError(
             f"could not download {url} ({type(e).__name__}: {e}). " + _offline_hint(filename, url)

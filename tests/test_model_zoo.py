@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import san.model_zoo as zoo
-from san.model_zoo import MODELS, WeightsError, get_model_info, resolve_weights
+from san.model_zoo import MODELS, WeightsError, expected_sha256, get_model_info, resolve_weights
 
 
 def test_official_names_and_aliases() -> None:
@@ -96,13 +96,44 @@ def test_url_download_with_hash_checks(http_root, tmp_path: Path, monkeypatch: p
     (root / "plain.pth").write_bytes(content)
     cache = str(tmp_path / "cache")
     got = resolve_weights(f"{base}/tiny-{digest[:8]}.pth", cache_dir=cache)
-    assert Path(got).read_bytes() == content and Path(got).parent == Path(cache)
+    assert Path(got).read_bytes() == content and Path(got).parent.parent == Path(cache)
     assert Path(resolve_weights(f"{base}/plain.pth#sha256={digest}", cache_dir=cache)).read_bytes() == content
     with pytest.raises(WeightsError, match="does not match"):
         resolve_weights(f"{base}/plain.pth#sha256={'0' * 64}", cache_dir=str(tmp_path / "c2"))
-    assert not (tmp_path / "c2" / "plain.pth").exists()  # a bad download is removed
+    assert not list((tmp_path / "c2").rglob("plain.pth"))  # a bad download is removed
     with pytest.raises(WeightsError, match="--weights /path/to/missing.pth"):
         resolve_weights(f"{base}/missing.pth", cache_dir=cache)
     monkeypatch.setattr(zoo, "sha256sum", lambda p: digest)  # cached copy reused without a download
     (root / f"tiny-{digest[:8]}.pth").unlink()
     assert resolve_weights(f"{base}/tiny-{digest[:8]}.pth", cache_dir=cache) == got
+
+
+def test_same_file_name_at_two_urls_gets_two_cache_entries(http_root, tmp_path: Path) -> None:
+    root, base = http_root
+    for sub, data in (("a", b"weights of a"), ("b", b"weights of b")):
+        (root / sub).mkdir()
+        (root / sub / "model.pth").write_bytes(data)
+    cache = str(tmp_path / "cache")
+    a = resolve_weights(f"{base}/a/model.pth", cache_dir=cache)
+    b = resolve_weights(f"{base}/b/model.pth", cache_dir=cache)
+    assert a != b and Path(a).name == Path(b).name == "model.pth"
+    assert (Path(a).read_bytes(), Path(b).read_bytes()) == (b"weights of a", b"weights of b")
+    (root / "a" / "model.pth").unlink()  # the cached copy of the first URL is still served
+    assert Path(resolve_weights(f"{base}/a/model.pth", cache_dir=cache)).read_bytes() == b"weights of a"
+
+
+def test_file_name_hash_rule(http_root, tmp_path: Path) -> None:
+    root, base = http_root
+    (root / "checkpoint-120000.pth").write_bytes(b"step 120000")  # digits after a dash: a step, not a hash
+    got = resolve_weights(f"{base}/checkpoint-120000.pth", cache_dir=str(tmp_path / "c"))
+    assert Path(got).read_bytes() == b"step 120000"
+    (root / "model-deadbeef.pth").write_bytes(b"not matching deadbeef")
+    with pytest.raises(WeightsError, match="does not match the expected deadbeef"):
+        resolve_weights(f"{base}/model-deadbeef.pth", cache_dir=str(tmp_path / "c"))
+    assert expected_sha256("http://h/x/model-20240101.pth") is None  # 8 digits, no letter: a date
+    assert expected_sha256("http://h/x/model-abc12.pth") is None  # too short
+    assert expected_sha256("http://h/x/model-0123456789ABCDEF.pth") == "0123456789abcdef"
+    assert expected_sha256("http://h/x-deadbeef0/model.pth") is None  # only the file name counts
+    assert expected_sha256("http://h/m-20240101.pth#sha256=12345678") == "12345678"  # asked for: checked
+    with pytest.raises(WeightsError, match="hex digits"):
+        expected_sha256("http://h/m.pth#sha256=xyz")
