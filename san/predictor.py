@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from san.images import DEFAULT_MAX_PIXELS, to_rgb_array
+from san.images import DEFAULT_MAX_PIXELS, ImageError, to_rgb_array
 from san.visualize import pixel_fractions
 from san.vocabulary import Vocabulary, build_vocabulary, fit_to_context
 
@@ -43,6 +43,37 @@ logger = logging.getLogger(__name__)
 __all__ = ["Prediction", "SANPredictor", "resize_shortest_edge"]
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _check_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown device {device!r} ({e}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine; use device 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return dev
+
+
+def _check_precision(precision: str, device: torch.device) -> None:
+    """Refuse a half precision the device's autocast cannot run (a clear error, not a crash later)."""
+    if precision == "fp32":
+        return
+    try:
+        with torch.autocast(device_type=device.type, dtype=_DTYPES[precision]):
+            x = torch.ones(1, 1, 4, 4, device=device)
+            F.conv2d(x, torch.ones(1, 1, 3, 3, device=device)).sum().item()
+            (x.flatten(1) @ x.flatten(1).T).item()
+    except (RuntimeError, NotImplementedError) as e:
+        raise ValueError(
+            f"precision {precision!r} is not supported on {device} by this torch build ({e}); "
+            f"use {'bf16 or fp32' if precision == 'fp16' else 'fp32'}"
+        ) from None
 
 
 def resize_shortest_edge(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
@@ -92,7 +123,8 @@ class SANPredictor:
     ) -> None:
         if precision not in _DTYPES:
             raise ValueError(f"precision must be one of {', '.join(_DTYPES)}, got {precision!r}")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = _check_device(device)
+        _check_precision(precision, self.device)
         if precision == "fp16" and self.device.type == "cpu":
             logger.warning("fp16 on CPU is slow and imprecise; bf16 is the CPU half precision")
         self.model = model.to(self.device).eval()
@@ -169,8 +201,12 @@ class SANPredictor:
     def vocabulary(self, vocabulary: str | Sequence[str] | Vocabulary, other: str = "none") -> Vocabulary:
         """Parse a vocabulary and cut names too long for CLIP's context (see :mod:`san.vocabulary`)."""
         voc = vocabulary if isinstance(vocabulary, Vocabulary) else build_vocabulary(vocabulary, other=other)
-        if voc in self._fitted:
-            return self._fitted[voc]
+        if voc in self._fitted:  # cut before: say so again, each caller should hear it
+            fitted = self._fitted[voc]
+            for name, cut in zip(voc.user, fitted.user):
+                if name != cut:
+                    logger.warning("class name %r was cut to %r to fit CLIP's context", name[:80], cut)
+            return fitted
         clf = self.model.ov_classifier
         tok = clf.tokenizer
         if not hasattr(tok, "encode"):
@@ -202,9 +238,17 @@ class SANPredictor:
         batch_size: int = 1,
     ) -> list[Prediction]:
         """Segment several images with one vocabulary; same-size images share a forward pass
-        (never padded together, so each result equals :meth:`predict` on that image)."""
+        (never padded together, so each result equals :meth:`predict` on that image).
+
+        All images are decoded first: one that cannot be read raises :class:`ImageError` naming
+        its position (``images[i]``) and, for files, its path."""
         voc = self.vocabulary(vocabulary, other)
-        arrays = [to_rgb_array(im, self.max_pixels) for im in images]
+        arrays = []
+        for i, im in enumerate(images):
+            try:
+                arrays.append(to_rgb_array(im, self.max_pixels))
+            except ImageError as e:
+                raise ImageError(f"images[{i}]: {e}") from e
         results: list[Prediction | None] = [None] * len(arrays)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, a in enumerate(arrays):

@@ -13,6 +13,7 @@ from san.images import ImageError
 from san.model_zoo import WeightsError
 from san.predictor import SANPredictor, resize_shortest_edge
 
+from .apps.colour_model import colour_predict, dominant_channel, use_colour_model
 from .conftest import tiny_cfg
 
 VOC = "cat, grass, sky, wall, sofa"
@@ -176,3 +177,98 @@ def test_from_pretrained_config_weights_and_overrides(tmp_path, photo: np.ndarra
         SANPredictor.from_pretrained(str(tmp_path / "tiny.yaml"), weights=tmp_path / "nope.pth")
     with pytest.raises(FileNotFoundError, match="bundled config"):
         SANPredictor.from_pretrained("no_such_config", weights="none")
+
+
+# EXIF orientation -> the numpy operation that shows the stored pixels upright (EXIF 2.3, tag 0x0112)
+UPRIGHT = {
+    2: lambda a: a[:, ::-1],  # mirrored left-right
+    3: lambda a: a[::-1, ::-1],  # rotated 180
+    4: lambda a: a[::-1],  # mirrored top-bottom
+    5: lambda a: a.transpose(1, 0, 2),  # transposed
+    6: lambda a: np.rot90(a, k=-1),  # needs 90 degrees clockwise
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),  # transversed
+    8: lambda a: np.rot90(a, k=1),  # needs 90 degrees counter-clockwise
+}
+
+
+@pytest.fixture
+def colour(predictor: SANPredictor, monkeypatch: pytest.MonkeyPatch) -> SANPredictor:
+    use_colour_model(monkeypatch)
+    return predictor
+
+
+def test_colour_model_labels_follow_the_picture(colour: SANPredictor, photo: np.ndarray) -> None:
+    pred = colour.predict(photo, VOC, return_scores=True)
+    counts = np.bincount(pred.labels.ravel(), minlength=5)
+    assert (counts[:3] > 0.05 * pred.labels.size).all() and counts[3:].sum() == 0  # three classes really win
+    assert (pred.labels == dominant_channel(photo)).mean() > 0.75
+    np.testing.assert_array_equal(colour.predict(photo, VOC).labels, pred.scores.argmax(0))  # label-only path
+
+
+@pytest.mark.parametrize("orientation", sorted(UPRIGHT))
+def test_exif_rotated_file_equals_the_photo_rotated_by_hand(
+    colour: SANPredictor, photo: np.ndarray, tmp_path, orientation: int
+) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"o{orientation}.jpg"
+    Image.fromarray(photo).save(path, exif=exif, quality=95)
+    with Image.open(path) as im:
+        stored = np.asarray(im.convert("RGB"))  # the pixels as stored, orientation not applied
+    upright = np.ascontiguousarray(UPRIGHT[orientation](stored))
+    got = colour.predict(path, VOC, return_scores=True)
+    want = colour.predict(upright, VOC, return_scores=True)
+    np.testing.assert_array_equal(got.scores, want.scores)
+    np.testing.assert_array_equal(got.labels, want.labels)
+    wrong = colour.predict(np.ascontiguousarray(UPRIGHT[orientation](stored)[::-1, ::-1]), VOC).labels
+    assert (wrong != want.labels).mean() > 0.1  # a file turned the wrong way would be caught
+
+
+def test_rgba_grayscale_and_16_bit_files_give_the_hand_made_rgb(
+    colour: SANPredictor, photo: np.ndarray, tmp_path
+) -> None:
+    alpha = np.linspace(0, 255, photo.shape[1]).astype(np.uint8)[None].repeat(photo.shape[0], 0)
+    Image.fromarray(np.dstack([photo, alpha])).save(tmp_path / "rgba.png")
+    want = colour.predict(photo, VOC, return_scores=True)  # alpha is dropped, as convert("RGB") does
+    np.testing.assert_array_equal(colour.predict(tmp_path / "rgba.png", VOC, return_scores=True).scores, want.scores)
+    black = colour.predict(np.zeros_like(photo), VOC, return_scores=True)
+    assert not np.allclose(black.scores, want.scores)  # a decoder losing the colours would be caught
+    gray = (photo.astype(np.uint32) * [299, 587, 114]).sum(2) // 1000  # ITU-R 601 luma, as PIL's "L"
+    Image.fromarray(photo).convert("L").save(tmp_path / "gray.png")
+    Image.fromarray((gray * 257).astype(np.uint16)).save(tmp_path / "gray16.png")
+    g8 = colour.predict(tmp_path / "gray.png", VOC, return_scores=True)
+    g16 = colour.predict(tmp_path / "gray16.png", VOC, return_scores=True)
+    hand = np.repeat(gray.astype(np.uint8)[:, :, None], 3, axis=2)
+    assert np.abs(np.asarray(Image.open(tmp_path / "gray.png"), dtype=int) - gray).max() <= 1
+    np.testing.assert_allclose(g16.scores, colour.predict(hand, VOC, return_scores=True).scores, atol=1e-6)
+    np.testing.assert_allclose(g8.scores, g16.scores, atol=0.05)
+
+
+def test_batch_error_names_the_failing_input(predictor: SANPredictor, photo: np.ndarray, tmp_path) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    with pytest.raises(ImageError, match=rf"images\[2\]: {bad}: not an image file"):
+        predictor.predict_batch([photo, photo, bad], VOC)
+    with pytest.raises(ImageError, match=r"images\[1\]: image array must be"):
+        predictor.predict_batch([photo, np.zeros((4, 4, 2), np.uint8)], VOC)
+
+
+def test_device_and_precision_are_checked_and_used(
+    predictor: SANPredictor, photo: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        SANPredictor(predictor.model, device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            SANPredictor(predictor.model, device="cuda")
+    seen = []
+
+    def spy(self, images, classifier, levels=None):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), images.device.type))
+        return colour_predict(self, images, classifier, levels)
+
+    monkeypatch.setattr(san.SAN, "predict", spy)
+    for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        seen.clear()
+        SANPredictor(predictor.model, device="cpu", precision=precision, min_size=64).predict(photo, VOC)
+        assert seen and all(s == (dtype is not None, dtype or s[1], "cpu") for s in seen), (precision, seen)

@@ -121,3 +121,7 @@ def test_long_names_cut_to_fit_clip_context(tmp_path, caplog: pytest.LogCaptureF
     assert voc.user[0] == "cat" and voc.user[1] != long and long.startswith(voc.user[1])
     for tpl in predictor.model.ov_classifier.templates:  # every prompt keeps its end-of-text token
         assert len(tok.encode(tpl.format(voc.user[1]))) + 2 <= 77
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="san"):
+        assert predictor.vocabulary(f"cat, {long}") == voc  # cached, and the cut is reported again
+    assert "was cut to" in caplog.text
