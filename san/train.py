@@ -29,7 +29,7 @@ _PRECISION_FLAGS = {"fp32": (False, "float16"), "fp16": (True, "float16"), "bf16
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """detectron2's ``default_argument_parser`` flags, plus ``--precision``."""
+    """detectron2's ``default_argument_parser`` flags, plus ``--datasets-yaml``, ``--precision`` and ``--dump-predictions``."""
     port = 2**15 + 2**14 + hash(os.getuid() if sys.platform != "win32" else 1) % 2**14
     p = argparse.ArgumentParser(
         prog="san train",
@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(_PRECISION_FLAGS),
         default=None,
         help="override SOLVER.AMP: fp32 (no autocast), fp16 (autocast + GradScaler), bf16 (autocast, no scaler)",
+    )
+    p.add_argument(
+        "--dump-predictions",
+        action="store_true",
+        help="write every evaluated image's prediction to OUTPUT_DIR/inference/<dataset>/sem_seg_predictions.json "
+        "(COCO-style RLE, detectron2's format); the same as SAN_ENGINE.DUMP_PREDICTIONS True",
     )
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     return p
@@ -122,6 +128,8 @@ def setup(args: argparse.Namespace) -> Any:
     if args.precision:
         enabled, dtype = _PRECISION_FLAGS[args.precision]
         cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.PRECISION = enabled, dtype
+    if args.dump_predictions:
+        cfg.SAN_ENGINE.DUMP_PREDICTIONS = True
     cfg.freeze()
     rank = int(os.environ.get("RANK", comm.get_rank()))
     _setup_logging(cfg.OUTPUT_DIR, rank)

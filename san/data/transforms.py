@@ -6,7 +6,7 @@ uint8 RGB image and an ``[H, W]`` integer label (or ``None``), drawing its rando
 
 - :class:`ResizeShortestEdge`: short side from a list ("choice") or an interval ("range"), long
   side capped at ``max_size``, sizes rounded as detectron2 (``int(x + 0.5)``); image bilinear
-  (PIL), label nearest (``torch`` "nearest" on float64, detectron2's path for labels).
+  (PIL for uint8, antialiased when downscaling; :func:`resize_image`), label nearest (``torch`` "nearest" on float64, detectron2's path for labels).
 - :class:`RandomCrop`: detectron2's crop types; with ``single_category_max_area < 1`` up to 10
   windows are tried until no single class (ignore excluded) covers more than that share. The
   ignore value is the training dataset's (the official mapper passes detectron2's
@@ -49,10 +49,24 @@ Label = np.ndarray | None
 
 
 def resize_image(image: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Bilinear resize of a uint8 ``[H, W, 3]`` image with PIL (detectron2's ResizeTransform)."""
+    """Bilinear resize of an ``[H, W, C]`` or ``[H, W]`` image to ``h x w``, as detectron2's ResizeTransform.
+
+    uint8 images go through PIL's bilinear filter (which widens its support when downscaling, i.e.
+    antialiases); other dtypes through ``torch`` bilinear interpolation with ``align_corners=False``.
+    """
+    if image.ndim not in (2, 3) or h <= 0 or w <= 0:
+        raise ValueError(f"resize_image needs an [H, W, C] or [H, W] image and a positive size, got "
+                         f"{list(image.shape)} -> {h}x{w}")  # fmt: skip
     if image.shape[:2] == (h, w):
         return image
-    return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    if image.dtype == np.uint8:
+        single = image.ndim == 3 and image.shape[2] == 1
+        out = np.asarray(Image.fromarray(image[:, :, 0] if single else image).resize((w, h), Image.BILINEAR))
+        return out[:, :, None] if single else out
+    t = torch.from_numpy(np.ascontiguousarray(image))
+    t = (t[:, :, None] if image.ndim == 2 else t).permute(2, 0, 1)[None]
+    out = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)[0].permute(1, 2, 0).numpy()
+    return out[:, :, 0] if image.ndim == 2 else out
 
 
 def resize_label(label: np.ndarray, h: int, w: int) -> np.ndarray:

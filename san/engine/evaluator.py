@@ -16,8 +16,8 @@ pixels go to the extra index ``N`` and so never count. From it, as detectron2 co
 
 In a ``torch.distributed`` run the matrices of all processes are summed (``all_reduce``; CPU
 tensors for gloo, the current CUDA device for NCCL) and every process gets the results; only the
-main process writes files. Optional prediction dumping writes ``sem_seg_predictions.json`` as
-detectron2 does: one entry per image and predicted class with a COCO-style compressed RLE
+main process writes files. Optional prediction dumping writes ``sem_seg_predictions.json`` (in
+``output_dir``, or ``predictions_file``) as detectron2 does: one entry per image and predicted class with a COCO-style compressed RLE
 (column-major, pycocotools' string encoding, implemented here; :func:`rle_decode` reads it back)
 and the class's dataset id where the dataset has them (COCO-Stuff, ADE-847).
 """
@@ -61,14 +61,15 @@ class SemSegEvaluator:
         output_dir: str | os.PathLike | None = None,
         dataset_ids: list[int] | None = None,
         dump_predictions: bool = False,
+        predictions_file: str | os.PathLike | None = None,
         boundary_iou: bool | None = None,
     ) -> None:
         if len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
         if dataset_ids is not None and len(dataset_ids) != num_classes:
             raise ValueError(f"{len(dataset_ids)} dataset ids for num_classes={num_classes}")
-        if dump_predictions and output_dir is None:
-            raise ValueError("dump_predictions needs an output_dir to write sem_seg_predictions.json to")
+        if dump_predictions and output_dir is None and predictions_file is None:
+            raise ValueError("dump_predictions needs an output_dir (or a predictions_file) to write the predictions to")
         self.num_classes = int(num_classes)
         self.ignore_label = int(ignore_label)
         self.class_names = list(class_names)
@@ -77,6 +78,13 @@ class SemSegEvaluator:
         self.output_dir = os.fspath(output_dir) if output_dir is not None else None
         self.dataset_ids = list(dataset_ids) if dataset_ids is not None else None
         self.dump_predictions = dump_predictions
+        self.predictions_file = (
+            os.fspath(predictions_file)
+            if predictions_file is not None
+            else os.path.join(self.output_dir, "sem_seg_predictions.json")
+            if self.output_dir is not None
+            else None
+        )
         if boundary_iou is None:  # as detectron2: only when labels fit uint8 (and the erosion is available)
             boundary_iou = self.num_classes < 255 and _has_scipy()
         if boundary_iou and self.num_classes >= 255:
@@ -201,10 +209,11 @@ class SemSegEvaluator:
         results = OrderedDict(sem_seg=metrics_from_confusion(conf, self.class_names, b_conf))
         if _is_main():
             logger.info("%s: %s", self.dataset_name or "sem_seg", format_results(results, header_only=True))
+            if self.dump_predictions and self.predictions_file is not None:
+                os.makedirs(os.path.dirname(os.path.abspath(self.predictions_file)), exist_ok=True)
+                write_json(self.predictions_file, predictions)
+                logger.info("%d predicted segments written to %s", len(predictions), self.predictions_file)
             if self.output_dir is not None:
-                os.makedirs(self.output_dir, exist_ok=True)
-                if self.dump_predictions:
-                    write_json(os.path.join(self.output_dir, "sem_seg_predictions.json"), predictions)
                 save_results(results, self.output_dir, self.dataset_name or "sem_seg")
         return results
 

@@ -60,10 +60,22 @@ class EventWriter:
             self.latest[k] = float(v)
         self.latest["iteration"] = iteration
 
+    def state_dict(self) -> dict[str, Any]:
+        """The smoothing window's contents, so a resumed run logs the medians an uninterrupted one would."""
+        return {"history": {k: list(v) for k, v in self.history.items()}, "latest": dict(self.latest)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (values beyond this writer's window are dropped, oldest first)."""
+        self.history.clear()
+        for k, values in state.get("history", {}).items():
+            self.history[k].extend(float(v) for v in values)
+        self.latest = {k: float(v) for k, v in state.get("latest", {}).items()}
+
     def smoothed(self, key: str) -> float:
         return statistics.median(self.history[key])
 
     def eta_seconds(self, iteration: int) -> float | None:
+        """Seconds left after ``iteration``: the median iteration time times the iterations still to run."""
         if "time" not in self.history:
             return None
         return self.smoothed("time") * (self.max_iter - iteration - 1)

@@ -4,8 +4,9 @@
 its dataset's class names as ``"vocabulary"``, so one model is evaluated zero-shot on every
 benchmark) and :class:`~san.engine.evaluator.SemSegEvaluator`; results are logged as a table and
 as detectron2's ``copypaste:`` lines and written under ``OUTPUT_DIR/inference`` (JSON, table,
-per-class IoU chart). :class:`SemSegTTA` averages the semantic scores over ``TEST.AUG`` sizes and
-horizontal flips, like the official ``SemanticSegmentorWithTTA``.
+per-class IoU chart; with ``SAN_ENGINE.DUMP_PREDICTIONS`` also ``<dataset>/sem_seg_predictions.json``).
+:class:`SemSegTTA` averages the semantic scores over ``TEST.AUG`` sizes and horizontal flips, like
+the official ``SemanticSegmentorWithTTA`` with detectron2's ``DatasetMapperTTA``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import comm
@@ -40,19 +41,24 @@ def shortest_edge_size(h: int, w: int, short: int, max_size: int) -> tuple[int, 
 
 
 def _resize(image: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize of a ``[3, H, W]`` 0..255 image, rounded back to uint8 like the data pipeline."""
-    if tuple(image.shape[-2:]) == size:
+    """detectron2's ResizeTransform on a ``[C, H, W]`` image: PIL bilinear for uint8, else torch bilinear."""
+    from san.data.transforms import resize_image
+
+    if tuple(image.shape[-2:]) == tuple(size):
         return image
-    out = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]
-    return out.round().clamp(0, 255).to(torch.uint8)
+    hwc = image.detach().permute(1, 2, 0).cpu().numpy()
+    out = resize_image(hwc, int(size[0]), int(size[1]))
+    return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))).to(image.device)
 
 
 class SemSegTTA(nn.Module):
     """Average ``sem_seg`` scores over multi-scale (short side in ``min_sizes``, long side at most
     ``max_size``) and, optionally, horizontally flipped copies of each input.
 
-    The loader's image is first resized back to ``(height, width)``, the original size, as
-    detectron2's ``DatasetMapperTTA`` does; every augmented prediction is made at that size.
+    As detectron2's ``DatasetMapperTTA``: each scale resizes the image as the loader gives it (its
+    size, not ``(height, width)``, sets the target size) with ``ResizeShortestEdge``, i.e. PIL
+    bilinear for uint8 images; the model predicts every copy at ``(height, width)``, the original
+    size, and ``sem_seg`` labels are never touched.
     """
 
     def __init__(self, model: nn.Module, min_sizes: Sequence[int], max_size: int, flip: bool = True) -> None:
@@ -68,12 +74,12 @@ class SemSegTTA(nn.Module):
     def forward(self, batched_inputs: Sequence[dict]) -> list[dict[str, Tensor]]:
         results = []
         for x in batched_inputs:
-            h, w = int(x.get("height", x["image"].shape[-2])), int(x.get("width", x["image"].shape[-1]))
-            original = _resize(x["image"], (h, w))
+            h0, w0 = int(x["image"].shape[-2]), int(x["image"].shape[-1])
+            h, w = int(x.get("height", h0)), int(x.get("width", w0))
             total: Tensor | None = None
             count = 0
             for short in self.min_sizes:
-                image = _resize(original, shortest_edge_size(h, w, short, self.max_size))
+                image = _resize(x["image"], shortest_edge_size(h0, w0, short, self.max_size))
                 for flipped in (False, True) if self.flip else (False,):
                     inp = {**x, "image": image.flip(-1) if flipped else image, "height": h, "width": w}
                     scores = self.model([inp])[0]["sem_seg"]
@@ -135,21 +141,27 @@ def evaluate(
     *,
     output_dir: str | None = None,
     tta: bool = False,
+    dump_predictions: bool | None = None,
 ) -> OrderedDict:
     """Evaluate ``model`` on ``dataset_names`` (default ``DATASETS.TEST``), every process its shard.
 
     Returns ``{dataset: {"sem_seg": {"mIoU", "fwIoU", "mACC", "pACC", "IoU-<c>", ...}}}``; files go
     to ``output_dir`` (default ``OUTPUT_DIR/inference``, ``inference_TTA`` with ``tta``).
+    ``dump_predictions`` (default ``SAN_ENGINE.DUMP_PREDICTIONS``) also writes each dataset's
+    predictions to ``<output_dir>/<dataset>/sem_seg_predictions.json`` (detectron2's format).
     """
     from san.data.loader import build_test_loader
 
     from .evaluator import SemSegEvaluator, format_results
+    from .results import safe_name
 
     names = list(cfg.DATASETS.TEST if dataset_names is None else dataset_names)
     if not names:
         raise ValueError(
             "nothing to evaluate: DATASETS.TEST is empty (add e.g. DATASETS.TEST \"('ade20k_sem_seg_val',)\")"
         )
+    if dump_predictions is None:
+        dump_predictions = bool(cfg.SAN_ENGINE.DUMP_PREDICTIONS) if "SAN_ENGINE" in cfg else False
     model = getattr(model, "module", model)
     if tta:
         a = cfg.TEST.AUG
@@ -162,7 +174,10 @@ def evaluate(
     try:
         for name in names:
             loader = build_test_loader(cfg, name, rank=rank, world_size=world)
-            evaluator = SemSegEvaluator.from_dataset(name, distributed=True, output_dir=out_dir)
+            dump = os.path.join(out_dir, safe_name(name), "sem_seg_predictions.json") if dump_predictions else None
+            evaluator = SemSegEvaluator.from_dataset(
+                name, distributed=True, output_dir=out_dir, dump_predictions=bool(dump), predictions_file=dump
+            )
             logger.info("evaluating %s%s on %d process(es)", name, " with TTA" if tta else "", world)
             res = _inference_on_dataset(model, loader, evaluator, name)
             results[name] = res

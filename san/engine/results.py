@@ -5,12 +5,15 @@ and COCO-style compressed RLE for dumped predictions (pycocotools' format, witho
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
 import numpy as np
 
-__all__ = ["format_results", "rle_decode", "rle_encode", "save_results", "write_json"]
+__all__ = ["bar_chart", "format_results", "rle_decode", "rle_encode", "safe_name", "save_results", "write_json"]
+
+logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,44 +117,78 @@ def _fmt(v: float) -> str:
 def save_results(results: dict[str, Any], output_dir: str | os.PathLike, name: str) -> dict[str, str]:
     """Write ``<name>.json`` (NaN as null), ``<name>.txt`` (table) and ``<name>_iou.png`` (bar chart).
 
-    Returns the written paths by kind. Classes without ground truth are listed as n/a and left out
-    of the chart; with more than 100 classes the chart shows the best and worst 50.
+    Returns the written paths by kind. Classes without ground truth are listed as n/a in the table
+    and left out of the chart, which draws every other class, sorted by IoU, in up to four columns.
+    Without matplotlib the chart is skipped (one warning per process) and ``"chart"`` is absent.
     """
     output_dir = os.fspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    safe = safe_name(name)
     paths = {k: os.path.join(output_dir, f"{safe}{ext}") for k, ext in
              (("json", ".json"), ("table", ".txt"), ("chart", "_iou.png"))}  # fmt: skip
     write_json(paths["json"], _finite_or_none(dict(results)))
     with open(paths["table"], "w", encoding="utf-8") as f:
         f.write(f"{name}\n{format_results(results)}")
-    _bar_chart(results.get("sem_seg", results), name, paths["chart"])
+    if not bar_chart(results.get("sem_seg", results), name, paths["chart"]):
+        del paths["chart"]
     return paths
 
 
-def _bar_chart(r: dict[str, Any], title: str, path: str) -> None:
-    import matplotlib
+def safe_name(name: str) -> str:
+    """``name`` with every character but letters, digits and ``-_.`` replaced by ``_`` (a file name)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
 
-    items = [(k[4:], float(v)) for k, v in r.items() if k.startswith("IoU-") and v is not None and np.isfinite(v)]
-    items.sort(key=lambda kv: -kv[1])
-    note = ""
-    if len(items) > 100:
-        note = f" (best and worst 50 of {len(items)} classes)"
-        items = items[:50] + [("...", 0.0)] + items[-50:]
-    n = max(len(items), 1)
-    fig = Figure(figsize=(8, 1.2 + 0.22 * n), dpi=80)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.barh(range(len(items)), [v for _, v in items], color="#3b75af")
-    ax.set_yticks(range(len(items)))
-    ax.set_yticklabels([k for k, _ in items], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlim(0, 100)
-    ax.set_xlabel("IoU (%)")
-    ax.set_title(f"{title}: mIoU {_fmt(r.get('mIoU'))}{note}", fontsize=10)
-    fig.tight_layout()
+_warned_no_matplotlib = False
+BARS_PER_COLUMN = 50  # a chart grows a column per 50 classes, up to MAX_COLUMNS, then grows taller
+MAX_COLUMNS = 4
+BAR_PITCH_INCH = 0.2
+CHART_DPI = 80
+_LABEL_CHARS = 32
+
+
+def bar_chart(r: dict[str, Any], title: str, path: str) -> bool:
+    """Draw every class's IoU (``IoU-<c>`` entries of ``r``) as sorted horizontal bars into a PNG.
+
+    With more than :data:`BARS_PER_COLUMN` classes the bars continue in further columns (at most
+    :data:`MAX_COLUMNS`; beyond that the columns get taller), best class top left. Returns False,
+    writing nothing, when matplotlib is not installed.
+    """
+    global _warned_no_matplotlib
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        if not _warned_no_matplotlib:
+            logger.warning("per-class IoU chart skipped: matplotlib is not installed (pip install matplotlib)")
+            _warned_no_matplotlib = True
+        return False
+
+    ious = [(k[4:], v) for k, v in r.items() if k.startswith("IoU-")]
+    items = sorted(((n, float(v)) for n, v in ious if v is not None and np.isfinite(v)), key=lambda kv: -kv[1])
+    absent = len(ious) - len(items)
+    cols = min(MAX_COLUMNS, max(1, -(-len(items) // BARS_PER_COLUMN)))
+    rows = max(1, -(-len(items) // cols))
+    names = [n if len(n) <= _LABEL_CHARS else n[: _LABEL_CHARS - 1] + "…" for n, _ in items]
+    label_inch = 0.06 * max([len(n) for n in names] + [4])  # ~7 pt characters
+    col_inch = label_inch + 2.7  # labels, 2.2 in of bars, room for the value and the gap to the next column
+    fig_w, fig_h = cols * col_inch, 1.1 + rows * BAR_PITCH_INCH
+    fig = Figure(figsize=(fig_w, fig_h), dpi=CHART_DPI)
+    for c in range(cols):
+        chunk = list(zip(names, items))[c * rows : (c + 1) * rows]
+        left = (c * col_inch + label_inch + 0.15) / fig_w
+        ax = fig.add_axes((left, 0.55 / fig_h, 2.2 / fig_w, rows * BAR_PITCH_INCH / fig_h))
+        bars = ax.barh(range(len(chunk)), [v for _, (_, v) in chunk], height=0.7, color="#3b75af")
+        ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=1)
+        ax.set_yticks(range(len(chunk)), [n for n, _ in chunk], fontsize=7)
+        ax.set_ylim(rows - 0.5, -0.5)  # the same scale in every column, best class on top
+        ax.set_xlim(0, 100)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_xlabel("IoU (%)", fontsize=7)
+    note = f", {absent} without ground truth not shown" if absent else ""
+    fig.suptitle(
+        f"{title}: mIoU {_fmt(r.get('mIoU'))} ({len(items)} classes{note})", fontsize=9, y=1 - 0.15 / fig_h, va="top"
+    )
     tmp = f"{path}.tmp{os.getpid()}.png"
     fig.savefig(tmp, format="png")
     os.replace(tmp, path)
+    return True

@@ -7,9 +7,9 @@ or bf16 without; ``SOLVER.AMP.*``), backward, un-scale, clip (``SOLVER.CLIP_GRAD
 step, ``WarmupPolyLR`` step. Checkpoints (every ``SOLVER.CHECKPOINT_PERIOD`` iterations and at the
 end, written atomically as ``OUTPUT_DIR/model_XXXXXXX.pth`` / ``model_final.pth`` with
 ``last_checkpoint`` naming the newest) hold the model, optimizer, scheduler, scaler, iteration,
-seed and every process's RNG states, so that ``resume`` continues the run exactly: the same data,
-the same random points, the same weights as a run that was never stopped (given the same
-number of processes). Evaluation runs every ``TEST.EVAL_PERIOD`` iterations and at the end, with the
+seed, every process's RNG states and the logged metrics' smoothing window, so that ``resume``
+continues the run exactly: the same data, the same random points, the same weights and logged
+losses as a run that was never stopped (given the same number of processes). Evaluation runs every ``TEST.EVAL_PERIOD`` iterations and at the end, with the
 RNG states saved and restored around it so it does not change the training stream.
 """
 
@@ -114,11 +114,15 @@ class Trainer:
         cfg: the full config (``san.get_cfg()`` plus a YAML and overrides).
         resume: continue from ``OUTPUT_DIR/last_checkpoint`` when it exists (else start from
             ``MODEL.WEIGHTS``, as detectron2).
-        log_period: iterations between console lines and ``metrics.json`` entries.
-        window: iterations over which logged losses and times are smoothed (median; 1 = raw).
+        log_period: iterations between console lines and ``metrics.json`` entries (default
+            ``SAN_ENGINE.LOG_PERIOD``).
+        window: iterations over which logged losses and times are smoothed (median; 1 = raw;
+            default ``SAN_ENGINE.METRICS_WINDOW``). The window is checkpointed with the run.
     """
 
-    def __init__(self, cfg: Any, *, resume: bool = False, log_period: int = 20, window: int = 20) -> None:
+    def __init__(
+        self, cfg: Any, *, resume: bool = False, log_period: int | None = None, window: int | None = None
+    ) -> None:
         self.cfg = cfg
         self.device = resolve_device(cfg)
         comm.init_distributed(self.device.type)
@@ -129,7 +133,11 @@ class Trainer:
                 f"SOLVER.IMS_PER_BATCH={s.IMS_PER_BATCH} is not divisible by the {self.world_size} processes"
             )
         self.max_iter = int(s.MAX_ITER)
-        self.log_period = log_period
+        engine = cfg.get("SAN_ENGINE", {})
+        self.log_period = int(log_period if log_period is not None else engine.get("LOG_PERIOD", 20))
+        window = int(window if window is not None else engine.get("METRICS_WINDOW", 20))
+        if self.log_period < 1 or window < 1:
+            raise ValueError(f"the log period ({self.log_period}) and the metrics window ({window}) must be >= 1")
         self.output_dir = cfg.OUTPUT_DIR
         if comm.is_main_process():
             os.makedirs(self.output_dir, exist_ok=True)
@@ -163,6 +171,8 @@ class Trainer:
             self.ddp_model = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
         self._resume_rng = ckpt["rng"] if ckpt is not None else None
         self.writer = EventWriter(self.output_dir if comm.is_main_process() else None, self.max_iter, window=window)
+        if ckpt is not None and ckpt.get("metrics"):
+            self.writer.load_state_dict(ckpt["metrics"])
         self.iteration = self.start_iter - 1
         self.eval_results: dict[str, Any] = {}
 
@@ -198,6 +208,7 @@ class Trainer:
             "iteration": iteration,
             "seed": self.seed,
             "world_size": self.world_size,
+            "metrics": self.writer.state_dict(),
         }
 
     def save(self, name: str, iteration: int) -> None:

@@ -1,0 +1,91 @@
+"""The per-class IoU chart: every class drawn, sorted, readable; skipped with one warning without matplotlib."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from san.engine import results as results_mod
+from san.engine.evaluator import SemSegEvaluator
+from san.engine.results import BAR_PITCH_INCH, BARS_PER_COLUMN, CHART_DPI, MAX_COLUMNS, bar_chart
+
+BAR_RGB = (0x3B, 0x75, 0xAF)
+
+
+def _ious(n: int) -> dict[str, float]:
+    """Distinct IoUs in 5..98 in a scrambled order (the chart must sort them), plus one class without ground truth."""
+    r = {"mIoU": 50.0, **{f"IoU-class {i}": 5.0 + (i * 37 % n) * 93.0 / max(n - 1, 1) for i in range(n)}}
+    r["IoU-never seen"] = float("nan")
+    return r
+
+
+def _bars(path) -> list[tuple[int, int, int]]:
+    """``(x0, y0, length)`` of every bar-coloured blob of the PNG, in reading order (column by column)."""
+    ndimage = pytest.importorskip("scipy.ndimage")
+    with Image.open(path) as img:
+        rgb = np.asarray(img.convert("RGB")).astype(int)
+    mask = np.abs(rgb - BAR_RGB).max(axis=-1) <= 2
+    labels, _ = ndimage.label(mask)
+    boxes = ndimage.find_objects(labels)
+    bars = [(sl[1].start, sl[0].start, sl[1].stop - sl[1].start) for sl in boxes]
+    return sorted(bars)  # x0 groups the columns, then top to bottom
+
+
+@pytest.mark.parametrize("n", [3, 60, 250])
+def test_chart_draws_every_class_sorted_in_columns(tmp_path, n):
+    r = _ious(n)
+    path = tmp_path / f"c{n}.png"
+    assert bar_chart(r, "toy_val", str(path))
+    with Image.open(path) as img:
+        img.verify()
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        width, height = img.size
+    cols = min(MAX_COLUMNS, -(-n // BARS_PER_COLUMN))
+    rows = -(-n // cols)
+    assert 200 * cols <= width <= 500 * cols  # a readable column per 50 classes (up to 4), never a sliver
+    assert height == pytest.approx(rows * BAR_PITCH_INCH * CHART_DPI, abs=100)  # ~16 px per bar, grows with n
+    bars = _bars(path)
+    assert len(bars) == n  # every class with ground truth, and nothing for the one without
+    assert len({x0 for x0, _, _ in bars}) == cols
+    expected = sorted((v for k, v in r.items() if k.startswith("IoU-") and np.isfinite(v)), reverse=True)
+    lengths = np.array([length for _, _, length in bars], dtype=float)
+    slope, offset = np.polyfit(expected, lengths, 1)  # one axis (0..100) for every column
+    assert slope > 1 and abs(offset) < 3  # more than a pixel per IoU point, bars start at 0
+    assert np.abs(lengths - (slope * np.array(expected) + offset)).max() <= 1.2  # sorted best first, to scale
+    ys = [y for _, y, _ in bars[:rows]]
+    assert np.diff(ys).min() >= 0.6 * BAR_PITCH_INCH * CHART_DPI  # bars are spaced, not overdrawn
+
+
+def test_chart_height_grows_with_the_number_of_classes(tmp_path):
+    heights = []
+    for n in (40, 400, 800):
+        bar_chart(_ious(n), "big", str(tmp_path / f"{n}.png"))
+        with Image.open(tmp_path / f"{n}.png") as img:
+            heights.append(img.size[1])
+    assert heights[0] < heights[1] < heights[2]
+    assert heights[2] - heights[1] == pytest.approx(100 * BAR_PITCH_INCH * CHART_DPI, abs=2)  # 400 more = 100 rows
+
+
+def test_evaluation_without_matplotlib_skips_the_chart_with_one_warning(tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib... raises ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.setattr(results_mod, "_warned_no_matplotlib", False)
+    scores = torch.zeros(3, 2, 2)
+    scores[1] = 1
+    with caplog.at_level(logging.WARNING, logger="san"):
+        for name in ("first", "second"):
+            ev = SemSegEvaluator(3, 255, list("abc"), dataset_name=name, output_dir=tmp_path, boundary_iou=False)
+            ev.process([{"sem_seg": torch.tensor([[1, 1], [0, 255]])}], [{"sem_seg": scores}])
+            res = ev.evaluate()["sem_seg"]
+            assert res["IoU-b"] == pytest.approx(200 / 3)
+    assert {p.name for p in tmp_path.iterdir()} == {"first.json", "first.txt", "second.json", "second.txt"}
+    warnings = [rec for rec in caplog.records if "chart" in rec.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    assert "pip install matplotlib" in warnings[0].getMessage()
+    assert "chart" not in results_mod.save_results({"sem_seg": res}, tmp_path / "again", "x")
