@@ -15,6 +15,7 @@ from san.predictor import SANPredictor, resize_shortest_edge
 
 from .apps.colour_model import colour_predict, dominant_channel, use_colour_model
 from .conftest import tiny_cfg
+from .test_images import UPRIGHT
 
 VOC = "cat, grass, sky, wall, sofa"
 
@@ -177,18 +178,6 @@ def test_from_pretrained_config_weights_and_overrides(tmp_path, photo: np.ndarra
         SANPredictor.from_pretrained(str(tmp_path / "tiny.yaml"), weights=tmp_path / "nope.pth")
     with pytest.raises(FileNotFoundError, match="bundled config"):
         SANPredictor.from_pretrained("no_such_config", weights="none")
-
-
-# EXIF orientation -> the numpy operation that shows the stored pixels upright (EXIF 2.3, tag 0x0112)
-UPRIGHT = {
-    2: lambda a: a[:, ::-1],  # mirrored left-right
-    3: lambda a: a[::-1, ::-1],  # rotated 180
-    4: lambda a: a[::-1],  # mirrored top-bottom
-    5: lambda a: a.transpose(1, 0, 2),  # transposed
-    6: lambda a: np.rot90(a, k=-1),  # needs 90 degrees clockwise
-    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),  # transversed
-    8: lambda a: np.rot90(a, k=1),  # needs 90 degrees counter-clockwise
-}
 
 
 @pytest.fixture
