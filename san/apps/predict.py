@@ -2,11 +2,13 @@
 
 For each input ``NAME.ext`` three files appear in ``--output``: ``NAME_labels.png`` (class index per
 pixel; 8-bit when there are fewer than 256 classes, else 16-bit), ``NAME_overlay.png`` (colours and
-a legend) and ``NAME.json`` (vocabulary, class names, per-class pixel fractions). Each is written to
-a temporary file and renamed, only after all three were written, so an interrupted or failed image
-never leaves partial output. A file that cannot be read is reported and skipped; the exit code is
-1 when any file failed, 2 for a usage error. Trailing ``KEY VALUE`` pairs override the config, as
-in ``san train``.
+a legend) and ``NAME.json`` (vocabulary, class names, per-class pixel fractions, the settings
+used). All three are written to temporary files first and renamed once all exist; if a rename fails,
+the ones already renamed are taken back (earlier outputs of the same name restored), so an image
+gets its three files or none. (A power cut between two renames can still leave a mix; a killed
+process can leave a hidden ``.NAME*.tmpPID`` file.) A file that cannot be read, or runs out of
+memory, is reported and skipped; the exit code is 1 when any file failed, 2 for a usage error.
+Trailing ``KEY VALUE`` pairs override the config, as in ``san train``.
 """
 
 from __future__ import annotations
@@ -92,8 +94,35 @@ def _save_png(img: Image.Image, path: Path) -> None:
     img.save(path, format="PNG")
 
 
+def commit_files(pairs: list[tuple[Path, Path]]) -> None:
+    """Rename each ``(temporary, final)`` pair; if one fails, undo the renames already done
+    (restoring what the final names held before) and re-raise."""
+    done: list[tuple[Path, Path | None]] = []  # (final name, backup of its earlier content)
+    try:
+        for tmp, final in pairs:
+            backup = None
+            if final.exists():
+                backup = final.with_name(f".{final.name}.old{os.getpid()}")
+                os.replace(final, backup)
+            done.append((final, backup))
+            os.replace(tmp, final)
+    except BaseException:
+        for final, backup in reversed(done):
+            try:
+                if backup is not None:
+                    os.replace(backup, final)
+                elif final.exists():
+                    final.unlink()
+            except OSError as e:  # report, and keep undoing the others
+                logger.error("could not undo the partial output %s: %s", final, e)
+        raise
+    for _, backup in done:
+        if backup is not None:
+            backup.unlink(missing_ok=True)
+
+
 def write_outputs(out_dir: Path, stem: str, image: np.ndarray, pred, meta: dict, alpha: float) -> list[Path]:
-    """Write the label PNG, overlay PNG and JSON atomically (all three, or none)."""
+    """Write the label PNG, overlay PNG and JSON: all three, or none (see the module docstring)."""
     from san.visualize import render
 
     n = len(pred.class_names)
@@ -115,8 +144,7 @@ def write_outputs(out_dir: Path, stem: str, image: np.ndarray, pred, meta: dict,
         _save_png(Image.fromarray(labels), tmps[0])
         _save_png(render(image, pred.labels, pred.class_names, alpha), tmps[1])
         tmps[2].write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        for t, f in zip(tmps, final):
-            os.replace(t, f)
+        commit_files(list(zip(tmps, final)))
     finally:
         for t in tmps:
             if t.exists():
@@ -182,12 +210,17 @@ def main(argv: list[str] | None = None) -> int:
         "min_size": predictor.min_size,
         "max_size": predictor.max_size,
         "tta": predictor.tta,
-        "precision": args.precision,
+        **({"tta_min_sizes": list(predictor.tta_min_sizes), "tta_flip": predictor.tta_flip} if predictor.tta else {}),
+        "precision": predictor.precision,
+        "device": str(predictor.device),
+        "text_cache": args.text_cache,
+        **({"vocabulary_file": args.vocabulary_file} if args.vocabulary_file else {}),
     }
     failed = len(missing)
     for path, stem in tqdm(
         list(zip(files, output_stems(files))), desc="san predict", unit="img", disable=len(files) < 2
     ):
+        image = pred = None
         try:
             image = read_image(path, predictor.max_pixels)
             pred = predictor.predict(image, voc)
@@ -195,6 +228,15 @@ def main(argv: list[str] | None = None) -> int:
         except ImageError as e:  # the message names the file
             failed += 1
             tqdm.write(f"san predict: FAILED {e}", file=sys.stderr)
+        except MemoryError:
+            size = "" if image is None else f" ({image.shape[1]}x{image.shape[0]})"
+            image = pred = None  # let go of the big arrays before going on
+            failed += 1
+            tqdm.write(
+                f"san predict: FAILED {path}{size}: out of memory; downscale the image, or lower --max-pixels "
+                "to refuse such images up front",
+                file=sys.stderr,
+            )
         except (ValueError, OSError, RuntimeError) as e:  # e.g. out of (GPU) memory, disk full: go on
             failed += 1
             tqdm.write(f"san predict: FAILED {path}: {type(e).__name__}: {e}", file=sys.stderr)

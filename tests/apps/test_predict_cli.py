@@ -1,21 +1,29 @@
-"""``san predict`` on a folder of good and bad files, with a tiny random model saved as a checkpoint."""
+"""``san predict`` on a folder of good and bad files, with a tiny model saved as a checkpoint.
+
+Most tests patch in the hand-made colour model (``colour_model.py``), whose labels follow the
+picture, so a wrongly decoded, rotated or converted input changes the label map and the overlay.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 import san
 from san.apps.predict import collect_inputs, output_stems
 from san.cli import main as san_main
 from san.predictor import SANPredictor
+from san.visualize import render
 
 from ..conftest import tiny_cfg
+from ..test_images import UPRIGHT
+from .colour_model import colour_predict, use_colour_model
 
 OPTS = ["INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128"]
 VOC = "cat, grass|lawn, sky, wall"
@@ -56,7 +64,10 @@ def _run(setup: dict, out: Path, *args: str) -> int:
     return san_main([*argv, *args, *OPTS])
 
 
-def test_mixed_folder(setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_mixed_folder(
+    setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_colour_model(monkeypatch)
     out = tmp_path / "out"
     rc = _run(setup, out, "--input", str(setup["dir"]), "--vocabulary", VOC)
     err = capsys.readouterr().err
@@ -69,9 +80,9 @@ def test_mixed_folder(setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture
     )  # nothing for the bad files, no temporary files left
     pred = setup["predictor"]
     photo, gray = setup["photo"], setup["gray"]
-    rotated = np.asarray(ImageOps.exif_transpose(Image.open(setup["dir"] / "rotated.jpg")).convert("RGB"))
-    assert rotated.shape == (90, 60, 3)
-    expected_inputs = {
+    with Image.open(setup["dir"] / "rotated.jpg") as im:
+        rotated = np.ascontiguousarray(UPRIGHT[6](np.asarray(im.convert("RGB"))))  # stored pixels, turned by hand
+    expected_inputs = {  # what each file should decode to, made without san.images
         "good_png": photo,
         "good_jpg": np.asarray(Image.open(setup["dir"] / "good.jpg").convert("RGB")),
         "gray": np.repeat(gray[:, :, None], 3, axis=2),
@@ -80,22 +91,23 @@ def test_mixed_folder(setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture
         "deep16": np.repeat(gray[:, :, None], 3, axis=2),  # 16-bit scaled back to 8 bits
         "rotated": rotated,
     }
+    assert len(np.unique(pred.predict(photo, VOC).labels)) >= 3  # the labels do vary over the photo
     for stem, image in expected_inputs.items():
         labels_png = Image.open(out / f"{stem}_labels.png")
         assert labels_png.mode == "L"  # 8-bit: fewer than 256 classes
         labels = np.asarray(labels_png)
         assert labels.shape == image.shape[:2], stem  # EXIF rotation respected
-        np.testing.assert_array_equal(labels, pred.predict(image, VOC).labels, err_msg=stem)
-        overlay = Image.open(out / f"{stem}_overlay.png")
-        overlay.verify()
-        assert overlay.size[1] == image.shape[0] and overlay.size[0] > image.shape[1]  # image + legend
+        want = pred.predict(image, VOC)
+        np.testing.assert_array_equal(labels, want.labels, err_msg=stem)
+        overlay = np.asarray(Image.open(out / f"{stem}_overlay.png").convert("RGB"))
+        np.testing.assert_array_equal(overlay, np.asarray(render(image, want.labels, want.class_names)), stem)
         record = json.loads((out / f"{stem}.json").read_text())
         assert record["vocabulary"] == ["cat", "grass, lawn", "sky", "wall"]
         assert record["class_names"] == record["vocabulary"]
         assert (record["height"], record["width"]) == labels.shape
         counts = np.bincount(labels.ravel(), minlength=4) / labels.size
         assert record["pixel_fractions"] == {
-            record["class_names"][i]: counts[i] for i in np.argsort(-counts) if counts[i]
+            record["class_names"][i]: counts[i] for i in np.argsort(-counts, kind="stable") if counts[i]
         }
         assert sum(record["pixel_fractions"].values()) == pytest.approx(1.0)
 
@@ -163,3 +175,124 @@ def test_runtime_failure_of_one_image_does_not_stop_the_batch(
     err = capsys.readouterr().err
     assert f"{files[0]}: RuntimeError: CUDA out of memory" in err and f"{files[2]}: RuntimeError" in err
     assert sorted(p.name for p in out.iterdir()) == ["rotated.json", "rotated_labels.png", "rotated_overlay.png"]
+
+
+def test_memory_error_of_one_image_does_not_stop_the_batch(
+    setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import san.visualize
+
+    real = san.visualize.render
+
+    def hungry(image, *args, **kwargs):
+        if image.shape[0] == 60:
+            raise MemoryError
+        return real(image, *args, **kwargs)
+
+    monkeypatch.setattr(san.visualize, "render", hungry)
+    out = tmp_path / "out"
+    files = [str(setup["dir"] / n) for n in ("good.png", "rotated.jpg")]
+    assert _run(setup, out, "--input", *files, "--vocabulary", VOC) == 1
+    err = capsys.readouterr().err
+    assert f"FAILED {files[0]} (90x60): out of memory; downscale the image, or lower --max-pixels" in err
+    assert sorted(p.name for p in out.iterdir()) == ["rotated.json", "rotated_labels.png", "rotated_overlay.png"]
+
+
+def test_outputs_are_all_or_none(
+    setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_colour_model(monkeypatch)
+    out = tmp_path / "out"
+    good = str(setup["dir"] / "good.png")
+    assert _run(setup, out, "--input", good, "--vocabulary", VOC) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = os.replace
+
+    def json_rename_fails(src, dst):
+        if str(dst).endswith(".json") and ".tmp" in str(src):
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", json_rename_fails)
+    assert _run(setup, out, "--input", good, "--vocabulary", "sky, wall, cat") == 1  # other labels, other pixels
+    assert "No space left on device" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier outputs, untouched
+    fresh = tmp_path / "fresh"
+    assert _run(setup, fresh, "--input", good, "--vocabulary", VOC) == 1
+    assert list(fresh.iterdir()) == []  # neither the two renamed files nor temporary ones
+
+
+def _record(out: Path, stem: str = "good") -> dict:
+    return json.loads((out / f"{stem}.json").read_text())
+
+
+def test_tta_and_precision_reach_the_model(
+    setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def spy(self, images, classifier, levels=None):
+        calls.append((tuple(images.shape[-2:]), torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return colour_predict(self, images, classifier, levels)
+
+    monkeypatch.setattr(san.SAN, "predict", spy)
+    good = str(setup["dir"] / "good.png")
+    aug = ["TEST.AUG.MIN_SIZES", "(48, 96)", "TEST.AUG.MAX_SIZE", "256", "TEST.AUG.FLIP", "True"]
+    assert _run(setup, tmp_path / "tta", "--input", good, "--vocabulary", VOC, "--tta", *aug) == 0
+    assert sorted(c[0] for c in calls) == [(64, 96), (64, 96), (96, 160), (96, 160)]  # 2 sizes x 2 flips, padded
+    rec = _record(tmp_path / "tta")
+    assert (rec["tta"], rec["tta_min_sizes"], rec["tta_flip"]) == (True, [48, 96], True)
+    root = setup["root"]
+    tta = SANPredictor.from_pretrained(str(root / "tiny.yaml"), weights=root / "tiny.pth", opts=OPTS + aug, tta=True)
+    want = tta.predict(setup["photo"], VOC).labels
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "tta" / "good_labels.png")), want)
+    for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        calls.clear()
+        assert _run(setup, tmp_path / precision, "--input", good, "--vocabulary", VOC, "--precision", precision) == 0
+        assert [c[1:] for c in calls] == [(dtype is not None, dtype or calls[0][2])], precision
+        assert _record(tmp_path / precision)["precision"] == precision
+        assert not _record(tmp_path / precision)["tta"]
+
+
+def test_device_option(setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    good = str(setup["dir"] / "good.png")
+    assert _run(setup, tmp_path / "o", "--input", good, "--vocabulary", VOC, "--device", "cpu") == 0
+    assert _record(tmp_path / "o")["device"] == "cpu"
+    assert _run(setup, tmp_path / "bad", "--input", good, "--vocabulary", VOC, "--device", "gpu0") == 2
+    assert "unknown device 'gpu0'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert _run(setup, tmp_path / "bad", "--input", good, "--vocabulary", VOC, "--device", "cuda") == 2
+        assert "device 'cuda': CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_vocabulary_file_text_cache_and_progress(
+    setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_colour_model(monkeypatch)
+    voc = tmp_path / "classes.txt"
+    voc.write_text("# my classes\nsky, heaven\ncat\n\ngrass|lawn\n", encoding="utf-8")
+    cache = tmp_path / "text"
+    files = [str(setup["dir"] / n) for n in ("good.png", "gray.png", "rotated.jpg")]
+    args = ["--input", *files, "--vocabulary-file", str(voc), "--text-cache", str(cache)]
+    assert _run(setup, tmp_path / "a", *args) == 0
+    err = capsys.readouterr().err
+    assert "san predict: 100%" in err and "3/3" in err  # a progress bar over the three images
+    rec = _record(tmp_path / "a")
+    assert rec["vocabulary"] == rec["class_names"] == ["sky, heaven", "cat", "grass, lawn"]
+    assert (rec["vocabulary_file"], rec["text_cache"]) == (str(voc), str(cache))
+    assert list(cache.glob("*.pt"))  # the class-name embeddings were stored
+    want = setup["predictor"].predict(setup["photo"], ["sky|heaven", "cat", "grass|lawn"]).labels
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a" / "good_labels.png")), want)
+
+    def no_encoding(*a, **k):
+        raise AssertionError("class names should come from the text cache")
+
+    monkeypatch.setattr(san.modeling.text_classifier.TextClassifier, "encode_prompts", no_encoding)
+    assert _run(setup, tmp_path / "b", *args) == 0
+    for stem in ("good", "gray", "rotated"):
+        assert (tmp_path / "b" / f"{stem}_labels.png").read_bytes() == (
+            tmp_path / "a" / f"{stem}_labels.png"
+        ).read_bytes()
+    with pytest.raises(AssertionError, match="should come from the text cache"):  # the patch does bite
+        _run(setup, tmp_path / "c", "--input", files[0], "--vocabulary", "cat, dog")
