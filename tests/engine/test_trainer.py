@@ -16,99 +16,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 import san
-from san.data import register_dataset, unregister_dataset
+from san.data.io import read_label
+from san.engine.evaluator import rle_decode
 from san.engine.inference import SemSegTTA, evaluate, shortest_edge_size
 from san.engine.trainer import Trainer, last_checkpoint_path, load_weights
 from san.train import build_parser
 from san.train import main as train_main
 
 from ..conftest import tiny_cfg
-
-CLASSES = ["red paint", "green grass", "blue water"]
-COLOURS = np.array([[200, 30, 30], [30, 190, 40], [20, 40, 210]], dtype=np.uint8)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and do not stall when other jobs share the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _write_toy_split(root: str, split: str, n: int, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    os.makedirs(os.path.join(root, "toy", "images", split), exist_ok=True)
-    os.makedirs(os.path.join(root, "toy", "labels", split), exist_ok=True)
-    for i in range(n):
-        h, w = 72 + 8 * (i % 3), 96
-        label = np.zeros((h, w), dtype=np.uint8)
-        label[:, int(rng.integers(30, 60)) :] = 1
-        label[int(rng.integers(40, 60)) :, :] = 2
-        label[:3, :3] = 255  # a few ignored pixels
-        image = COLOURS[np.minimum(label, 2)].astype(np.int16) + rng.integers(-20, 20, (h, w, 3))
-        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(
-            os.path.join(root, "toy", "images", split, f"{i:03d}.jpg"), quality=95
-        )
-        Image.fromarray(label).save(os.path.join(root, "toy", "labels", split, f"{i:03d}.png"))
-
-
-@pytest.fixture(scope="module")
-def toy_root(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("datasets"))
-    _write_toy_split(root, "train", 6, seed=0)
-    _write_toy_split(root, "val", 2, seed=1)
-    old = os.environ.get("DETECTRON2_DATASETS")
-    os.environ["DETECTRON2_DATASETS"] = root
-    for split in ("train", "val"):
-        register_dataset(
-            name=f"toy_{split}",
-            image_dir=f"toy/images/{split}",
-            gt_dir=f"toy/labels/{split}",
-            classes=CLASSES,
-            ignore_label=255,
-            overwrite=True,
-        )
-    yield root
-    for split in ("train", "val"):
-        unregister_dataset(f"toy_{split}")
-    if old is None:
-        os.environ.pop("DETECTRON2_DATASETS", None)
-    else:
-        os.environ["DETECTRON2_DATASETS"] = old
-
-
-def toy_cfg(tmp: str, out: str, **extra) -> san.CfgNode:
-    cfg = tiny_cfg(tmp, num_classes=len(CLASSES))
-    cfg.merge_from_list(
-        [
-            "OUTPUT_DIR", out, "SEED", 7, "MODEL.DEVICE", "cpu",
-            "DATASETS.TRAIN", ("toy_train",), "DATASETS.TEST", ("toy_val",),
-            "INPUT.FORMAT", "RGB", "INPUT.MIN_SIZE_TRAIN", (64, 80, 96), "INPUT.MAX_SIZE_TRAIN", 160,
-            "INPUT.CROP.ENABLED", True, "INPUT.CROP.TYPE", "absolute", "INPUT.CROP.SIZE", (64, 64),
-            "INPUT.SIZE_DIVISIBILITY", 64, "INPUT.COLOR_AUG_SSD", True,
-            "INPUT.MIN_SIZE_TEST", 64, "INPUT.MAX_SIZE_TEST", 128, "DATALOADER.NUM_WORKERS", 0,
-            "SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", 10, "SOLVER.BASE_LR", 2e-3,
-            "SOLVER.LR_SCHEDULER_NAME", "WarmupPolyLR", "SOLVER.WARMUP_ITERS", 0,
-            "SOLVER.CLIP_GRADIENTS.ENABLED", True, "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "full_model",
-            "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", 1.0, "SOLVER.CHECKPOINT_PERIOD", 4, "TEST.EVAL_PERIOD", 5,
-            *[x for kv in extra.items() for x in kv],
-        ]
-    )  # fmt: skip
-    return cfg
-
-
-def _metrics(out: str) -> list[dict]:
-    with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
-
-
-def _final(out: str) -> dict:
-    return torch.load(os.path.join(out, "model_final.pth"), weights_only=True)
+from .toy import CLASSES, datasets_yaml, final, metrics, toy_cfg
 
 
 @pytest.fixture(scope="module")
@@ -125,20 +43,41 @@ def test_training_lowers_the_loss_and_writes_checkpoints_and_metrics(uninterrupt
     assert {"model_0000003.pth", "model_0000007.pth", "model_final.pth", "last_checkpoint", "metrics.json"} <= files
     assert any(f.startswith("events.out.tfevents") for f in files)
     assert last_checkpoint_path(out) == os.path.join(out, "model_final.pth")
-    train = [m for m in _metrics(out) if "total_loss" in m]
+    train = [m for m in metrics(out) if "total_loss" in m]
     assert [m["iteration"] for m in train] == list(range(10))
     first, last = np.mean([m["total_loss"] for m in train[:3]]), np.mean([m["total_loss"] for m in train[-3:]])
     assert last < 0.8 * first, (first, last)
     lr = [m["lr"] for m in train]
     assert lr == pytest.approx([2e-3 * (1 - i / 10) ** 0.9 for i in range(10)])
-    assert all(m["eta_seconds"] >= 0 and m["time"] > 0 and m["data_time"] >= 0 for m in train)
-    evals = [m for m in _metrics(out) if "toy_val/sem_seg/mIoU" in m]
+    assert all(m["time"] > 0 and m["data_time"] >= 0 for m in train)
+    for m in train:  # window 1: the ETA is the iteration's own time times the iterations still to run
+        assert m["eta_seconds"] == pytest.approx(m["time"] * (9 - m["iteration"]), rel=1e-12)
+    assert train[-1]["eta_seconds"] == 0
+    evals = [m for m in metrics(out) if "toy_val/sem_seg/mIoU" in m]
     assert [m["iteration"] for m in evals] == [4, 9]
-    ckpt = _final(out)
+    ckpt = final(out)
     assert ckpt["iteration"] == 9 and ckpt["seed"] == 7 and ckpt["world_size"] == 1
     assert {"model", "optimizer", "scheduler", "rng"} <= set(ckpt) and len(ckpt["rng"]) == 1
     assert ckpt["scheduler"]["last_epoch"] == 10
     assert ckpt["model"]["criterion.empty_weight"].tolist() == pytest.approx([1, 1, 1, 0.1])
+
+
+def test_tensorboard_holds_the_scalars_of_metrics_json(uninterrupted):
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    acc = ea.EventAccumulator(uninterrupted, size_guidance={ea.SCALARS: 0})
+    acc.Reload()
+    expected: dict[str, dict[int, float]] = {}
+    for m in metrics(uninterrupted):
+        for k, v in m.items():
+            if k != "iteration":
+                expected.setdefault(k, {})[m["iteration"]] = v
+    assert {"total_loss", "lr", "eta_seconds", "toy_val/sem_seg/mIoU"} <= set(expected)
+    assert set(acc.Tags()["scalars"]) == set(expected)
+    for tag, series in expected.items():
+        got = {e.step: e.value for e in acc.Scalars(tag)}
+        assert got.keys() == series.keys(), tag
+        for step, v in series.items():
+            assert got[step] == pytest.approx(v, rel=1e-6, abs=1e-7), (tag, step)  # float32 in the events
 
 
 def test_resume_after_a_kill_gives_the_uninterrupted_run_exactly(uninterrupted, tmp_path):
@@ -149,15 +88,15 @@ def test_resume_after_a_kill_gives_the_uninterrupted_run_exactly(uninterrupted, 
     resumed = Trainer(cfg, resume=True, log_period=1, window=1)
     assert resumed.start_iter == 4
     resumed.train()
-    a, b = _final(uninterrupted), _final(out)
+    a, b = final(uninterrupted), final(out)
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert a["scheduler"] == b["scheduler"]
     # the loss curve after the resume equals the uninterrupted one (iterations 4..9, raw values)
-    curve = {m["iteration"]: m["total_loss"] for m in _metrics(uninterrupted) if "total_loss" in m}
-    after = [m for m in _metrics(out) if "total_loss" in m and m["iteration"] >= 4]
+    curve = {m["iteration"]: m["total_loss"] for m in metrics(uninterrupted) if "total_loss" in m}
+    after = [m for m in metrics(out) if "total_loss" in m and m["iteration"] >= 4]
     assert [m["iteration"] for m in after][-6:] == list(range(4, 10))
     assert [m["total_loss"] for m in after][-6:] == [curve[i] for i in range(4, 10)]
     # resuming a finished run does nothing
@@ -182,10 +121,51 @@ def test_eval_only_command_line_reports_metrics(uninterrupted, tmp_path, capsys,
     assert "copypaste: mIoU,fwIoU,mACC,pACC" in log
     assert (out / "config.yaml").is_file() and "toy_val" in (out / "config.yaml").read_text()
     assert "copypaste:" in capsys.readouterr().out
+    assert not (out / "inference" / "toy_val").exists()  # no predictions dumped unless asked
     # the run's handlers do not cut library loggers off from the caller's (root) handlers
     with caplog.at_level(logging.WARNING):
         logging.getLogger("san.vocabulary").warning("after the run")
     assert "after the run" in caplog.text
+
+
+def _label_maps(dumped: list[dict]) -> dict[str, np.ndarray]:
+    """Per image, the label map the dumped RLE segments describe (each pixel must be covered exactly once)."""
+    maps: dict[str, np.ndarray] = {}
+    cover: dict[str, np.ndarray] = {}
+    for d in dumped:
+        mask = rle_decode(d["segmentation"])
+        name = d["file_name"]
+        maps.setdefault(name, np.zeros(mask.shape, np.int64))[mask] = d["category_id"]
+        cover[name] = cover.get(name, 0) + mask
+    assert all((c == 1).all() for c in cover.values())
+    return maps
+
+
+@pytest.mark.parametrize("switch", [["--dump-predictions"], ["SAN_ENGINE.DUMP_PREDICTIONS", "True"]])
+def test_eval_only_dumps_the_evaluated_predictions(uninterrupted, toy_root, tmp_path, switch):
+    (tmp_path / "toy.yaml").write_text(toy_cfg(str(tmp_path), "unused").dump())
+    out = tmp_path / "eval"
+    weights = os.path.join(uninterrupted, "model_final.pth")
+    flags, opts = (switch, []) if switch[0].startswith("--") else ([], switch)
+    argv = ["--config-file", str(tmp_path / "toy.yaml"), "--eval-only", *flags]
+    assert train_main([*argv, "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(out), *opts]) == 0
+    assert "DUMP_PREDICTIONS: true" in (out / "config.yaml").read_text()
+    dumped = json.loads((out / "inference" / "toy_val" / "sem_seg_predictions.json").read_text())
+    maps = _label_maps(dumped)
+    records = san.data.get_dataset("toy_val").list_samples()
+    assert sorted(maps) == sorted(r["file_name"] for r in records)
+    conf = np.zeros((3, 3), np.int64)  # [pred, gt] from the dump and the label files
+    for r in records:
+        gt = read_label(r["sem_seg_file_name"]).astype(np.int64)
+        pred = maps[r["file_name"]]
+        assert pred.shape == gt.shape and set(np.unique(pred)) <= {0, 1, 2}
+        valid = gt != 255
+        np.add.at(conf, (pred[valid], gt[valid]), 1)
+    res = json.loads((out / "inference" / "toy_val.json").read_text())["sem_seg"]
+    assert res["pACC"] == pytest.approx(100 * np.trace(conf) / conf.sum())
+    for c, name in enumerate(CLASSES):
+        union = conf[c].sum() + conf[:, c].sum() - conf[c, c]
+        assert res[f"IoU-{name}"] == pytest.approx(100 * conf[c, c] / union), name
 
 
 def test_command_line_flags_follow_the_official_train_net():
@@ -206,29 +186,19 @@ def test_command_line_flags_follow_the_official_train_net():
 def test_two_processes_from_the_command_line(toy_root, tmp_path, monkeypatch):
     """``san train --num-gpus 2`` on a CPU machine: two gloo processes, datasets from a YAML file."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    entries = [
-        {
-            "name": f"toy_{s}",
-            "image_dir": f"toy/images/{s}",
-            "gt_dir": f"toy/labels/{s}",
-            "classes": CLASSES,
-            "ignore_label": 255,
-        }
-        for s in ("train", "val")
-    ]
-    (tmp_path / "toy_datasets.yaml").write_text(json.dumps({"datasets": entries}))  # JSON is YAML
+    datasets = datasets_yaml(str(tmp_path / "toy_datasets.yaml"))
     cfg = toy_cfg(str(tmp_path), "unused", **{"SOLVER.MAX_ITER": 2, "TEST.EVAL_PERIOD": 2})
     (tmp_path / "toy.yaml").write_text(cfg.dump())
     out = tmp_path / "out"
     argv = ["--config-file", str(tmp_path / "toy.yaml"), "--num-gpus", "2", "--dist-url", "auto"]
-    argv += ["--datasets-yaml", str(tmp_path / "toy_datasets.yaml"), "OUTPUT_DIR", str(out)]
+    argv += ["--datasets-yaml", datasets, "OUTPUT_DIR", str(out)]
     assert train_main(argv) == 0
-    ckpt = _final(str(out))
+    ckpt = final(str(out))
     assert ckpt["world_size"] == 2 and ckpt["iteration"] == 1 and len(ckpt["rng"]) == 2
     assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])  # each rank its own stream
-    metrics = _metrics(str(out))
-    assert [m["iteration"] for m in metrics if "total_loss" in m] == [1]
-    assert 0 <= metrics[-1]["toy_val/sem_seg/mIoU"] <= 100
+    lines = metrics(str(out))
+    assert [m["iteration"] for m in lines if "total_loss" in m] == [1]
+    assert 0 <= lines[-1]["toy_val/sem_seg/mIoU"] <= 100
     log = (out / "log.txt").read_text()
     assert "rank 0 of 2 (gloo)" in log and "copypaste: mIoU,fwIoU,mACC,pACC" in log
 
