@@ -2,7 +2,9 @@
 
 Like the official Hugging Face Space (``app.py``): a model choice, the vocabulary expansion
 ("other": COCO-Stuff distractors, on by default as in the Space), an overlay at the input's size
-and a legend. Models load on first use and one stays in memory at a time. Needs ``pip install
+and a legend. Warnings about the vocabulary (duplicates dropped, empty entries ignored, names cut
+to fit CLIP's context) are shown on the page, in a message box and as a pop-up, not only in the
+server log. Models load on first use and one stays in memory at a time. Needs ``pip install
 san-seg[demo]`` (gradio).
 """
 
@@ -12,7 +14,9 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -36,6 +40,31 @@ class _Models:
             self.predictor, self.name = None, None
             self.predictor, self.name = self.factory(name), name
         return self.predictor
+
+
+class _ThreadWarnings(logging.Handler):
+    """Keeps the messages of warnings logged by one thread (one web request)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.thread = threading.get_ident()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.messages.append(record.getMessage())
+
+
+@contextmanager
+def collect_warnings(logger_name: str = "san") -> Iterator[list[str]]:
+    """The warnings that ``logger_name`` and its children log in this thread inside the block."""
+    handler = _ThreadWarnings()
+    target = logging.getLogger(logger_name)
+    target.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        target.removeHandler(handler)
 
 
 def segment(predictor, image: np.ndarray, vocabulary: str, other: str, alpha: float = 0.55):
@@ -63,10 +92,14 @@ def build_demo(factory: Callable[[str], object], model_names: list[str], title: 
         if image is None:
             raise gr.Error("upload an image first")
         try:
-            predictor = models.get(model_name)
-            return segment(predictor, image, vocabulary or "", other)
-        except (ValueError, TypeError, RuntimeError, OSError) as e:
-            raise gr.Error(str(e)) from None
+            with collect_warnings() as notes:
+                predictor = models.get(model_name)
+                result = segment(predictor, image, vocabulary or "", other)
+        except (ValueError, TypeError, RuntimeError, OSError, MemoryError) as e:
+            raise gr.Error(str(e) or type(e).__name__) from None
+        for note in notes:
+            gr.Warning(note)
+        return (*result, "\n".join(f"Warning: {n}" for n in notes) or "No warnings.")
 
     with gr.Blocks(title="SAN demo") as demo:
         gr.Markdown(
@@ -86,10 +119,11 @@ def build_demo(factory: Callable[[str], object], model_names: list[str], title: 
             )
         vocabulary = gr.Textbox(value=DEFAULT_VOCABULARY, label="Class names", lines=3, elem_id="vocabulary")
         button = gr.Button("Segment", variant="primary", elem_id="submit")
+        status = gr.Textbox(label="Messages", elem_id="status", interactive=False, lines=2)
         with gr.Row():
             key = gr.Image(type="numpy", label="Legend", elem_id="legend", format="png")
             shares = gr.Label(label="Pixel share", elem_id="fractions")
-        button.click(run, [image, vocabulary, other, model], [result, key, shares])
+        button.click(run, [image, vocabulary, other, model], [result, key, shares, status])
     return demo
 
 

@@ -26,13 +26,16 @@ from san.predictor import SANPredictor
 from san.visualize import overlay
 
 from ..conftest import tiny_cfg
+from .colour_model import use_colour_model
 
 gr = pytest.importorskip("gradio", reason="the demo needs gradio (pip install -e '.[dev]')")
 webdriver = pytest.importorskip(
     "selenium.webdriver", reason="the browser test needs selenium (pip install -e '.[dev]')"
 )
 
-VOCABULARY = "astronaut, flag, sky, rocket"
+# an empty entry and a duplicate, both reported on the page; two classes, so that with the expansion
+# the colour model's third query would win a distractor ("other") and without it the first class
+VOCABULARY = "astronaut, , flag, Astronaut"
 
 
 def _browser() -> tuple[str, str]:
@@ -71,10 +74,11 @@ def _fetch_image(src: str) -> np.ndarray:
 
 
 @pytest.fixture
-def demo_url(tmp_path: Path):
+def demo_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from san.apps.demo import build_demo
 
+    use_colour_model(monkeypatch)  # labels that follow the photo, so the legend names several classes
     torch.manual_seed(0)
     predictor = SANPredictor(san.build_model(tiny_cfg(tmp_path)), device="cpu", min_size=256, max_size=512)
     port = _free_port()
@@ -89,6 +93,7 @@ def demo_url(tmp_path: Path):
 def test_demo_in_headless_chromium(demo_url, tmp_path: Path) -> None:
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -117,6 +122,11 @@ def test_demo_in_headless_chromium(demo_url, tmp_path: Path) -> None:
         box = driver.find_element(By.CSS_SELECTOR, "#vocabulary textarea")
         box.clear()
         box.send_keys(VOCABULARY)
+        expansion = driver.find_element(By.CSS_SELECTOR, "#other input")
+        expansion.click()
+        expansion.send_keys(Keys.CONTROL, "a")
+        expansion.send_keys("none", Keys.ENTER)
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#other input").get_attribute("value") == "none")
         driver.find_element(By.CSS_SELECTOR, "#submit").click()
         img = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#output_image img")))
         t0 = time.time()
@@ -124,16 +134,26 @@ def test_demo_in_headless_chromium(demo_url, tmp_path: Path) -> None:
             time.sleep(0.2)
         result = _fetch_image(img.get_attribute("src"))
         legend_src = driver.find_element(By.CSS_SELECTOR, "#legend img").get_attribute("src")
+        wait.until(lambda d: "%" in d.find_element(By.CSS_SELECTOR, "#fractions").text)
+        shares_text = driver.find_element(By.CSS_SELECTOR, "#fractions").text
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#status textarea").get_attribute("value"))
+        status = driver.find_element(By.CSS_SELECTOR, "#status textarea").get_attribute("value")
     finally:
         driver.quit()
 
-    # the page shows exactly the overlay the predictor makes for this photo, at the photo's size
-    pred = predictor.predict(photo, VOCABULARY, other="coco-all")
+    # the page shows exactly the overlay the predictor makes for this photo and the typed names, unexpanded
+    pred = predictor.predict(photo, VOCABULARY, other="none")
+    assert pred.class_names == ["astronaut", "flag"]
+    assert len(pred.pixel_fractions()) == 2  # both typed classes win pixels
+    assert "other" in predictor.predict(photo, VOCABULARY, other="coco-all").pixel_fractions()
     assert result.shape == photo.shape
     np.testing.assert_array_equal(result, overlay(photo, pred.labels, pred.class_names))
     assert np.abs(result.astype(int) - photo.astype(int)).mean() > 5  # colours really were blended in
+    shown = {line.strip() for line in shares_text.splitlines()} & {*pred.class_names, "other", "person", "sky"}
+    assert shown == set(pred.pixel_fractions()), shares_text  # the typed names reached the server, no "other"
     legend = _fetch_image(legend_src)
     assert legend.shape[1] > 20 and (legend < 250).any()  # a legend with swatches and text
+    assert "duplicate" in status and "'Astronaut'" in status and "ignored 1 empty entry" in status, status
 
 
 def test_demo_command_builds_the_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
