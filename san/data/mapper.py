@@ -15,7 +15,8 @@ vocabulary and ignore value.
 ``height``/``width`` are those of the returned (augmented, padded) image.
 
 :class:`SemanticTestMapper` (detectron2's test DatasetMapper): the image resized so its short side
-is ``INPUT.MIN_SIZE_TEST`` (long side at most ``INPUT.MAX_SIZE_TEST``), ``height``/``width`` the
+is ``INPUT.MIN_SIZE_TEST`` (long side at most ``INPUT.MAX_SIZE_TEST``; PIL bilinear, antialiased when
+downscaling, as detectron2's ResizeTransform does for uint8 images), ``height``/``width`` the
 original size (the model predicts at that size) and ``sem_seg`` the original-resolution labels.
 """
 
