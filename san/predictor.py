@@ -332,7 +332,7 @@ class SANPredictor:
     @staticmethod
     def _result(labels: torch.Tensor, scores: torch.Tensor | None, voc: Vocabulary) -> Prediction:
         n_user = len(voc.user)
-        labels = labels.clamp(max=n_user).to(torch.int32).cpu().numpy()  # distractors -> "other"
+        labels = labels.to(torch.int32).clamp_(max=n_user).cpu().numpy()  # distractors -> "other"
         if scores is not None:
             if voc.distractors:
                 scores = torch.cat([scores[:n_user], scores[n_user:].amax(0, keepdim=True)])
