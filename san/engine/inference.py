@@ -18,7 +18,6 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -48,7 +47,7 @@ def _resize(image: Tensor, size: tuple[int, int]) -> Tensor:
         return image
     hwc = image.detach().permute(1, 2, 0).cpu().numpy()
     out = resize_image(hwc, int(size[0]), int(size[1]))
-    return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))).to(image.device)
+    return torch.from_numpy(out.transpose(2, 0, 1).copy()).to(image.device)
 
 
 class SemSegTTA(nn.Module):

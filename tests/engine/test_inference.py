@@ -49,7 +49,7 @@ def test_tta_resizes_the_loader_image_with_pil_and_predicts_at_the_original_size
     for k, short in enumerate(MIN_SIZES):
         h, w = shortest_edge_size(30, 45, short, MAX_SIZE)  # from the loader image's size, as detectron2
         with Image.fromarray(hwc) as pil:
-            expected = torch.from_numpy(np.asarray(pil.resize((w, h), Image.BILINEAR))).permute(2, 0, 1)
+            expected = torch.from_numpy(np.array(pil.resize((w, h), Image.BILINEAR))).permute(2, 0, 1)
         plain, flipped = seen[2 * k], seen[2 * k + 1]
         assert plain["image"].dtype == torch.uint8 and torch.equal(plain["image"], expected), short
         assert torch.equal(flipped["image"], expected.flip(-1)), short
