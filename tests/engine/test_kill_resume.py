@@ -18,14 +18,14 @@ MAX_ITER, PERIOD = 12, 4
 COMPARED = ("total_loss", "loss_ce", "loss_mask", "loss_dice", "lr")
 
 
-def _command(tmp, out: str, *flags: str) -> list[str]:
+def _command(tmp) -> list[str]:
+    """``python -m san.train`` on the toy dataset: 12 iterations, checkpoints every 4, every iteration logged."""
     cfg = toy_cfg(str(tmp), "unused", **{"SOLVER.MAX_ITER": MAX_ITER, "SOLVER.CHECKPOINT_PERIOD": PERIOD,
                                          "TEST.EVAL_PERIOD": 0, "SAN_ENGINE.LOG_PERIOD": 1,
                                          "SAN_ENGINE.METRICS_WINDOW": 6})  # fmt: skip
     (tmp / "toy.yaml").write_text(cfg.dump())
     yaml = datasets_yaml(str(tmp / "toy_datasets.yaml"))
-    return [sys.executable, "-m", "san.train", "--config-file", str(tmp / "toy.yaml"), "--datasets-yaml", yaml,
-            *flags, "OUTPUT_DIR", out]  # fmt: skip
+    return [sys.executable, "-m", "san.train", "--config-file", str(tmp / "toy.yaml"), "--datasets-yaml", yaml]
 
 
 def _start(cmd: list[str], root: str, log) -> subprocess.Popen:
@@ -45,9 +45,10 @@ def _wait(proc: subprocess.Popen, log_path, timeout: float = 240) -> None:
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_the_uninterrupted_run(toy_root, tmp_path):
     a_out, b_out = str(tmp_path / "a"), str(tmp_path / "b")
+    cmd = _command(tmp_path)
     with open(tmp_path / "a.log", "w") as a_log, open(tmp_path / "b.log", "w") as b_log:
-        a = _start(_command(tmp_path, a_out), toy_root, a_log)  # uninterrupted, alongside the one to kill
-        b = _start(_command(tmp_path, b_out), toy_root, b_log)
+        a = _start([*cmd, "OUTPUT_DIR", a_out], toy_root, a_log)  # uninterrupted, alongside the one to kill
+        b = _start([*cmd, "OUTPUT_DIR", b_out], toy_root, b_log)
         marker = os.path.join(b_out, "last_checkpoint")
         deadline = time.monotonic() + 240
         while not os.path.exists(marker) and b.poll() is None and time.monotonic() < deadline:
@@ -60,7 +61,7 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(toy_root, tmp_path):
             resumed_from = int(f.read().strip()[len("model_") : -len(".pth")])
         assert resumed_from % PERIOD == PERIOD - 1 and resumed_from < MAX_ITER - 1
         killed_lines = len(metrics(b_out))
-        c = _start(_command(tmp_path, b_out, "--resume"), toy_root, b_log)
+        c = _start([*cmd, "--resume", "OUTPUT_DIR", b_out], toy_root, b_log)
         _wait(a, tmp_path / "a.log")
         _wait(c, tmp_path / "b.log")
 
