@@ -51,7 +51,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--tta", action="store_true", help="multi-scale + flip test-time augmentation (TEST.AUG)")
     p.add_argument("--text-cache", default=None, help="folder for cached class-name embeddings")
-    p.add_argument("--max-pixels", type=float, default=100e6, help="refuse larger images (default 100e6)")
+    p.add_argument(
+        "--max-pixels", type=float, default=100e6, help="refuse larger images (default 100e6; raises Pillow's limit)"
+    )
     p.add_argument("--alpha", type=float, default=0.55, help="overlay opacity")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
     return p.parse_args(argv)
