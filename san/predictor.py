@@ -120,6 +120,7 @@ class SANPredictor:
         text_cache_dir: str | os.PathLike | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         max_score_bytes: int = 1 << 30,
+        full_precision_masks: bool = True,
     ) -> None:
         if precision not in _DTYPES:
             raise ValueError(f"precision must be one of {', '.join(_DTYPES)}, got {precision!r}")
@@ -129,6 +130,10 @@ class SANPredictor:
             logger.warning("fp16 on CPU is slow and imprecise; bf16 is the CPU half precision")
         self.model = model.to(self.device).eval()
         self.precision = precision
+        # bf16/fp16 run CLIP, the recognition head and the text tower in half precision; the side
+        # adapter (mask proposals, which place the boundaries) stays float32 unless asked otherwise
+        self.full_precision_masks = bool(full_precision_masks)
+        self.model.side_adapter_network.full_precision = self.full_precision_masks
         self.min_size, self.max_size = int(min_size), int(max_size)
         self.tta, self.tta_flip = tta, tta_flip
         self.tta_min_sizes, self.tta_max_size = tuple(tta_min_sizes), int(tta_max_size)
@@ -293,7 +298,7 @@ class SANPredictor:
         with self._autocast():
             if not self.tta and not return_scores and hasattr(self.model, "predict_labels"):
                 outs = self.model.predict_labels(
-                    self._inputs(arrays, self.min_size, self.max_size, False, (h, w), names)
+                    self._inputs(arrays, self.min_size, self.max_size, False, (h, w), names), with_scores=False
                 )
                 return [self._result(o["labels"], None, voc) for o in outs]
             sizes = self.tta_min_sizes if self.tta else (self.min_size,)

@@ -12,8 +12,11 @@ Reference paths (ours, the official formulation): text encoding one pass per tem
 token positions; the dense (Q+1+L)^2 recognition-head mask with one deeper-layer pass per
 supervision level; ``SAN.forward``'s full ``[C, H, W]`` score maps, then their arg-max. Fast paths:
 batched cut text encoding, the SOS-token recognition head, ``SAN.predict_labels``. Modes join flags
-with ``+``: reference, exact, scores (fast head + full score maps), bf16, fp16, tf32, cl
-(channels-last), compile, reducedK (scores at K x the mask grid). Every mode's label map is compared with ``exact``.
+with ``+``: reference, exact, scores (fast head + full score maps), labels (label map without the
+winning scores, as ``SANPredictor`` asks, which lets the exact class pruning skip regions one class
+must win), bf16, fp16, fp32side (the side adapter stays float32 under bf16/fp16, as
+``SANPredictor`` runs them), tf32, cl (channels-last), compile, reducedK (scores at K x the mask grid).
+Every mode's label map is compared with ``exact``.
 
 Weights are random (no download); inputs are scikit-image photos; class embeddings of the
 inference runs are random unit vectors put into the name cache (cost does not depend on them).
@@ -134,6 +137,10 @@ def mode_context(model: san.SAN, flags: set[str], device: torch.device) -> ExitS
         if dtype in flags:
             torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float16
             stack.enter_context(torch.autocast(device.type, dtype=torch_dtype))
+    if "fp32side" in flags:  # SANPredictor's half precisions: mask proposals stay float32
+        side = model.side_adapter_network
+        side.full_precision = True
+        stack.callback(lambda: setattr(side, "full_precision", False))
     if "tf32" in flags:
         old = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -154,7 +161,7 @@ def parse_mode(mode: str) -> tuple[set[str], int | None]:
     for part in mode.split("+"):
         if part.startswith("reduced"):
             reduced = int(part.removeprefix("reduced") or 4)
-        elif part in ("reference", "exact", "scores", "bf16", "fp16", "tf32", "cl", "compile"):
+        elif part in ("reference", "exact", "scores", "labels", "bf16", "fp16", "fp32side", "tf32", "cl", "compile"):
             flags.add(part)
         else:
             raise SystemExit(f"unknown mode part {part!r} in {mode!r}")
@@ -162,15 +169,19 @@ def parse_mode(mode: str) -> tuple[set[str], int | None]:
 
 
 def run_labels(model: san.SAN, inputs: list[dict], flags: set[str], reduced: int | None) -> list[tuple]:
-    """One inference call in a mode -> [(labels, scores)] per image."""
+    """One inference call in a mode -> [(labels, scores or None)] per image."""
     with torch.no_grad():
         if "reference" in flags or "scores" in flags:
             return [r["sem_seg"].float().max(0)[::-1] for r in model(inputs)]
-        return [(r["labels"], r["scores"]) for r in model.predict_labels(inputs, reduced=reduced)]
+        with_scores = "labels" not in flags  # "labels": what SANPredictor asks for
+        outs = model.predict_labels(inputs, reduced=reduced, with_scores=with_scores)
+        return [(r["labels"], r.get("scores")) for r in outs]
 
 
-def agreement(out: list[tuple], ref: list[tuple]) -> tuple[float, float]:
+def agreement(out: list[tuple], ref: list[tuple]) -> tuple[float, float | None]:
     same = sum(float((a[0] == b[0]).float().mean()) for a, b in zip(out, ref)) / len(ref)
+    if any(a[1] is None or b[1] is None for a, b in zip(out, ref)):
+        return same, None
     diff = max(float((a[1].float() - b[1].float()).abs().max()) for a, b in zip(out, ref))
     return same, diff
 

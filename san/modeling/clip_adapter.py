@@ -59,6 +59,10 @@ class ClipFeatures:
         """Class token of layer ``idx``, ``[B, D]``."""
         return self.tokens[idx][:, 0]
 
+    def float(self) -> ClipFeatures:
+        """The same token maps in float32."""
+        return ClipFeatures({i: t.float() for i, t in self.tokens.items()}, self.grid)
+
 
 class ClipFeatureExtractor(nn.Module):
     """CLIP's visual stem and first ``num_layers`` blocks (official: ``FeatureExtractor``)."""

@@ -234,13 +234,20 @@ class SAN(nn.Module):
 
     @torch.no_grad()
     def predict_labels(
-        self, batched_inputs: Sequence[dict], *, reduced: int | None = None, max_elements: int | None = None
+        self,
+        batched_inputs: Sequence[dict],
+        *,
+        reduced: int | None = None,
+        max_elements: int | None = None,
+        with_scores: bool = True,
     ) -> list[dict[str, Tensor]]:
         """Label maps without the ``[C, H, W]`` score volume: ``[{"labels": [h, w] long, "scores": [h, w]}]``.
 
         ``labels`` index the vocabulary and equal ``forward``'s ``sem_seg.argmax(0)``, ``scores`` its
         max; memory stays flat in the vocabulary size (see :mod:`san.modeling.semantic`).
-        ``reduced=k`` opts into the approximate mode (all classes scored at k x the mask grid).
+        ``with_scores=False`` leaves ``scores`` out, which lets the exact class pruning skip the
+        regions that only one class can win. ``reduced=k`` opts into the approximate mode (all
+        classes scored at k x the mask grid).
         """
         if not isinstance(batched_inputs, (list, tuple)) or not batched_inputs:
             raise ValueError("SAN expects a non-empty list of input dicts")
@@ -259,8 +266,9 @@ class SAN(nn.Module):
                 postprocess_before_inference=self.sem_seg_postprocess_before_inference,
                 max_elements=max_elements,
                 reduced=reduced,
+                with_scores=with_scores,
             )
-            results.append({"labels": labels, "scores": scores})
+            results.append({"labels": labels, "scores": scores} if with_scores else {"labels": labels})
         return results
 
     @staticmethod

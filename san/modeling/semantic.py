@@ -23,6 +23,7 @@ cost does not grow with C x H x W; its agreement with the exact map is measured 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -76,9 +77,31 @@ def _band_rows(n_rows: int, per_row: int, max_elements: int) -> int:
     return max(1, min(n_rows, max_elements // max(per_row, 1)))
 
 
+_TILE_ROWS, _TILE_COLS = 16, 32  # output tiles whose candidate classes are bounded together
+
+
+def _candidates(probs: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """``[T, C]``: the classes that can win somewhere in each of T tiles.
+
+    ``lo``/``hi`` ``[Q, T]`` bound every mask's value over a tile. As class scores are
+    ``sum_q p[q, c] m_q`` with ``p >= 0``, ``lo^T p`` and ``hi^T p`` bound each class's score
+    there; a class whose upper bound is below the best lower bound never wins in that tile. The
+    margin covers float rounding, so the pruning is exact.
+    """
+    low, high = lo.T @ probs, hi.T @ probs  # [T, C]
+    best = low.amax(dim=1, keepdim=True)
+    return high >= best - 1e-4 * (1 + best.abs())
+
+
 def _label_bands(
-    probs: Tensor, rows: tuple[Tensor, Tensor], maps: Tensor, sigmoid: bool, max_elements: int
-) -> tuple[Tensor, Tensor]:
+    probs: Tensor,
+    rows: tuple[Tensor, Tensor],
+    maps: Tensor,
+    sigmoid: bool,
+    max_elements: int,
+    with_scores: bool = True,
+    prune: bool = False,
+) -> tuple[Tensor, Tensor | None]:
     """Arg-max/max over classes of ``probs^T f(R @ maps)``, a band of rows at a time.
 
     Args:
@@ -86,24 +109,64 @@ def _label_bands(
         rows: taps ``[H, k]`` (indices, weights) of the row resize matrix ``R [H, h']``.
         maps: ``[Q, h', W]`` masks already resized along the columns.
         sigmoid: apply the sigmoid after the row resize (mask logits) or not (probabilities).
+        with_scores: also return the winning score of every pixel.
+        prune: bound the scores of ``_TILE_ROWS x _TILE_COLS`` tiles from the masks' extremes
+            there (bilinear values are convex combinations of their taps) and score only the
+            classes that can win; without ``with_scores``, tiles with one possible winner are
+            not scored at all. Exact; it syncs with the device once per band (CPU default).
     """
     q, c = probs.shape
     idx, weights = rows
     height, width = idx.shape[0], maps.shape[-1]
     labels = torch.empty(height, width, dtype=torch.long, device=maps.device)
-    scores = torch.empty(height, width, dtype=maps.dtype, device=maps.device)
+    scores = torch.empty(height, width, dtype=maps.dtype, device=maps.device) if with_scores else None
     band = _band_rows(height, (q * 2 + c) * width, max_elements)
+    if prune:
+        band = min(band, _TILE_ROWS)
+        n_tiles = -(-width // _TILE_COLS)
+        padded = F.pad(maps, (0, n_tiles * _TILE_COLS - width), mode="replicate")
+        padded = padded.view(q, maps.shape[1], n_tiles, _TILE_COLS)
+        col_lo, col_hi = padded.amin(dim=-1), padded.amax(dim=-1)  # [Q, h', tiles]
+        tile_of_col = torch.arange(width, device=maps.device) // _TILE_COLS
     for start in range(0, height, band):
         i, wt = idx[start : start + band], weights[start : start + band]
-        up = maps.index_select(1, i[:, 0]) * wt[:, 0, None]  # [Q, b, W]
+        first, last = 0, maps.shape[1]
+        cols = classes = None  # all columns, all classes
+        if prune:
+            used = i[wt > 0]
+            first, last = int(used.min()), int(used.max()) + 1
+            lo, hi = col_lo[:, first:last].amin(dim=1), col_hi[:, first:last].amax(dim=1)  # [Q, tiles]
+            if sigmoid:
+                lo, hi = lo.sigmoid(), hi.sigmoid()
+            cand = _candidates(probs, lo, hi)  # [tiles, C]
+            need = cand.sum(dim=1) > 1
+            if not with_scores:
+                only = cand.to(torch.uint8).argmax(dim=1)  # the single possible winner, where there is one
+                labels[start : start + band] = only[tile_of_col]
+                if not bool(need.any()):
+                    continue
+                cols = need[tile_of_col].nonzero().flatten()
+                cand = cand[need]
+            classes = cand.any(dim=0).nonzero().flatten()
+        m = maps[:, first:last] if cols is None else maps[:, first:last].index_select(2, cols)  # [Q, rows, W']
+        i = (i - first).clamp_(0, last - first - 1)  # taps outside the range carry weight 0
+        up = m.index_select(1, i[:, 0]) * wt[:, 0, None]  # [Q, b, W']
         for j in range(1, i.shape[1]):
-            up.addcmul_(maps.index_select(1, i[:, j]), wt[:, j, None])
+            up.addcmul_(m.index_select(1, i[:, j]), wt[:, j, None])
         if sigmoid:
             up.sigmoid_()
-        s = torch.matmul(up.reshape(q, -1).T, probs)  # [b*W, C]
+        p = probs if classes is None else probs.index_select(1, classes)
+        s = torch.matmul(up.reshape(q, -1).T, p)  # [b*W', C']
         best, arg = s.max(dim=1)
-        scores[start : start + band] = best.view(-1, width)
-        labels[start : start + band] = arg.view(-1, width)
+        if classes is not None:
+            arg = classes[arg]
+        b = i.shape[0]
+        if cols is None:
+            labels[start : start + b] = arg.view(b, -1)
+            if scores is not None:
+                scores[start : start + b] = best.view(b, -1)
+        else:
+            labels[start : start + b, cols] = arg.view(b, -1)
     return labels, scores
 
 
@@ -117,7 +180,9 @@ def semantic_labels(
     postprocess_before_inference: bool = True,
     max_elements: int | None = None,
     reduced: int | None = None,
-) -> tuple[Tensor, Tensor]:
+    with_scores: bool = True,
+    prune: bool | None = None,
+) -> tuple[Tensor, Tensor | None]:
     """Label map ``[H, W]`` (long) and its score ``[H, W]`` for one image, never forming ``[C, H, W]``.
 
     Args:
@@ -130,24 +195,27 @@ def semantic_labels(
         max_elements: budget of one band's score and mask tensors (elements); default 2^22 on
             CPU, 2^26 on GPUs (fewer, larger launches).
         reduced: opt-in approximation; score all classes at ``k x`` the mask grid first.
+        with_scores: also return the winning score per pixel (else ``None``: cheaper with pruning).
+        prune: exact pruning of the classes scored per tile (see :func:`_label_bands`); default on
+            the CPU, off on GPUs (it syncs once per band).
     """
     if mask_cls.dim() != 2 or mask_pred.dim() != 3 or mask_cls.shape[0] != mask_pred.shape[0]:
         raise ValueError(
             f"expected mask_cls [Q, C+1] and mask_pred [Q, h, w], got {list(mask_cls.shape)} and {list(mask_pred.shape)}"
         )
+    on_cpu = mask_pred.device.type == "cpu"
     if max_elements is None:
-        max_elements = 1 << (22 if mask_pred.device.type == "cpu" else 26)
+        max_elements = 1 << (22 if on_cpu else 26)
+    opts = {"max_elements": max_elements, "with_scores": with_scores, "prune": on_cpu if prune is None else prune}
     # float32 even under autocast: the class sums decide the labels and cost little
     with torch.autocast(mask_pred.device.type, enabled=False):
         mask_pred = mask_pred.float()
         probs = mask_cls.float().softmax(dim=-1)[:, :-1]  # [Q, C]
         if reduced is not None:
             return _reduced_labels(
-                probs, mask_pred, image_size, padded_size, out_size, postprocess_before_inference, max_elements, reduced
+                probs, mask_pred, image_size, padded_size, out_size, postprocess_before_inference, reduced, **opts
             )
-        return _exact_labels(
-            probs, mask_pred, image_size, padded_size, out_size, postprocess_before_inference, max_elements
-        )
+        return _exact_labels(probs, mask_pred, image_size, padded_size, out_size, postprocess_before_inference, **opts)
 
 
 def _exact_labels(
@@ -157,19 +225,19 @@ def _exact_labels(
     padded_size: tuple[int, int],
     out_size: tuple[int, int],
     postprocess_before_inference: bool,
-    max_elements: int,
-) -> tuple[Tensor, Tensor]:
+    **opts: Any,
+) -> tuple[Tensor, Tensor | None]:
     dtype, device = mask_pred.dtype, mask_pred.device
     (h, w), (hp, wp), (h0, w0), (ho, wo) = mask_pred.shape[-2:], padded_size, image_size, out_size
     if postprocess_before_inference:  # resize logits to the output, then sigmoid
         cols = _resize_last(mask_pred, _chain_taps("both", w, wp, w0, wo, dtype, device))  # [Q, h, W]
-        return _label_bands(probs, _chain_taps("both", h, hp, h0, ho, dtype, device), cols, True, max_elements)
+        return _label_bands(probs, _chain_taps("both", h, hp, h0, ho, dtype, device), cols, True, **opts)
     # official alternative: sigmoid on the padded-size masks (Q maps, no class axis), then scores
     # resized (linear, so the resize moves onto the masks)
     first = F.interpolate(mask_pred[None], size=tuple(padded_size), mode="bilinear", align_corners=False)[0]
     first = first[:, :h0, :w0].sigmoid()  # [Q, h0, w0]
     cols = _resize_last(first, _chain_taps("second", w, wp, w0, wo, dtype, device))  # [Q, h0, W]
-    return _label_bands(probs, _chain_taps("second", h, hp, h0, ho, dtype, device), cols, False, max_elements)
+    return _label_bands(probs, _chain_taps("second", h, hp, h0, ho, dtype, device), cols, False, **opts)
 
 
 def _reduced_labels(
@@ -179,9 +247,9 @@ def _reduced_labels(
     padded_size: tuple[int, int],
     out_size: tuple[int, int],
     before: bool,
-    max_elements: int,
     k: int,
-) -> tuple[Tensor, Tensor]:
+    **opts: Any,
+) -> tuple[Tensor, Tensor | None]:
     if k < 1:
         raise ValueError(f"reduced must be a positive integer (scores at k x the mask grid), got {k}")
     h, w = mask_pred.shape[-2:]
@@ -196,11 +264,11 @@ def _reduced_labels(
         up.transpose(1, 2), _chain_taps("both", grid[0], padded_size[0], image_size[0], lh, dtype, device)
     )
     up = up.transpose(1, 2).sigmoid().reshape(q, -1)  # [Q, lh*lw]
-    chunk = _band_rows(c, lh * lw, max_elements)
+    chunk = _band_rows(c, lh * lw, opts["max_elements"])
     for start in range(0, c, chunk):  # top-2 classes of every low-resolution pixel
         s = torch.matmul(probs[:, start : start + chunk].T, up)  # [c', lh*lw]
         top = s.topk(min(2, s.shape[0]), dim=0).indices.flatten().unique()
         cand[start + top] = True
     keep = cand.nonzero().flatten()
-    labels, scores = _exact_labels(probs[:, keep], mask_pred, image_size, padded_size, out_size, before, max_elements)
+    labels, scores = _exact_labels(probs[:, keep], mask_pred, image_size, padded_size, out_size, before, **opts)
     return keep[labels], scores

@@ -124,6 +124,9 @@ class SideAdapterNetwork(nn.Module):
         self.fusion_layers = nn.ModuleDict({f"layer_{s}": AddFusion(clip_width, width) for s in self.fusion_map})
         self.mask_decoder = mask_decoder
         self.deep_supervision_idxs = tuple(sorted(deep_supervision_idxs))
+        # True: run in float32 even inside a bf16/fp16 autocast region (mask proposals decide the
+        # label boundaries; the rest of SAN may still run in half precision)
+        self.full_precision = False
 
     @property
     def clip_layers_needed(self) -> list[int]:
@@ -166,6 +169,15 @@ class SideAdapterNetwork(nn.Module):
         self, image: Tensor, clip: ClipFeatures, levels: Sequence[int] | None = None
     ) -> tuple[list[Tensor], list[list[Tensor]]]:
         """Mask logits ``[B, Q, h, w]`` and attention-bias lists, one per requested level."""
+        device = image.device.type
+        if self.full_precision and torch.is_autocast_enabled(device):
+            with torch.autocast(device, enabled=False):
+                return self._decode(image.float(), clip.float(), levels)
+        return self._decode(image, clip, levels)
+
+    def _decode(
+        self, image: Tensor, clip: ClipFeatures, levels: Sequence[int] | None
+    ) -> tuple[list[Tensor], list[list[Tensor]]]:
         masks, biases = [], []
         for query, feat in self.forward_features(image, clip, levels):
             m, bias = self.mask_decoder(query, feat)

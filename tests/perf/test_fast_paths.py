@@ -150,9 +150,10 @@ def test_resize_matrix_matches_interpolate():
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("prune", [True, False], ids=["pruned", "dense"])
 @pytest.mark.parametrize("before", [True, False])
 @pytest.mark.parametrize("max_elements", [1 << 24, 5000])
-def test_semantic_labels_equal_full_scores(before, max_elements):
+def test_semantic_labels_equal_full_scores(before, max_elements, prune):
     torch.manual_seed(2)
     q, c, grid, padded, image, out = 12, 9, (6, 7), (96, 112), (90, 100), (61, 83)
     cls, masks = torch.randn(q, c + 1) * 3, torch.randn(q, *grid) * 4
@@ -161,15 +162,59 @@ def test_semantic_labels_equal_full_scores(before, max_elements):
         ref = semantic_inference(cls, sem_seg_postprocess(up, image, *out))
     else:
         ref = sem_seg_postprocess(semantic_inference(cls, up), image, *out)
-    labels, scores = semantic_labels(
-        cls, masks, image, padded, out, postprocess_before_inference=before, max_elements=max_elements
-    )
+    opts = {"postprocess_before_inference": before, "max_elements": max_elements, "prune": prune}
+    labels, scores = semantic_labels(cls, masks, image, padded, out, **opts)
     assert labels.shape == scores.shape == out and labels.dtype == torch.long
     torch.testing.assert_close(scores, ref.max(0).values, atol=1e-5, rtol=0)
     assert torch.equal(labels, ref.argmax(0))
+    only, none = semantic_labels(cls, masks, image, padded, out, with_scores=False, **opts)
+    assert none is None and torch.equal(only, labels)
     # reduced mode scoring every output pixel is the exact path
     full, _ = semantic_labels(cls, masks, image, padded, out, postprocess_before_inference=before, reduced=100)
     assert torch.equal(full, labels)
+
+
+def _region_masks(q: int, grid: tuple[int, int], seed: int) -> torch.Tensor:
+    """Mask logits like a trained model's: the grid split into the queries' regions (nearest of q
+    random centres), logits +4 inside a region and falling by 3 per grid cell of extra distance."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(grid[0]).float(), torch.arange(grid[1]).float(), indexing="ij")
+    cy, cx = torch.rand(q, 1, 1, generator=g) * grid[0], torch.rand(q, 1, 1, generator=g) * grid[1]
+    dist = ((yy - cy) ** 2 + (xx - cx) ** 2).sqrt()  # [q, h, w]
+    return 4 - 3 * (dist - dist.amin(dim=0))
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_class_pruning_is_exact_and_skips_tiles_with_one_possible_winner(before, monkeypatch):
+    import san.modeling.semantic as semantic
+
+    q, c, grid, padded, image, out = 10, 12, (20, 26), (320, 416), (300, 400), (300, 400)
+    masks = _region_masks(q, grid, seed=4)
+    cls = torch.full((q, c + 1), -2.0)
+    cls[torch.arange(q), torch.arange(q)] = 6.0  # query q votes for class q; classes 10, 11 never win
+    cls[:, 11] = cls[:, 3]  # class 11 ties with class 3 everywhere: the lower index must win
+    up = F.interpolate(masks[None], size=padded, mode="bilinear", align_corners=False)[0]
+    if before:
+        ref = semantic_inference(cls, sem_seg_postprocess(up, image, *out))
+    else:
+        ref = sem_seg_postprocess(semantic_inference(cls, up), image, *out)
+    counts = []
+    real = semantic._candidates
+
+    def spy(probs, lo, hi):
+        cand = real(probs, lo, hi)
+        counts.append(cand.sum(dim=1))
+        return cand
+
+    monkeypatch.setattr(semantic, "_candidates", spy)
+    labels, _ = semantic_labels(cls, masks, image, padded, out, postprocess_before_inference=before, with_scores=False)
+    assert torch.equal(labels, ref.argmax(0)) and labels.unique().numel() >= 6 and not (labels == 11).any()
+    per_tile = torch.cat(counts)
+    assert (per_tile == 1).float().mean() > 0.4  # most tiles are decided by the bounds alone
+    assert (per_tile > 1).any() and per_tile.max() < c  # boundaries are scored, over a few classes only
+    labels2, scores = semantic_labels(cls, masks, image, padded, out, postprocess_before_inference=before)
+    assert torch.equal(labels2, labels)
+    torch.testing.assert_close(scores, ref.max(0).values, atol=1e-5, rtol=0)
 
 
 def test_predict_labels_equals_forward_argmax(tiny_model):
@@ -186,10 +231,11 @@ def test_predict_labels_equals_forward_argmax(tiny_model):
     with torch.no_grad():
         ref = tiny_model(inputs)
         out = tiny_model.predict_labels(inputs, max_elements=3000)
+        only = tiny_model.predict_labels(inputs, with_scores=False)
         reduced = tiny_model.predict_labels(inputs, reduced=2)
-    for r, o, red in zip(ref, out, reduced):
+    for r, o, red, lab in zip(ref, out, reduced, only):
         best, arg = r["sem_seg"].max(0)
-        assert torch.equal(o["labels"], arg)
+        assert torch.equal(o["labels"], arg) and torch.equal(lab["labels"], arg) and set(lab) == {"labels"}
         torch.testing.assert_close(o["scores"], best, atol=1e-5, rtol=0)
         assert red["labels"].shape == arg.shape and int(red["labels"].max()) < len(NAMES)
 
