@@ -6,22 +6,20 @@ that the official YAML files and command-line overrides work unchanged without d
 :func:`add_san_config` adds only the SAN/DeepLab keys, so the detectron2 integration can call it on
 detectron2's own config.
 
-YAML files are read with a safe loader. The official base file writes one list as
-``!!python/object/apply:eval ["[int(x * 0.1 * 640) for x in range(5, 16)]"]``; that tag is
-accepted, but its expression is evaluated by a tiny arithmetic interpreter that understands only
-numbers, ``+ - * / //``, ``int``/``float``/``round``, ``range`` and list comprehensions. Anything
-else is refused with an error; no code from a YAML file ever runs.
+YAML files are read with a safe loader (:mod:`san.config_yaml`): no code from a YAML file ever
+runs, and the official base file's one ``!!python/object/apply:eval`` list is computed by a tiny
+arithmetic interpreter.
 """
 
 from __future__ import annotations
 
-import ast
 import difflib
 import os
 from typing import Any
 
-import yaml
 from fvcore.common.config import CfgNode as _FvCfgNode
+
+from san.config_yaml import ConfigError, load_yaml
 
 __all__ = [
     "CfgNode",
@@ -36,107 +34,13 @@ __all__ = [
 BASE_KEY = "_BASE_"
 
 
-class ConfigError(ValueError):
-    """A configuration file or override is invalid."""
-
-
-# --------------------------------------------------------------------------------------------
-# Safe YAML loading
-# --------------------------------------------------------------------------------------------
-_ALLOWED_CALLS = {"int": int, "float": float, "round": round, "range": range, "list": list}
-_BIN_OPS = {
-    ast.Add: lambda a, b: a + b,
-    ast.Sub: lambda a, b: a - b,
-    ast.Mult: lambda a, b: a * b,
-    ast.Div: lambda a, b: a / b,
-    ast.FloorDiv: lambda a, b: a // b,
-}
-
-
-def _eval_restricted(expr: str) -> Any:
-    """Evaluate a small arithmetic/list-comprehension expression without executing code."""
-
-    def ev(node: ast.AST, env: dict[str, Any]) -> Any:
-        if isinstance(node, ast.Expression):
-            return ev(node.body, env)
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
-            return node.value
-        if isinstance(node, ast.Name) and node.id in env:
-            return env[node.id]
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-            v = ev(node.operand, env)
-            return -v if isinstance(node.op, ast.USub) else v
-        if isinstance(node, ast.BinOp) and type(node.op) in _BIN_OPS:
-            return _BIN_OPS[type(node.op)](ev(node.left, env), ev(node.right, env))
-        if isinstance(node, (ast.List, ast.Tuple)):
-            return [ev(e, env) for e in node.elts]
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id in _ALLOWED_CALLS
-            and not node.keywords
-        ):
-            return _ALLOWED_CALLS[node.func.id](*[ev(a, env) for a in node.args])
-        if isinstance(node, ast.ListComp) and len(node.generators) == 1:
-            gen = node.generators[0]
-            if gen.ifs or gen.is_async or not isinstance(gen.target, ast.Name):
-                raise ConfigError(f"unsupported comprehension in YAML expression {expr!r}")
-            out = []
-            for value in ev(gen.iter, env):
-                out.append(ev(node.elt, {**env, gen.target.id: value}))
-            return out
-        raise ConfigError(
-            f"refusing to evaluate YAML expression {expr!r}: only numbers, arithmetic, int/float/"
-            "round/range and list comprehensions are allowed (write the value out as a plain list)"
-        )
-
-    try:
-        tree = ast.parse(expr, mode="eval")
-    except SyntaxError as e:
-        raise ConfigError(f"invalid YAML expression {expr!r}: {e}") from None
-    return ev(tree, {})
-
-
-class _SafeConfigLoader(yaml.SafeLoader):
-    """yaml.SafeLoader plus the one python tag the official base config uses, evaluated safely."""
-
-
-def _construct_eval(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
-    args = loader.construct_sequence(node)
-    if len(args) != 1 or not isinstance(args[0], str):
-        raise ConfigError("!!python/object/apply:eval expects exactly one string argument")
-    return _eval_restricted(args[0])
-
-
-_SafeConfigLoader.add_constructor("tag:yaml.org,2002:python/object/apply:eval", _construct_eval)
-
-
-def _load_yaml(filename: str) -> dict:
-    if not os.path.isfile(filename):
-        raise FileNotFoundError(f"config file not found: {filename}")
-    with open(filename, encoding="utf-8") as f:
-        try:
-            data = yaml.load(f, Loader=_SafeConfigLoader)  # noqa: S506 - a SafeLoader subclass
-        except yaml.constructor.ConstructorError as e:
-            raise ConfigError(
-                f"{filename}: unsupported YAML tag ({e.problem}); configs may hold plain values only"
-            ) from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{filename}: invalid YAML: {e}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{filename}: a config file must hold a mapping, got {type(data).__name__}")
-    return data
-
-
 class CfgNode(_FvCfgNode):
     """fvcore ``CfgNode`` with safe YAML loading and helpful errors for unknown keys."""
 
     @classmethod
     def load_yaml_with_base(cls, filename: str, allow_unsafe: bool = False) -> dict:
         """Load a YAML file, resolving ``_BASE_`` (a path relative to the file, or a list of them)."""
-        cfg = _load_yaml(filename)
+        cfg = load_yaml(filename)
         if BASE_KEY not in cfg:
             return cfg
         bases = cfg.pop(BASE_KEY)
