@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from san.assets import read_classes
+
 H100_BF16_DENSE_TFLOPS = 989.0
 log = logging.getLogger("benchmark")
 
@@ -154,3 +156,17 @@ def table(rows: list[dict]) -> str:
         cells = [fmt[c].format(r[c]) if c in fmt and r.get(c) is not None else str(r.get(c, "")) for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def make_names(n: int) -> list[str]:
+    """``n`` distinct class names: ADE-150 / ADE-847 names, then pairs of them."""
+    if n <= 150:
+        return read_classes("ade20k_150")[:n]
+    base = read_classes("ade20k_847")
+    names = list(dict.fromkeys(base))
+    i = 0
+    while len(names) < n:
+        names.append(f"{base[i % len(base)]} next to {base[(i // len(base) + 1 + i) % len(base)]}")
+        names = list(dict.fromkeys(names))
+        i += 1
+    return names[:n]

@@ -45,32 +45,17 @@ import torch
 import torch.nn.functional as F
 
 import san
-from san.assets import read_classes
 from san.config import get_config_file
 from san.modeling.semantic import semantic_labels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_tools import PeakMemory, add_peak_fraction, cpu_memory_pass, table, timeit  # noqa: E402
+from bench_tools import PeakMemory, add_peak_fraction, cpu_memory_pass, make_names, table, timeit  # noqa: E402
 
 MODELS = {"vitb": "san_clip_vit_res4_coco", "vitl": "san_clip_vit_large_res4_coco"}
 log = logging.getLogger("benchmark")
 
 
 # -- inputs ------------------------------------------------------------------------------------------
-def make_names(n: int) -> list[str]:
-    """``n`` distinct class names: ADE-150 / ADE-847 names, then pairs of them."""
-    if n <= 150:
-        return read_classes("ade20k_150")[:n]
-    base = read_classes("ade20k_847")
-    names = list(dict.fromkeys(base))
-    i = 0
-    while len(names) < n:
-        names.append(f"{base[i % len(base)]} next to {base[(i // len(base) + 1 + i) % len(base)]}")
-        names = list(dict.fromkeys(names))
-        i += 1
-    return names[:n]
-
-
 def fill_random_embeddings(model: san.SAN, names: list[str]) -> None:
     clf = model.ov_classifier
     g = torch.Generator().manual_seed(0)
@@ -264,6 +249,43 @@ def interleaved_times(
         row["vs_ref"] = row["median_s"] / ref_time if ref_time else None
 
 
+def bench_semantic(model: san.SAN, key: str, args: argparse.Namespace, device: torch.device, rows: list[dict]) -> None:
+    """Semantic inference alone, on the model's logits and on the proxy's, whose cost the exact class
+    pruning makes data-dependent: random weights let one class win everywhere (the best case), the
+    proxy's one-query-per-class logits leave many classes near the top at every pixel."""
+    for size in args.sizes:
+        for n in args.vocab:
+            names = make_names(n)
+            fill_random_embeddings(model, names)
+            inputs = make_inputs(size, 1, names)
+            out_size = (inputs[0]["height"], inputs[0]["width"])
+            with torch.no_grad():
+                images, sizes = model.preprocess(inputs)
+                pred = model.predict(images, model.encode_vocabulary(names))
+            masks, logits = pred["mask_preds"][-1][0], pred["mask_logits"][-1][0]
+            q = masks.shape[0]
+            proxy = torch.zeros_like(logits)
+            proxy[torch.arange(q), torch.arange(q) % n] = 6.0
+            base = {"section": "semantic", "model": key, "size": f"{out_size[0]}x{out_size[1]}", "vocab": n}
+            padded = tuple(images.shape[-2:])
+            if 4 * n * out_size[0] * out_size[1] / 2**30 <= args.max_ref_gb:
+                ref = partial(model.postprocess, logits[None], masks[None], inputs, sizes, padded)
+                rows.append({**base, "mode": "reference", **timeit(ref, device, args.warmup, args.repeat)})
+            for which, lg in (("model", logits), ("proxy", proxy)):
+                for mode, kw in (
+                    ("dense", {"prune": False}),
+                    ("pruned", {"prune": True}),
+                    ("pruned+labels", {"prune": True, "with_scores": False}),
+                ):
+                    fn = partial(semantic_labels, lg, masks, sizes[0], padded, out_size, **kw)
+                    labels = fn()[0]
+                    t = timeit(fn, device, args.warmup, args.repeat)
+                    rows.append(
+                        {**base, "mode": f"{which} logits, {mode}", **t, "proxy_labels": int(labels.unique().numel())}
+                    )
+                    log.info("%s", rows[-1])
+
+
 def bench_text(model: san.SAN, key: str, args: argparse.Namespace, device: torch.device, rows: list[dict]) -> None:
     clf = model.ov_classifier
     templates = clf.templates
@@ -408,7 +430,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--device", default="cpu")
     p.add_argument("--models", nargs="+", default=["vitb"], choices=sorted(MODELS))
     p.add_argument(
-        "--sections", nargs="+", default=["infer", "text", "train"], choices=["infer", "text", "train", "flops"]
+        "--sections",
+        nargs="+",
+        default=["infer", "text", "train"],
+        choices=["infer", "semantic", "text", "train", "flops"],
     )
     p.add_argument("--sizes", nargs="+", type=int, default=[640], help="short edge (4:3 landscape images)")
     p.add_argument("--vocab", nargs="+", type=int, default=[150])
@@ -439,9 +464,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for key in args.models:
         model = build(key, device)
         for section in args.sections:
-            {"infer": bench_infer, "text": bench_text, "train": bench_train, "flops": bench_flops}[section](
-                model, key, args, device, rows
-            )
+            sections = {"infer": bench_infer, "semantic": bench_semantic, "text": bench_text, "train": bench_train}
+            {**sections, "flops": bench_flops}[section](model, key, args, device, rows)
             if args.json:  # after every section, so a run cut short still leaves its numbers
                 Path(args.json).write_text(json.dumps({"env": env, "rows": rows}, indent=1, default=str))
         del model

@@ -27,7 +27,7 @@ def test_full_precision_side_adapter_ignores_autocast(tiny_model: san.SAN) -> No
     assert all(torch.equal(a, b) for a, b in zip(full_biases[0], ref_biases[0]))
 
 
-def test_predictor_keeps_mask_proposals_in_float32_by_default(tiny_model: san.SAN) -> None:
+def test_predictor_keeps_mask_proposals_in_float32_on_the_cpu_by_default(tiny_model: san.SAN) -> None:
     san.SANPredictor(tiny_model, device="cpu", precision="bf16")
     assert tiny_model.side_adapter_network.full_precision is True
     san.SANPredictor(tiny_model, device="cpu", precision="bf16", full_precision_masks=False)
