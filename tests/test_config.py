@@ -7,6 +7,8 @@ import pytest
 import san
 from san.config import ConfigError, get_config_file
 
+from .integrations.helpers import flat
+
 OFFICIAL_BASE = """\
 DATASETS:
   TRAIN: ("coco_2017_train_stuff_sem_seg",)
@@ -132,14 +134,9 @@ def _plain(v):
     return [_plain(x) for x in v] if isinstance(v, (list, tuple)) else v
 
 
-def _flat(node, prefix=""):
-    out = {}
-    for k, v in node.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = _plain(v)
-    return out
+def _flat(node) -> dict:
+    """{"A.B": value} for every leaf, tuples as lists (detectron2 and YAML spell lists differently)."""
+    return {k: _plain(v) for k, v in flat(node).items()}
 
 
 # detectron2 0.6: get_cfg()'s MODEL.SEM_SEG_HEAD, and what projects/deeplab's add_deeplab_config adds
