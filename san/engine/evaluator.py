@@ -78,13 +78,9 @@ class SemSegEvaluator:
         self.output_dir = os.fspath(output_dir) if output_dir is not None else None
         self.dataset_ids = list(dataset_ids) if dataset_ids is not None else None
         self.dump_predictions = dump_predictions
-        self.predictions_file = (
-            os.fspath(predictions_file)
-            if predictions_file is not None
-            else os.path.join(self.output_dir, "sem_seg_predictions.json")
-            if self.output_dir is not None
-            else None
-        )
+        if predictions_file is None and self.output_dir is not None:
+            predictions_file = os.path.join(self.output_dir, "sem_seg_predictions.json")
+        self.predictions_file = os.fspath(predictions_file) if predictions_file is not None else None
         if boundary_iou is None:  # as detectron2: only when labels fit uint8 (and the erosion is available)
             boundary_iou = self.num_classes < 255 and _has_scipy()
         if boundary_iou and self.num_classes >= 255:
