@@ -48,5 +48,5 @@ setup(
         "test": _TEST,
         "dev": [*_TEST, "ruff"],
     },
-    entry_points={"console_scripts": ["san = san.cli:main"]},
+    entry_points={"console_scripts": ["san = san.apps.cli:main"]},
 )

@@ -1,22 +1,49 @@
-"""san: Side Adapter Network for open-vocabulary semantic segmentation, in plain PyTorch."""
+"""san: Side Adapter Network for open-vocabulary semantic segmentation, in plain PyTorch.
 
-from .build import build_model, build_san
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import CfgNode, add_san_config, get_cfg
-from .modeling import SAN
-from .predictor import Prediction, SANPredictor
+The public API is reached from here (``san.build_model``, ``san.SANPredictor``, ...). Names are
+imported on first use, so that ``import san`` (and the ``san`` command's ``--help``) stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "SAN",
-    "Prediction",
-    "SANPredictor",
-    "CfgNode",
-    "add_san_config",
-    "build_model",
-    "build_san",
-    "get_cfg",
-    "load_checkpoint",
-    "save_checkpoint",
-]
+# public name -> module that defines it
+_API = {
+    "SAN": "san.modeling",
+    "build_model": "san.build",
+    "build_san": "san.build",
+    "CheckpointError": "san.checkpoint",
+    "load_checkpoint": "san.checkpoint",
+    "save_checkpoint": "san.checkpoint",
+    "CfgNode": "san.config",
+    "add_san_config": "san.config",
+    "get_cfg": "san.config",
+    "get_config_file": "san.config",
+    "Prediction": "san.inference.predictor",
+    "SANPredictor": "san.inference.predictor",
+}
+
+__all__ = sorted(_API)
+
+if TYPE_CHECKING:
+    from san.build import build_model, build_san
+    from san.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from san.config import CfgNode, add_san_config, get_cfg, get_config_file
+    from san.inference.predictor import Prediction, SANPredictor
+    from san.modeling import SAN
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'san' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])

@@ -1,14 +1,18 @@
 """Config -> model: the one place where ``cfg.MODEL.*`` meets the modeling code.
 
-``build_model(cfg)`` builds SAN from an fvcore config (official keys). ``san_kwargs(cfg)`` gives
-the plain numbers, so a project can build the modules by hand. Building never downloads: CLIP
-weights are fetched only when ``MODEL.SAN.CLIP_PRETRAINED_NAME`` names a tag and
-``load_clip_weights`` is true.
+``build_model(cfg, weights)`` builds SAN from a config (official keys) and loads its weights.
+``san_kwargs(cfg)`` gives the plain arguments of :func:`build_san`, so a project can build the
+modules by hand; the config-string formats (``VIT_NAME``, ``FUSION_MAP``) are parsed here and only
+here. Building itself never downloads: CLIP weights are fetched only by ``build_model`` when no SAN
+checkpoint is given (a SAN checkpoint holds every CLIP weight).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,17 +28,53 @@ from san.modeling import (
     SideViT,
     TextClassifier,
 )
-from san.modeling.clip import CLIPConfig, load_clip_state_dict, resolve_clip_config
+from san.checkpoint import load_checkpoint, load_clip_weights, read_clip_weights
+from san.config import ConfigError
+from san.modeling.clip import OPENAI_MEAN, OPENAI_STD, CLIPConfig, resolve_clip_config
 from san.modeling.criterion import SetCriterion, loss_weights
 from san.modeling.matcher import HungarianMatcher
-from san.modeling.side_adapter import parse_fusion_map, parse_vit_name
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_criterion", "build_model", "build_san", "clip_state_dict_to_san", "freeze_clip"]
+__all__ = [
+    "CONFIG_KEYS",
+    "build_criterion",
+    "build_model",
+    "build_san",
+    "freeze_clip",
+    "parse_fusion_map",
+    "parse_vit_name",
+    "san_kwargs",
+]
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+_VIT_NAME = re.compile(r"^vit_w(\d+)n(\d+)d(\d+)_patch(\d+)$")
+
+
+def parse_vit_name(name: str) -> dict[str, int]:
+    """``vit_w240n6d8_patch16`` -> width 240, 6 heads, depth 8, patch 16 (official names)."""
+    m = _VIT_NAME.match(name)
+    if not m:
+        raise ValueError(
+            f"unknown side-adapter ViT {name!r}: expected vit_w<width>n<heads>d<depth>_patch<size>, "
+            "e.g. vit_w240n6d8_patch16 (official: w144, w192, w240, w288)"
+        )
+    width, heads, depth, patch = map(int, m.groups())
+    if width % heads:
+        raise ValueError(f"side-adapter ViT {name!r}: width {width} is not divisible by {heads} heads")
+    return {"width": width, "num_heads": heads, "depth": depth, "patch_size": patch}
+
+
+def parse_fusion_map(fusion_map: Sequence[str]) -> dict[int, int]:
+    """``["0->0", "3->1"]`` ("clip->side") -> ``{side_idx: clip_idx}``."""
+    out = {}
+    for item in fusion_map:
+        try:
+            clip_idx, side_idx = (int(s) for s in item.split("->"))
+        except ValueError:
+            raise ValueError(f"bad FUSION_MAP entry {item!r}: expected 'clipIdx->sideIdx', e.g. '3->1'") from None
+        out[side_idx] = clip_idx
+    return out
 
 
 def build_san(
@@ -45,7 +85,7 @@ def build_san(
     side_image_size: int = 640,
     drop_path_rate: float = 0.0,
     num_queries: int = 100,
-    fusion_map: dict[int, int],
+    fusion_map: Mapping[int, int],
     deep_supervision_idxs: tuple[int, ...] = (7, 8),
     attn_bias_heads: int = 12,
     attn_bias_layers: int = 1,
@@ -64,18 +104,27 @@ def build_san(
     sem_seg_postprocess_before_inference: bool = True,
     criterion: nn.Module | None = None,
 ) -> SAN:
-    """Build SAN from plain numbers (random weights; see :func:`build_model` for configs)."""
+    """Build SAN from plain arguments, with random weights (see :func:`build_model` for configs).
+
+    The argument names are the lower-case official config keys (``san_kwargs`` maps them).
+    """
     if not 0 < feature_last_layer_idx < clip.vision_layers:
         raise ValueError(
-            f"FEATURE_LAST_LAYER_IDX={feature_last_layer_idx} must lie in 1..{clip.vision_layers - 1} "
+            f"feature_last_layer_idx={feature_last_layer_idx} must lie in 1..{clip.vision_layers - 1} "
             f"for {clip.name} ({clip.vision_layers} blocks)"
         )
     bad = [c for c in fusion_map.values() if not 0 <= c <= feature_last_layer_idx]
     if bad:
-        raise ValueError(f"FUSION_MAP reads CLIP layers {bad}, beyond FEATURE_LAST_LAYER_IDX={feature_last_layer_idx}")
+        raise ValueError(f"fusion_map reads CLIP layers {bad}, beyond feature_last_layer_idx={feature_last_layer_idx}")
+    deeper = clip.vision_layers - feature_last_layer_idx
+    if attn_bias_layers not in (1, deeper):
+        raise ValueError(
+            f"attn_bias_layers={attn_bias_layers}: one bias for every deeper CLIP block needs 1 (shared) or "
+            f"{deeper} (one each, the blocks after feature_last_layer_idx={feature_last_layer_idx})"
+        )
     vit = parse_vit_name(vit_name)
     if side_image_size % vit["patch_size"]:
-        raise ValueError(f"SIDE_ADAPTER.IMAGE_SIZE {side_image_size} is not a multiple of patch {vit['patch_size']}")
+        raise ValueError(f"side_image_size {side_image_size} is not a multiple of patch {vit['patch_size']}")
     common = {"mlp_ratio": clip.vision_mlp_ratio, "act_layer": clip.act_layer}
     extractor = ClipFeatureExtractor(
         width=clip.vision_width,
@@ -144,11 +193,45 @@ def build_san(
     )
 
 
+# build_san argument -> the official config key it is read from (as is, or parsed: see san_kwargs)
+CONFIG_KEYS: dict[str, str] = {
+    "feature_last_layer_idx": "MODEL.SAN.FEATURE_LAST_LAYER_IDX",
+    "vit_name": "MODEL.SIDE_ADAPTER.VIT_NAME",
+    "side_image_size": "MODEL.SIDE_ADAPTER.IMAGE_SIZE",
+    "drop_path_rate": "MODEL.SIDE_ADAPTER.DROP_PATH_RATE",
+    "num_queries": "MODEL.SIDE_ADAPTER.NUM_QUERIES",
+    "fusion_map": "MODEL.SIDE_ADAPTER.FUSION_MAP",
+    "deep_supervision_idxs": "MODEL.SIDE_ADAPTER.DEEP_SUPERVISION_IDXS",
+    "attn_bias_heads": "MODEL.SIDE_ADAPTER.ATTN_BIAS.NUM_HEADS",
+    "attn_bias_layers": "MODEL.SIDE_ADAPTER.ATTN_BIAS.NUM_LAYERS",
+    "embed_channels": "MODEL.SIDE_ADAPTER.ATTN_BIAS.EMBED_CHANNELS",
+    "mlp_channels": "MODEL.SIDE_ADAPTER.ATTN_BIAS.MLP_CHANNELS",
+    "mlp_num_layers": "MODEL.SIDE_ADAPTER.ATTN_BIAS.MLP_NUM_LAYERS",
+    "rescale_attn_bias": "MODEL.SIDE_ADAPTER.ATTN_BIAS.RESCALE_ATTN_BIAS",
+    "templates": "MODEL.SAN.CLIP_TEMPLATE_SET",
+    "sos_token_format": "MODEL.SAN.SOS_TOKEN_FORMAT",
+    "rec_downsample_method": "MODEL.SAN.REC_DOWNSAMPLE_METHOD",
+    "clip_resolution": "MODEL.SAN.CLIP_RESOLUTION",
+    "asymmetric_input": "MODEL.SAN.ASYMETRIC_INPUT",
+    "size_divisibility": "MODEL.SAN.SIZE_DIVISIBILITY",
+    "sem_seg_postprocess_before_inference": "MODEL.SAN.SEM_SEG_POSTPROCESS_BEFORE_INFERENCE",
+}
+# names the modules use for the same settings, where they differ from build_san's
+_MODULE_NAMES = {"downsample_method": "rec_downsample_method", "num_layers": "attn_bias_layers"}
+
+
+def _get(cfg: Any, key: str) -> Any:
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
 def san_kwargs(cfg: Any) -> dict[str, Any]:
-    """Keyword arguments of :func:`build_san` read from a config (official keys)."""
+    """Keyword arguments of :func:`build_san` read from a config (official keys, :data:`CONFIG_KEYS`)."""
     s, a = cfg.MODEL.SAN, cfg.MODEL.SIDE_ADAPTER
     if a.FUSION_TYPE != "add":
-        raise ValueError(f"unknown SIDE_ADAPTER.FUSION_TYPE {a.FUSION_TYPE!r} (only 'add' exists)")
+        raise ValueError(f"unknown MODEL.SIDE_ADAPTER.FUSION_TYPE {a.FUSION_TYPE!r} (only 'add' exists)")
     if s.REC_CROSS_ATTN:
         raise ValueError(
             "MODEL.SAN.REC_CROSS_ATTN=True is the official code's unreleased alternative; san implements the "
@@ -156,33 +239,22 @@ def san_kwargs(cfg: Any) -> dict[str, Any]:
         )
     if a.PRETRAINED:
         raise ValueError("MODEL.SIDE_ADAPTER.PRETRAINED=True has no weights: the official side adapter starts random")
+    kwargs = {name: _get(cfg, key) for name, key in CONFIG_KEYS.items()}
+    kwargs["fusion_map"] = parse_fusion_map(kwargs["fusion_map"])
+    kwargs["deep_supervision_idxs"] = tuple(kwargs["deep_supervision_idxs"])
+    kwargs["templates"] = tuple(read_prompts(kwargs["templates"]))
     clip = resolve_clip_config(s.CLIP_MODEL_NAME, s.CLIP_PRETRAINED_NAME)
     mean, std = _clip_mean_std(clip.name, s.CLIP_PRETRAINED_NAME)
-    return {
-        "clip": clip,
-        "feature_last_layer_idx": s.FEATURE_LAST_LAYER_IDX,
-        "vit_name": a.VIT_NAME,
-        "side_image_size": a.IMAGE_SIZE,
-        "drop_path_rate": a.DROP_PATH_RATE,
-        "num_queries": a.NUM_QUERIES,
-        "fusion_map": parse_fusion_map(a.FUSION_MAP),
-        "deep_supervision_idxs": tuple(a.DEEP_SUPERVISION_IDXS),
-        "attn_bias_heads": a.ATTN_BIAS.NUM_HEADS,
-        "attn_bias_layers": a.ATTN_BIAS.NUM_LAYERS,
-        "embed_channels": a.ATTN_BIAS.EMBED_CHANNELS,
-        "mlp_channels": a.ATTN_BIAS.MLP_CHANNELS,
-        "mlp_num_layers": a.ATTN_BIAS.MLP_NUM_LAYERS,
-        "rescale_attn_bias": a.ATTN_BIAS.RESCALE_ATTN_BIAS,
-        "templates": tuple(read_prompts(s.CLIP_TEMPLATE_SET)),
-        "sos_token_format": s.SOS_TOKEN_FORMAT,
-        "rec_downsample_method": s.REC_DOWNSAMPLE_METHOD,
-        "clip_resolution": s.CLIP_RESOLUTION,
-        "asymmetric_input": s.ASYMETRIC_INPUT,
-        "size_divisibility": s.SIZE_DIVISIBILITY,
-        "pixel_mean": tuple(255.0 * m for m in mean),
-        "pixel_std": tuple(255.0 * v for v in std),
-        "sem_seg_postprocess_before_inference": s.SEM_SEG_POSTPROCESS_BEFORE_INFERENCE,
-    }
+    kwargs.update(clip=clip, pixel_mean=tuple(255.0 * m for m in mean), pixel_std=tuple(255.0 * v for v in std))
+    return kwargs
+
+
+def _with_config_keys(err: ValueError) -> ConfigError:
+    """The error of a module built from a config, with the config keys behind the arguments it names."""
+    msg = str(err)
+    names = {_MODULE_NAMES.get(n, n) for n in re.findall(r"\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b|\bnum_layers\b", msg)}
+    keys = [f"{n} = {CONFIG_KEYS[n]}" for n in sorted(names) if n in CONFIG_KEYS]
+    return ConfigError(f"{msg} (config: {'; '.join(keys)})" if keys else msg)
 
 
 def _clip_mean_std(name: str, pretrained: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -213,48 +285,6 @@ def freeze_clip(model: SAN, frozen_exclude: list[str], deeper_frozen_exclude: li
     freeze(model.ov_classifier, ["bg_embed"])
 
 
-def clip_state_dict_to_san(sd: dict[str, Tensor], feature_last_layer_idx: int) -> dict[str, Tensor]:
-    """Map open_clip CLIP keys to SAN's three CLIP modules (blocks split at the given index)."""
-    out = {}
-    for k, v in sd.items():
-        if k.startswith("visual.transformer.resblocks."):
-            idx, rest = k[len("visual.transformer.resblocks.") :].split(".", 1)
-            i = int(idx)
-            if i < feature_last_layer_idx:
-                out[f"clip_visual_extractor.resblocks.{i}.{rest}"] = v
-            else:
-                out[f"clip_rec_head.resblocks.{i - feature_last_layer_idx}.{rest}"] = v
-        elif k.startswith("visual."):
-            rest = k[len("visual.") :]
-            head = rest.split(".")[0]
-            prefix = "clip_rec_head." if head in ("ln_post", "proj") else "clip_visual_extractor."
-            out[prefix + rest] = v
-        else:
-            out["ov_classifier." + k] = v
-    return out
-
-
-def _load_clip_weights(model: SAN, cfg: Any) -> None:
-    s = cfg.MODEL.SAN
-    sd = clip_state_dict_to_san(load_clip_state_dict(s.CLIP_MODEL_NAME, s.CLIP_PRETRAINED_NAME), s.FEATURE_LAST_LAYER_IDX)
-    own = model.state_dict()
-    wanted = {k for k in own if k.split(".")[0] in ("clip_visual_extractor", "clip_rec_head", "ov_classifier")}
-    wanted -= {"ov_classifier.bg_embed"} | {k for k in wanted if k.endswith("sos_token")}
-    if "ov_classifier.attn_mask" not in sd:  # newer open_clip keeps the causal mask out of state_dicts
-        wanted.discard("ov_classifier.attn_mask")
-    missing = sorted(wanted - sd.keys())
-    shapes = [k for k in wanted & sd.keys() if sd[k].shape != own[k].shape]
-    if missing or shapes:
-        raise ValueError(
-            f"CLIP weights {s.CLIP_PRETRAINED_NAME!r} do not fit {s.CLIP_MODEL_NAME!r}: missing {missing[:5]}, "
-            f"mis-shaped {shapes[:5]}"
-        )
-    with torch.no_grad():
-        for k in wanted:
-            own[k].copy_(sd[k])
-    model.ov_classifier.clear_cache()
-
-
 def build_criterion(cfg: Any) -> SetCriterion:
     """The official training losses from ``MODEL.SAN.*``: Hungarian matcher and set criterion with
     one auxiliary loss set per earlier deep-supervision level."""
@@ -275,16 +305,34 @@ def build_criterion(cfg: Any) -> SetCriterion:
     )
 
 
-def build_model(cfg: Any, *, load_clip_weights: bool = True) -> SAN:
-    """Build SAN from a config, frozen as the official model, with CLIP weights when asked.
+def build_model(
+    cfg: Any,
+    weights: str | os.PathLike | Mapping[str, Any] | None = None,
+    *,
+    clip_weights: bool | None = None,
+) -> SAN:
+    """Build SAN from a config, frozen as the official model, and load its weights.
 
     Args:
         cfg: a config from :func:`san.get_cfg` (or detectron2's with ``add_san_config``).
-        load_clip_weights: fetch ``CLIP_PRETRAINED_NAME`` (skip it when a full SAN checkpoint,
-            which holds every CLIP weight, is loaded next).
+        weights: a SAN checkpoint (file, URL, official name such as ``san-vit-b-16``, or a
+            state_dict), loaded with :func:`san.load_checkpoint`. None or ``"none"``: no SAN
+            weights, the side adapter stays random (training from CLIP).
+        clip_weights: fetch the CLIP weights of ``MODEL.SAN.CLIP_PRETRAINED_NAME``; by default only
+            when no SAN checkpoint is given (it holds every CLIP weight).
     """
-    model = build_san(**san_kwargs(cfg), criterion=build_criterion(cfg))
-    if load_clip_weights and cfg.MODEL.SAN.CLIP_PRETRAINED_NAME:
-        _load_clip_weights(model, cfg)
-    freeze_clip(model, list(cfg.MODEL.SAN.CLIP_FROZEN_EXCLUDE), list(cfg.MODEL.SAN.CLIP_DEEPER_FROZEN_EXCLUDE))
+    if isinstance(weights, (str, os.PathLike)) and os.fspath(weights).lower() in ("", "none"):
+        weights = None
+    try:
+        model = build_san(**san_kwargs(cfg), criterion=build_criterion(cfg))
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise _with_config_keys(e) from None
+    s = cfg.MODEL.SAN
+    if (weights is None if clip_weights is None else clip_weights) and s.CLIP_PRETRAINED_NAME:
+        load_clip_weights(model, read_clip_weights(s.CLIP_MODEL_NAME, s.CLIP_PRETRAINED_NAME), name=s.CLIP_PRETRAINED_NAME)
+    if weights is not None:
+        load_checkpoint(model, weights)
+    freeze_clip(model, list(s.CLIP_FROZEN_EXCLUDE), list(s.CLIP_DEEPER_FROZEN_EXCLUDE))
     return model

@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 HF_REPO = "Mendel192/san"
+_WEIGHT_SUFFIXES = (".pth", ".pt", ".pkl", ".bin", ".safetensors", ".ckpt")
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,8 @@ def resolve_weights(weights: str | os.PathLike, cache_dir: str | None = None) ->
         return _download_hub(info, cache_dir)
     if os.path.isdir(weights):
         raise WeightsError(f"--weights {weights} is a directory; give the checkpoint file inside it")
+    if os.sep in weights or weights.endswith(_WEIGHT_SUFFIXES):
+        raise FileNotFoundError(f"checkpoint not found: {weights}")
     raise WeightsError(
         f"weights {weights!r} are neither an existing file, an http(s) URL, nor an official model ({', '.join(MODELS)})"
     )

@@ -74,7 +74,7 @@ def proxy_labels(
     precision change flips.
     """
     images, sizes = model.preprocess(inputs[:1])
-    masks = model.predict(images, classifier)["mask_preds"][-1][0]  # [Q, h, w]
+    masks = model.forward_stages(images, classifier)["mask_logits"][-1][0]  # [Q, h, w]
     q, c = masks.shape[0], classifier.shape[0] - 1
     logits = torch.zeros(q, c + 1, device=masks.device)
     logits[torch.arange(q), torch.arange(q) % c] = 6.0
@@ -106,7 +106,7 @@ def build(key: str, device: torch.device) -> san.SAN:
     cfg.merge_from_file(str(local) if local.is_file() else get_config_file(MODELS[key]))
     cfg.MODEL.SAN.CLIP_PRETRAINED_NAME = ""
     torch.manual_seed(0)
-    return san.build_model(cfg, load_clip_weights=False).to(device).eval()
+    return san.build_model(cfg, clip_weights=False).to(device).eval()
 
 
 # -- modes -------------------------------------------------------------------------------------------
@@ -261,8 +261,8 @@ def bench_semantic(model: san.SAN, key: str, args: argparse.Namespace, device: t
             out_size = (inputs[0]["height"], inputs[0]["width"])
             with torch.no_grad():
                 images, sizes = model.preprocess(inputs)
-                pred = model.predict(images, model.encode_vocabulary(names))
-            masks, logits = pred["mask_preds"][-1][0], pred["mask_logits"][-1][0]
+                pred = model.forward_stages(images, model.encode_vocabulary(names))
+            masks, logits = pred["mask_logits"][-1][0], pred["class_logits"][-1][0]
             q = masks.shape[0]
             proxy = torch.zeros_like(logits)
             proxy[torch.arange(q), torch.arange(q) % n] = 6.0
@@ -346,12 +346,7 @@ def _train_inputs(model: san.SAN, batch: int, crop: int, names: list[str]) -> li
 
 
 def _loss(out: dict) -> torch.Tensor:
-    if "pred_logits" not in out:  # the criterion's weighted loss dict
-        return sum(out.values())
-    levels = [out, *out["aux_outputs"]]  # surrogate while no criterion is attached
-    return sum(
-        lv["pred_logits"].float().logsumexp(-1).mean() + lv["pred_masks"].float().sigmoid().mean() for lv in levels
-    )
+    return sum(out.values())  # the criterion's weighted loss dict
 
 
 def bench_train(model: san.SAN, key: str, args: argparse.Namespace, device: torch.device, rows: list[dict]) -> None:

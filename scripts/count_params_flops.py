@@ -41,8 +41,8 @@ class _ImageOnly(torch.nn.Module):
         self.register_buffer("classifier", classifier)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.model.predict(images, self.classifier)
-        return out["mask_preds"][-1], out["mask_logits"][-1]
+        out = self.model.forward_stages(images, self.classifier)
+        return out["mask_logits"][-1], out["class_logits"][-1]
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     cfg = san.get_cfg()
     cfg.merge_from_file(get_config_file(args.config_file))
     cfg.merge_from_list(args.opts)
-    model = san.build_model(cfg, load_clip_weights=False).eval()
+    model = san.build_model(cfg, clip_weights=False).eval()
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     text = sum(p.numel() for p in model.ov_classifier.parameters())

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 import san
-from san.cli import main as san_main
+from san.apps.cli import main as san_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.conftest import tiny_cfg  # noqa: E402

@@ -2,7 +2,7 @@
 
 import sys
 
-from san.data.prepare import main
+from san.apps.prepare_data import main
 
 if __name__ == "__main__":
     sys.exit(main(["pcontext_459", *sys.argv[1:]]))

@@ -6,7 +6,7 @@
     python scripts/train_net_d2.py --config-file configs/san_clip_vit_res4_coco.yaml --eval-only \
         MODEL.WEIGHTS san_vit_b_16.pth
 
-detectron2's ``DefaultTrainer``, ``DetectionCheckpointer`` (``--resume`` continues from
+detectron2's ``DefaultTrainer``, its checkpointer with san's loader (``--resume`` continues from
 ``OUTPUT_DIR/last_checkpoint``) and ``SemSegEvaluator``; datasets are read from
 ``$DETECTRON2_DATASETS`` (default ``datasets/``). Needs detectron2 (see the README).
 """
@@ -16,10 +16,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from san.integrations.detectron2 import Trainer, setup  # first: says how to install detectron2 if missing
+from san.integrations.detectron2 import SANCheckpointer, Trainer, setup  # first: says how to install detectron2
 
 # isort: split
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
@@ -30,7 +29,7 @@ def main(args: argparse.Namespace) -> Any:
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        SANCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
         if cfg.TEST.AUG.ENABLED:
             res.update(Trainer.test_with_TTA(cfg, model))

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import san
-from san.checkpoint import CheckpointError
+from san.checkpoint import CheckpointError, filter_state_dict
+from san.files import write_safetensors
 
 from .conftest import tiny_cfg
 
@@ -36,8 +37,9 @@ def test_official_layouts_are_accepted(tiny_model, tmp_path):
     for obj in ({"model": sd, "iteration": 5}, sd, {"state_dict": sd}, {f"module.{k}": v for k, v in sd.items()}):
         path = tmp_path / "x.pth"
         torch.save(obj, path)
-        assert san.load_checkpoint(tiny_model, path) == {"missing": [], "unexpected": [], "mismatched": []}
-    assert san.load_checkpoint(tiny_model, sd)["missing"] == []
+        report = san.load_checkpoint(tiny_model, path)
+        assert report.ok and (report.missing, report.unexpected, report.mismatched) == ([], [], [])
+    assert san.load_checkpoint(tiny_model, sd).ok
 
 
 def test_criterion_buffer_of_official_checkpoints_is_accepted(golden, tmp_path):
@@ -61,7 +63,7 @@ def test_mismatches_are_reported_together(tiny_model, tmp_path):
     assert "ov_classifier.bg_embed: checkpoint [1, 7] vs model [1, 32]" in msg
     before = tiny_model.side_adapter_network.query_pos_embed.clone()
     report = san.load_checkpoint(tiny_model, sd, strict=False)
-    assert report["missing"] == ["side_adapter_network.query_embed"]
+    assert report.missing == ["side_adapter_network.query_embed"] and not report.ok
     assert torch.equal(before, tiny_model.side_adapter_network.query_pos_embed)
 
 
@@ -94,12 +96,18 @@ def test_official_large_checkpoint_into_the_base_config_names_the_right_config()
 def test_unsafe_and_broken_files_are_refused(tiny_model, tmp_path):
     evil = tmp_path / "evil.pth"
     torch.save({"model": _Evil()}, evil)
-    with pytest.raises(CheckpointError, match="weights-only"):
+    with pytest.raises(CheckpointError, match="contains pickled Python objects.*does not run code.*convert it once"):
         san.load_checkpoint(tiny_model, evil)
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="junk.pth"):
+    with pytest.raises(CheckpointError, match=r"junk.pth is truncated or not a checkpoint \(16 bytes"):
         san.load_checkpoint(tiny_model, junk)
+    good = tmp_path / "good.pth"
+    san.save_checkpoint(tiny_model, good)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"cut.pth is truncated or not a checkpoint \([\d.]+ MiB"):
+        san.load_checkpoint(tiny_model, cut)
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         san.load_checkpoint(tiny_model, tmp_path / "missing.pth")
     with pytest.raises(CheckpointError, match="not a tensor"):
@@ -112,3 +120,36 @@ def test_text_cache_is_cleared_when_weights_load(tiny_model, tmp_path):
     sd["ov_classifier.text_projection"] = sd["ov_classifier.text_projection"].flip(1)
     san.load_checkpoint(tiny_model, sd)
     assert not torch.allclose(before, tiny_model.encode_vocabulary(["cat"]))
+
+
+def test_a_checkpoint_fine_tuned_with_another_class_count_loads_and_says_so(tmp_path, caplog):
+    """criterion.empty_weight is derived from NUM_CLASSES: training-only, it never blocks a load."""
+    torch.manual_seed(0)
+    source = san.build_model(tiny_cfg(tmp_path, num_classes=3))  # fine-tuned on one's own 3 classes
+    san.save_checkpoint(source, tmp_path / "three.pth")
+    target = san.build_model(tiny_cfg(tmp_path, num_classes=5))
+    with caplog.at_level("INFO", logger="san.checkpoint"):
+        report = san.load_checkpoint(target, tmp_path / "three.pth")
+    assert report.ok and "trained with 3 classes" in report.notes[0] and "has 5" in report.notes[0]
+    assert "trained with 3 classes" in caplog.text
+    assert target.criterion.empty_weight.tolist() == pytest.approx([1, 1, 1, 1, 1, 0.1])  # the model's own
+    assert torch.equal(target.side_adapter_network.query_embed, source.side_adapter_network.query_embed)
+    inference_only = san.build_model(tiny_cfg(tmp_path, num_classes=5))
+    inference_only.criterion = None  # a model without a criterion drops every criterion.* entry
+    assert san.load_checkpoint(inference_only, tmp_path / "three.pth").ok
+
+
+def test_filter_fills_the_derived_causal_mask_and_strips_ddp_prefixes(tiny_model):
+    sd = {f"module.{k}": v for k, v in tiny_model.state_dict().items() if k != "ov_classifier.attn_mask"}
+    out, notes = filter_state_dict(sd, tiny_model.state_dict())
+    assert set(out) == set(tiny_model.state_dict()) and notes == []
+    assert torch.equal(out["ov_classifier.attn_mask"], tiny_model.ov_classifier.attn_mask)
+
+
+def test_safetensors_checkpoints_load(tiny_model, tmp_path):
+    path = tmp_path / "model.safetensors"
+    write_safetensors(path, tiny_model.state_dict(), {"format": "san"})
+    torch.manual_seed(5)
+    other = san.build_model(tiny_cfg(tmp_path)).eval()
+    assert san.load_checkpoint(other, path).ok
+    assert torch.equal(other.side_adapter_network.query_embed, tiny_model.side_adapter_network.query_embed)

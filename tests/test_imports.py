@@ -38,7 +38,7 @@ def test_modeling_reads_no_config_and_imports_no_sibling_layers():
     for path in (PKG / "modeling").glob("*.py"):
         text = path.read_text()
         assert not re.search(r"\bcfg\.(MODEL|SOLVER|INPUT|DATASETS|TEST|DATALOADER)\b", text), f"{path.name} reads a config"
-        for layer in ("san.data", "san.engine", "san.build", "san.config", "san.predictor", "detectron2"):
+        for layer in ("san.data", "san.engine", "san.build", "san.config", "san.inference.predictor", "detectron2"):
             assert f"import {layer}" not in text and f"from {layer}" not in text, f"{path.name} imports {layer}"
 
 

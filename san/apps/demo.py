@@ -69,8 +69,8 @@ def collect_warnings(logger_name: str = "san") -> Iterator[list[str]]:
 
 def segment(predictor, image: np.ndarray, vocabulary: str, other: str, alpha: float = 0.55):
     """(overlay at the input size, legend picture, {class: fraction}) for one uploaded image."""
-    from san.images import to_rgb_array
-    from san.visualize import legend, overlay
+    from san.data.images import to_rgb_array
+    from san.inference.visualize import legend, overlay
 
     rgb = to_rgb_array(image)  # grayscale / RGBA uploads -> RGB uint8
     pred = predictor.predict(rgb, vocabulary, other=other)
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         print("san demo needs gradio: pip install 'san-seg[demo]' (or pip install gradio)", file=sys.stderr)
         return 2
     from san.model_zoo import get_model_info
-    from san.predictor import SANPredictor
+    from san.inference.predictor import SANPredictor
 
     names = list(MODELS)
     custom = None

@@ -125,7 +125,7 @@ def commit_files(pairs: list[tuple[Path, Path]]) -> None:
 
 def write_outputs(out_dir: Path, stem: str, image: np.ndarray, pred, meta: dict, alpha: float) -> list[Path]:
     """Write the label PNG, overlay PNG and JSON: all three, or none (see the module docstring)."""
-    from san.visualize import render
+    from san.inference.visualize import render
 
     n = len(pred.class_names)
     labels = pred.labels.astype(np.uint8 if n < 256 else np.uint16)
@@ -167,10 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from tqdm import tqdm
 
-    from san.images import ImageError, read_image
+    from san.data.images import ImageError, read_image
     from san.model_zoo import WeightsError, get_model_info
-    from san.predictor import SANPredictor
-    from san.vocabulary import build_vocabulary
+    from san.inference.predictor import SANPredictor
+    from san.inference.vocabulary import build_vocabulary
 
     try:
         voc = build_vocabulary(

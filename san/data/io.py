@@ -1,7 +1,7 @@
 """Readers of the on-disk formats: RGB images and integer label maps (8-bit PNG, 16-bit PNG/TIFF).
 
 :func:`read_image` gives ``[H, W, 3]`` uint8 RGB with EXIF orientation applied (grayscale, palette,
-RGBA, CMYK and 16-bit images converted; see :mod:`san.images`). :func:`read_label` gives the label
+RGBA, CMYK and 16-bit images converted; see :mod:`san.data.images`). :func:`read_label` gives the label
 values unchanged: ``uint8`` for 8-bit files (palette PNGs give their indices, as the VOC files
 store classes), ``uint16`` for 16-bit PNG/TIFF (ADE-847 and PC-459, ignore 65535), ``int64`` for
 32-bit integer files. Every failure is a :class:`DataError` naming the file.
@@ -15,8 +15,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from san.images import ImageError
-from san.images import read_image as _read_rgb
+from .images import ImageError
+from .images import read_image as _read_rgb
 
 __all__ = ["DataError", "read_image", "read_label", "write_label"]
 

@@ -30,7 +30,7 @@ import torch
 
 from .catalog import DatasetSpec, get_dataset
 from .io import DataError, read_image, read_label
-from .transforms import Compose, ResizeShortestEdge, build_train_augmentations, pad_to_divisible, resize_image
+from .transforms import Compose, build_train_augmentations, pad_to_divisible, resize_image, shortest_edge_size
 
 __all__ = ["SemanticTestMapper", "SemanticTrainMapper", "per_class_masks"]
 
@@ -155,8 +155,7 @@ class SemanticTestMapper:
             max_size = cfg.INPUT.MAX_SIZE_TEST if max_size is None else max_size
         if min_size is None or max_size is None:
             raise ValueError("give a config or min_size and max_size")
-        self.resize = ResizeShortestEdge(int(min_size), int(max_size), "choice")
-        self.min_size = int(min_size)
+        self.min_size, self.max_size = int(min_size), int(max_size)
         self._lookup = _DatasetLookup(vocabulary, ignore_label, dataset_name)
 
     def __call__(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -164,7 +163,7 @@ class SemanticTestMapper:
         image, label = _read_pair(record)
         h, w = image.shape[:2]
         if self.min_size > 0:
-            image = resize_image(image, *self.resize.output_size(h, w, self.min_size))
+            image = resize_image(image, *shortest_edge_size(h, w, self.min_size, self.max_size))
         out = dict(record)
         out.update(
             image=torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),  # [3, h', w'] uint8

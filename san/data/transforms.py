@@ -43,6 +43,7 @@ __all__ = [
     "pad_to_divisible",
     "resize_image",
     "resize_label",
+    "shortest_edge_size",
 ]
 
 Label = np.ndarray | None
@@ -78,6 +79,20 @@ def resize_label(label: np.ndarray, h: int, w: int) -> np.ndarray:
     return out.astype(label.dtype)
 
 
+def shortest_edge_size(h: int, w: int, short: int, max_size: int = sys.maxsize) -> tuple[int, int]:
+    """detectron2's ``ResizeShortestEdge`` target size: the short side scaled to ``short``, the long
+    side capped at ``max_size``, rounded as detectron2 (``int(x + 0.5)``; at least 1 pixel).
+
+    The one implementation of this rule: training and test mappers, TTA and the predictor use it.
+    """
+    scale = short * 1.0 / min(h, w)
+    newh, neww = (short, scale * w) if h < w else (scale * h, short)
+    if max(newh, neww) > max_size:
+        scale = max_size * 1.0 / max(newh, neww)
+        newh, neww = newh * scale, neww * scale
+    return max(1, int(newh + 0.5)), max(1, int(neww + 0.5))
+
+
 class ResizeShortestEdge:
     """Resize so the short side is a sampled length, the long side at most ``max_size``."""
 
@@ -101,20 +116,11 @@ class ResizeShortestEdge:
             return int(rng.integers(self.short_edge_length[0], self.short_edge_length[1] + 1))
         return int(self.short_edge_length[int(rng.integers(len(self.short_edge_length)))])
 
-    def output_size(self, h: int, w: int, size: int) -> tuple[int, int]:
-        """detectron2's target size: scale the short side to ``size``, cap the long side, round."""
-        scale = size * 1.0 / min(h, w)
-        newh, neww = (size, scale * w) if h < w else (scale * h, size)
-        if max(newh, neww) > self.max_size:
-            scale = self.max_size * 1.0 / max(newh, neww)
-            newh, neww = newh * scale, neww * scale
-        return int(newh + 0.5), int(neww + 0.5)
-
     def __call__(self, image: np.ndarray, label: Label, rng: np.random.Generator) -> tuple[np.ndarray, Label]:
         size = self.sample_length(rng)
         if size == 0:
             return image, label
-        h, w = self.output_size(*image.shape[:2], size)
+        h, w = shortest_edge_size(*image.shape[:2], size, self.max_size)
         return resize_image(image, h, w), (None if label is None else resize_label(label, h, w))
 
     def __repr__(self) -> str:

@@ -5,8 +5,9 @@ its dataset's class names as ``"vocabulary"``, so one model is evaluated zero-sh
 benchmark) and :class:`~san.engine.evaluator.SemSegEvaluator`; results are logged as a table and
 as detectron2's ``copypaste:`` lines and written under ``OUTPUT_DIR/inference`` (JSON, table,
 per-class IoU chart; with ``SAN_ENGINE.DUMP_PREDICTIONS`` also ``<dataset>/sem_seg_predictions.json``).
-:class:`SemSegTTA` averages the semantic scores over ``TEST.AUG`` sizes and horizontal flips, like
-the official ``SemanticSegmentorWithTTA`` with detectron2's ``DatasetMapperTTA``.
+With ``tta``, :class:`san.inference.tta.SemSegTTA` averages the semantic scores over ``TEST.AUG``
+sizes and horizontal flips, like the official ``SemanticSegmentorWithTTA``.
+:func:`evaluate_only` is the whole ``san train --eval-only`` flow (build, load, evaluate).
 """
 
 from __future__ import annotations
@@ -19,75 +20,20 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
+
+from san.build import build_model
+from san.data.loader import build_test_loader
+from san.inference.tta import SemSegTTA
 
 from . import comm
+from .evaluator import SemSegEvaluator, format_results
 from .events import format_eta
+from .results import safe_name
 
-__all__ = ["SemSegTTA", "evaluate", "flatten_results", "print_csv_format", "shortest_edge_size"]
+__all__ = ["evaluate", "evaluate_only", "flatten_results", "print_csv_format"]
 
 logger = logging.getLogger(__name__)
-
-
-def shortest_edge_size(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
-    """detectron2's ResizeShortestEdge output size: short side ``short``, long side at most ``max_size``."""
-    scale = short / min(h, w)
-    newh, neww = (short, scale * w) if h < w else (scale * h, short)
-    if max(newh, neww) > max_size:
-        rescale = max_size / max(newh, neww)
-        newh, neww = newh * rescale, neww * rescale
-    return int(newh + 0.5), int(neww + 0.5)
-
-
-def _resize(image: Tensor, size: tuple[int, int]) -> Tensor:
-    """detectron2's ResizeTransform on a ``[C, H, W]`` image: PIL bilinear for uint8, else torch bilinear."""
-    from san.data.transforms import resize_image
-
-    if tuple(image.shape[-2:]) == tuple(size):
-        return image
-    hwc = image.detach().permute(1, 2, 0).cpu().numpy()
-    out = resize_image(hwc, int(size[0]), int(size[1]))
-    return torch.from_numpy(out.transpose(2, 0, 1).copy()).to(image.device)
-
-
-class SemSegTTA(nn.Module):
-    """Average ``sem_seg`` scores over multi-scale (short side in ``min_sizes``, long side at most
-    ``max_size``) and, optionally, horizontally flipped copies of each input.
-
-    As detectron2's ``DatasetMapperTTA``: each scale resizes the image as the loader gives it (its
-    size, not ``(height, width)``, sets the target size) with ``ResizeShortestEdge``, i.e. PIL
-    bilinear for uint8 images; the model predicts every copy at ``(height, width)``, the original
-    size, and ``sem_seg`` labels are never touched.
-    """
-
-    def __init__(self, model: nn.Module, min_sizes: Sequence[int], max_size: int, flip: bool = True) -> None:
-        super().__init__()
-        if not min_sizes:
-            raise ValueError("TEST.AUG.MIN_SIZES is empty")
-        self.model = model
-        self.min_sizes = [int(s) for s in min_sizes]
-        self.max_size = int(max_size)
-        self.flip = flip
-
-    @torch.no_grad()
-    def forward(self, batched_inputs: Sequence[dict]) -> list[dict[str, Tensor]]:
-        results = []
-        for x in batched_inputs:
-            h0, w0 = int(x["image"].shape[-2]), int(x["image"].shape[-1])
-            h, w = int(x.get("height", h0)), int(x.get("width", w0))
-            total: Tensor | None = None
-            count = 0
-            for short in self.min_sizes:
-                image = _resize(x["image"], shortest_edge_size(h0, w0, short, self.max_size))
-                for flipped in (False, True) if self.flip else (False,):
-                    inp = {**x, "image": image.flip(-1) if flipped else image, "height": h, "width": w}
-                    scores = self.model([inp])[0]["sem_seg"]
-                    scores = scores.flip(-1) if flipped else scores
-                    total = scores if total is None else total + scores
-                    count += 1
-            assert total is not None
-            results.append({"sem_seg": total / count})
-        return results
 
 
 def flatten_results(results: dict[str, Any]) -> dict[str, float]:
@@ -149,11 +95,6 @@ def evaluate(
     ``dump_predictions`` (default ``SAN_ENGINE.DUMP_PREDICTIONS``) also writes each dataset's
     predictions to ``<output_dir>/<dataset>/sem_seg_predictions.json`` (detectron2's format).
     """
-    from san.data.loader import build_test_loader
-
-    from .evaluator import SemSegEvaluator, format_results
-    from .results import safe_name
-
     names = list(cfg.DATASETS.TEST if dataset_names is None else dataset_names)
     if not names:
         raise ValueError(
@@ -185,4 +126,19 @@ def evaluate(
                 print_csv_format(res)
     finally:
         model.train(was_training)
+    return results
+
+
+def evaluate_only(cfg: Any, weights: str | None, *, device: torch.device) -> dict[str, Any]:
+    """``san train --eval-only``: build the model with ``weights`` (a checkpoint file, URL or
+    official name; None: an untrained side adapter) and evaluate it on ``DATASETS.TEST``, also with
+    TTA when ``TEST.AUG.ENABLED`` (results keyed ``<dataset>_TTA``)."""
+    if weights is None:
+        logger.warning("no MODEL.WEIGHTS: evaluating an untrained side adapter")
+    model = build_model(cfg, weights).to(device)
+    if weights is not None:
+        logger.info("evaluating %s", weights)
+    results = dict(evaluate(model, cfg))
+    if cfg.TEST.AUG.ENABLED:
+        results.update({f"{k}_TTA": v for k, v in evaluate(model, cfg, tta=True).items()})
     return results

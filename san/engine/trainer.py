@@ -19,7 +19,6 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -27,17 +26,18 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from san.build import build_model
-from san.checkpoint import load_checkpoint, read_state_dict, save_checkpoint
+from san.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from san.data.loader import build_train_loader
+from san.devices import autocast, precision_dtype, precision_name
 
 from . import comm
 from .events import EventWriter, format_eta
+from .inference import evaluate, flatten_results
 from .optim import build_gradient_clipper, build_lr_scheduler, build_optimizer
 
-__all__ = ["Trainer", "load_weights", "resolve_device", "resolve_precision", "last_checkpoint_path"]
+__all__ = ["Trainer", "resolve_device", "resolve_precision", "last_checkpoint_path"]
 
 logger = logging.getLogger(__name__)
-
-_PRECISIONS = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
 def resolve_device(cfg: Any) -> torch.device:
@@ -51,23 +51,23 @@ def resolve_device(cfg: Any) -> torch.device:
     return torch.device(want)
 
 
-def resolve_precision(cfg: Any, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``SOLVER.AMP`` on ``device``, or None for float32.
+def resolve_precision(cfg: Any, device: torch.device) -> str:
+    """The precision name (``fp32``/``fp16``/``bf16``) of ``SOLVER.AMP`` on ``device``.
 
     ``SOLVER.AMP.ENABLED`` turns autocast on with ``SOLVER.AMP.PRECISION`` (float16, the official
     setting, or bfloat16). CPUs have no fp16 autocast: float16 there runs in float32 (logged).
     """
     amp = cfg.SOLVER.AMP
     if not amp.ENABLED:
-        return None
-    name = str(getattr(amp, "PRECISION", "float16")).lower()
-    if name not in _PRECISIONS:
-        raise ValueError(f"SOLVER.AMP.PRECISION must be float16 or bfloat16, got {name!r}")
-    dtype = _PRECISIONS[name]
-    if device.type == "cpu" and dtype == torch.float16:
+        return "fp32"
+    try:
+        name = precision_name(getattr(amp, "PRECISION", "float16"))
+    except ValueError:
+        raise ValueError(f"SOLVER.AMP.PRECISION must be float16 or bfloat16, got {amp.PRECISION!r}") from None
+    if device.type == "cpu" and name == "fp16":
         logger.info("SOLVER.AMP: float16 autocast needs a GPU; training in float32 on CPU (bfloat16 works on CPU)")
-        return None
-    return dtype
+        return "fp32"
+    return name
 
 
 def last_checkpoint_path(output_dir: str) -> str | None:
@@ -81,30 +81,6 @@ def last_checkpoint_path(output_dir: str) -> str | None:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{marker} names {name}, which does not exist; delete the marker or restore the file")
     return path
-
-
-def load_weights(model: nn.Module, weights: str) -> None:
-    """Load ``MODEL.WEIGHTS`` (a path, URL or official checkpoint name) strictly into ``model``.
-
-    ``criterion.empty_weight`` is derived from NUM_CLASSES and NO_OBJECT_WEIGHT: a checkpoint
-    trained with another NUM_CLASSES (fine-tuning on a new dataset) keeps the model's own.
-    """
-    from san.model_zoo import resolve_weights
-
-    path = resolve_weights(weights)
-    sd = read_state_dict(path)
-    own = model.state_dict().get("criterion.empty_weight")
-    theirs = sd.get("criterion.empty_weight")
-    if own is not None and theirs is not None and theirs.shape != own.shape:
-        logger.info(
-            "%s was trained with %d classes, the model has %d: keeping its own criterion.empty_weight",
-            path,
-            len(theirs) - 1,
-            len(own) - 1,
-        )
-        sd["criterion.empty_weight"] = own
-    load_checkpoint(model, sd)
-    logger.info("loaded weights from %s", path)
 
 
 class Trainer:
@@ -151,16 +127,17 @@ class Trainer:
         logger.info("seed %d%s", self.seed, " (SEED -1: drawn at random)" if cfg.SEED < 0 and ckpt is None else "")
         comm.seed_all(self.seed)  # the same initial weights in every process
 
-        load_clip = ckpt is None and not cfg.MODEL.WEIGHTS  # SAN checkpoints hold every CLIP weight
-        model = build_model(cfg, load_clip_weights=load_clip).to(self.device)
-        if ckpt is None and cfg.MODEL.WEIGHTS:
-            load_weights(model, cfg.MODEL.WEIGHTS)
-        self.model = model
+        if ckpt is not None:  # the run's own weights: no CLIP download, loaded with the rest of the state
+            model = build_model(cfg, clip_weights=False)
+        else:
+            model = build_model(cfg, cfg.MODEL.WEIGHTS or None)
+        self.model = model.to(self.device)
         self.optimizer = build_optimizer(cfg, model)
         self.scheduler = build_lr_scheduler(cfg, self.optimizer)
         self.clipper = build_gradient_clipper(cfg)
-        self.amp_dtype = resolve_precision(cfg, self.device)
-        use_scaler = self.amp_dtype == torch.float16 and self.device.type == "cuda"
+        self.precision = resolve_precision(cfg, self.device)
+        self.amp_dtype = precision_dtype(self.precision)
+        use_scaler = self.precision == "fp16" and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.start_iter = 0
         if ckpt is not None:
@@ -182,10 +159,10 @@ class Trainer:
         if path is None:
             logger.info("--resume: no checkpoint in %s; starting from MODEL.WEIGHTS", self.output_dir)
             return None
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = read_checkpoint(path)
         missing = [k for k in ("model", "optimizer", "scheduler", "iteration", "seed", "rng") if k not in ckpt]
         if missing:
-            raise ValueError(
+            raise CheckpointError(
                 f"{path} lacks {missing}: not a san training checkpoint (use MODEL.WEIGHTS for weights only)"
             )
         logger.info("resuming from %s (iteration %d)", path, ckpt["iteration"])
@@ -225,15 +202,10 @@ class Trainer:
         comm.barrier()
 
     # -- one iteration --------------------------------------------------------------------------------
-    def _autocast(self) -> Any:
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
     def forward_backward(self, batch: Sequence[dict]) -> dict[str, float]:
         """Losses of one batch and their (scaled) gradients in ``.grad``; returns the loss values."""
         self.ddp_model.train()
-        with self._autocast():
+        with autocast(self.device, self.precision):
             loss_dict = self.ddp_model(list(batch))
         if not isinstance(loss_dict, dict) or not loss_dict:
             raise RuntimeError("the model returned no losses: training inputs need 'instances' and a criterion")
@@ -257,8 +229,6 @@ class Trainer:
 
     # -- loop -------------------------------------------------------------------------------------------
     def build_train_loader(self) -> Iterator[list[dict]]:
-        from san.data.loader import build_train_loader
-
         return iter(
             build_train_loader(
                 self.cfg, rank=self.rank, world_size=self.world_size, seed=self.seed, start_iter=self.start_iter
@@ -322,8 +292,6 @@ class Trainer:
 
     def evaluate_keeping_rng(self) -> dict[str, float]:
         """Evaluate on DATASETS.TEST without disturbing the training RNG streams; flat metrics."""
-        from .inference import evaluate, flatten_results
-
         state = comm.get_rng_state()
         self.eval_results = evaluate(self.model, self.cfg)
         comm.set_rng_state(state)

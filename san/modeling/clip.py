@@ -6,8 +6,8 @@ those pieces from our own transformer blocks whose parameter names equal open_cl
 open_clip weights and the official SAN checkpoints load without key tables, while the attention
 itself runs through ``F.scaled_dot_product_attention`` and exposes q/k/v for the SOS-token path.
 
-open_clip is used for what it is good at: model configs by name, pretrained weights by tag, and
-the tokenizer. It never runs the forward pass.
+open_clip is used for what it is good at: model configs by name, pretrained weights by tag
+(fetched in :mod:`san.checkpoint`), and the tokenizer. It never runs the forward pass.
 """
 
 from __future__ import annotations
@@ -25,19 +25,21 @@ from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
 
+# OpenAI CLIP's image normalisation (RGB, 0..1 scale)
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
 __all__ = [
-    "ClipWeightsUnavailable",
+    "OPENAI_MEAN",
+    "OPENAI_STD",
     "QuickGELU",
     "SelfAttention",
     "ResidualAttentionBlock",
     "CLIPConfig",
     "resolve_clip_config",
-    "load_clip_state_dict",
+    "is_torchscript",
+    "open_clip_name",
 ]
-
-
-class ClipWeightsUnavailable(RuntimeError):
-    """open_clip could not fetch the pretrained CLIP weights (offline, or the download failed)."""
 
 
 class QuickGELU(nn.Module):
@@ -148,7 +150,7 @@ class CLIPConfig:
         return QuickGELU if self.quick_gelu else nn.GELU
 
 
-def _open_clip_name(name: str) -> str:
+def open_clip_name(name: str) -> str:
     # open_clip spells "ViT-B/16" as "ViT-B-16"; the official config uses the former.
     return name.replace("/", "-")
 
@@ -163,7 +165,7 @@ def _pretrained_wants_quick_gelu(name: str, pretrained: str) -> bool:
     if not pretrained:
         return False
     if os.path.isfile(pretrained):
-        return zipfile.is_zipfile(pretrained) and _is_torchscript(pretrained)
+        return zipfile.is_zipfile(pretrained) and is_torchscript(pretrained)
     if pretrained == "openai":
         return True
     try:
@@ -188,7 +190,7 @@ def resolve_clip_config(model_name: str, pretrained: str = "") -> CLIPConfig:
     else:
         import open_clip
 
-        name = _open_clip_name(model_name)
+        name = open_clip_name(model_name)
         cfg = open_clip.get_model_config(name)
         if cfg is None:
             known = [m for m in open_clip.list_models() if m.startswith("ViT")]
@@ -237,48 +239,7 @@ def clip_config_from_dict(cfg: dict, *, name: str = "clip", pretrained: str = ""
     )
 
 
-def load_clip_state_dict(model_name: str, pretrained: str) -> dict[str, Tensor]:
-    """CLIP weights in open_clip's key layout, from a local file or an open_clip pretrained tag.
-
-    Local files are read with ``weights_only=True`` (a TorchScript archive such as OpenAI's
-    original ``.pt`` is read with ``torch.jit.load``, which restores tensors, not Python objects).
-    Tags are fetched by open_clip (this is the only place that may touch the network).
-    """
-    if os.path.isfile(pretrained):
-        if zipfile.is_zipfile(pretrained) and _is_torchscript(pretrained):
-            sd = torch.jit.load(pretrained, map_location="cpu").state_dict()
-        elif pretrained.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            sd = load_file(pretrained)
-        else:
-            sd = torch.load(pretrained, map_location="cpu", weights_only=True)
-        if isinstance(sd, dict) and "state_dict" in sd:
-            sd = sd["state_dict"]
-        sd = {k.removeprefix("module."): v for k, v in sd.items()}
-        return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
-    import open_clip
-
-    name = _open_clip_name(model_name)
-    tags = [t for m, t in open_clip.list_pretrained() if m == name]
-    if pretrained not in tags:
-        raise ValueError(
-            f"unknown CLIP weights {pretrained!r} for {name}: give an existing file or one of the "
-            f"open_clip tags {tags}"
-        )
-    try:
-        model = open_clip.create_model(name, pretrained=pretrained, device="cpu", precision="fp32")
-    except Exception as e:
-        raise ClipWeightsUnavailable(
-            f"could not load open_clip weights {name}/{pretrained} ({e}). Offline? Download them "
-            "elsewhere and set MODEL.SAN.CLIP_PRETRAINED_NAME to the local file, or, when a SAN "
-            "checkpoint (it holds every CLIP weight) is loaded next, skip this download with "
-            "san.build_model(cfg, load_clip_weights=False) and keep CLIP_PRETRAINED_NAME as it is: "
-            "the tag also decides the activation (QuickGELU for 'openai'), so '' would change the model."
-        ) from e
-    return model.state_dict()
-
-
-def _is_torchscript(path: str) -> bool:
+def is_torchscript(path: str) -> bool:
+    """Whether a zip file is a TorchScript archive (OpenAI's original CLIP ``.pt`` files are)."""
     with zipfile.ZipFile(path) as zf:
         return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())

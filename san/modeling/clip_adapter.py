@@ -12,11 +12,11 @@ the visual tokens; it never sees the class token or the other SOS tokens, and no
 an SOS token. The official code builds one dense (Q+1+L)^2 mask with -100 entries to get this; we
 run the visual tokens through each block once and let the SOS tokens attend to them, which is the
 same computation up to exp(-100) terms. ``forward_dense`` keeps the official formulation as the
-reference path. ``sos_attention`` picks how the SOS tokens attend: ``"manual"`` (explicit softmax
-over the self-logit and the biased visual logits) or ``"sdpa"`` (one
-``F.scaled_dot_product_attention`` over [all SOS keys, visual keys] with a mask that leaves each SOS
-token only its own key); both are exact. ``"dense"`` routes ``forward`` to ``forward_dense`` (the
-reference path ``scripts/benchmark.py`` compares against).
+reference path. The ``sos_attention`` constructor argument (or :meth:`RecognitionHead.set_attention`)
+picks how the SOS tokens attend: ``"manual"`` (explicit softmax over the self-logit and the biased
+visual logits) or ``"sdpa"`` (one ``F.scaled_dot_product_attention`` over [all SOS keys, visual
+keys] with a mask that leaves each SOS token only its own key); both are exact. ``"dense"`` routes
+``forward`` to ``forward_dense`` (the reference path ``scripts/benchmark.py`` compares against).
 """
 
 from __future__ import annotations
@@ -29,7 +29,11 @@ from torch import Tensor, nn
 
 from .clip import ResidualAttentionBlock
 
-__all__ = ["ClipFeatures", "ClipFeatureExtractor", "RecognitionHead", "resize_pos_embed"]
+__all__ = ["SOS_ATTENTION", "SOS_TOKEN_FORMATS", "ClipFeatures", "ClipFeatureExtractor", "RecognitionHead", "resize_pos_embed"]
+
+SOS_TOKEN_FORMATS = ("cls_token", "learnable_token", "pos_embedding")
+SOS_ATTENTION = ("sdpa", "manual", "dense")
+DOWNSAMPLE_METHODS = ("max", "avg", "bilinear", "bicubic", "nearest")
 
 
 def resize_pos_embed(pos: Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int], prefix: int = 1) -> Tensor:
@@ -119,7 +123,7 @@ def _downsample(bias: Tensor, size: tuple[int, int], method: str) -> Tensor:
         return F.adaptive_avg_pool2d(bias, size)
     if method in ("bilinear", "bicubic", "nearest"):
         return F.interpolate(bias, size=size, mode=method, align_corners=None if method == "nearest" else False)
-    raise ValueError(f"unknown attention-bias downsampling method {method!r} (max, avg, bilinear, bicubic, nearest)")
+    raise ValueError(f"unknown downsample_method {method!r} ({', '.join(DOWNSAMPLE_METHODS)})")
 
 
 def _sos_attention(q: Tensor, k_self: Tensor, v_self: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
@@ -154,18 +158,18 @@ class RecognitionHead(nn.Module):
         num_sos: int = 100,
         sos_token_format: str = "cls_token",
         downsample_method: str = "max",
+        sos_attention: str = "sdpa",
     ) -> None:
         super().__init__()
-        if sos_token_format not in ("cls_token", "learnable_token", "pos_embedding"):
-            raise ValueError(
-                f"unknown SOS_TOKEN_FORMAT {sos_token_format!r} (cls_token, learnable_token, pos_embedding)"
-            )
-        _downsample(torch.zeros(1, 1, 2, 2), (1, 1), downsample_method)  # validate early
+        if sos_token_format not in SOS_TOKEN_FORMATS:
+            raise ValueError(f"unknown sos_token_format {sos_token_format!r} ({', '.join(SOS_TOKEN_FORMATS)})")
+        if downsample_method not in DOWNSAMPLE_METHODS:
+            raise ValueError(f"unknown downsample_method {downsample_method!r} ({', '.join(DOWNSAMPLE_METHODS)})")
         self.num_heads = num_heads
         self.num_sos = num_sos
         self.sos_token_format = sos_token_format
         self.downsample_method = downsample_method
-        self.sos_attention = "sdpa"
+        self.set_attention(sos_attention)
         self.resblocks = nn.ModuleList(
             ResidualAttentionBlock(width, num_heads, mlp_ratio=mlp_ratio, act_layer=act_layer)
             for _ in range(num_layers)
@@ -175,6 +179,13 @@ class RecognitionHead(nn.Module):
         if sos_token_format != "cls_token":
             self.sos_token = nn.Parameter(torch.zeros(num_sos, 1, width))
             nn.init.normal_(self.sos_token, std=0.02)
+
+    def set_attention(self, impl: str) -> None:
+        """How the SOS tokens attend in :meth:`forward`: ``"sdpa"`` (default), ``"manual"`` or
+        ``"dense"`` (the official dense mask, :meth:`forward_dense`); all give the same result."""
+        if impl not in SOS_ATTENTION:
+            raise ValueError(f"unknown sos_attention {impl!r} ({', '.join(SOS_ATTENTION)})")
+        self.sos_attention = impl
 
     # -- helpers -------------------------------------------------------------------------------
     def _sos_tokens(self, cls: Tensor) -> Tensor:
@@ -202,7 +213,7 @@ class RecognitionHead(nn.Module):
         if len(out) != len(self.resblocks):
             raise ValueError(
                 f"got attention biases for {len(out)} layers; the recognition head has {len(self.resblocks)} "
-                "blocks (ATTN_BIAS.NUM_LAYERS must be 1 or the number of deeper CLIP blocks)"
+                "blocks (the mask decoder's num_layers must be 1 or the number of deeper CLIP blocks)"
             )
         return out
 
@@ -222,8 +233,6 @@ class RecognitionHead(nn.Module):
         """
         if self.sos_attention == "dense":
             return self.forward_dense(features, layer, attn_biases, normalize)
-        if self.sos_attention not in ("sdpa", "manual"):
-            raise ValueError(f"unknown sos_attention {self.sos_attention!r} (sdpa, manual, dense)")
         x = features.tokens[layer]  # [B, 1 + L, D]
         grid = features.grid
         levels = [self.format_biases(level, grid) for level in attn_biases]

@@ -9,8 +9,14 @@ After Hungarian matching (:class:`~san.modeling.matcher.HungarianMatcher`):
   target masks of the batch averaged over processes (at least 1).
 
 Every auxiliary output (earlier deep-supervision levels) is matched on its own and adds the same
-losses with the suffix ``_i``. The checkpoint key ``criterion.empty_weight`` of the official
-release is this module's ``empty_weight`` buffer.
+losses with the suffix ``_i``. The criterion owns its loss list and weights: ``forward`` returns
+the weighted losses, and a loss without a weight is an error (never silently dropped). A subclass
+adds a loss by naming its method in :attr:`SetCriterion.LOSSES` and its weight in ``weight_dict``.
+The checkpoint key ``criterion.empty_weight`` of the official release is this module's
+``empty_weight`` buffer.
+
+Predictions are dicts ``{"class_logits": [B, Q, C+1], "mask_logits": [B, Q, h, w]}`` (Mask2Former's
+``pred_logits``/``pred_masks``), with the earlier levels under ``"aux_outputs"``.
 """
 
 from __future__ import annotations
@@ -68,15 +74,18 @@ class SetCriterion(nn.Module):
     """Hungarian-matched classification and point-sampled mask losses with deep supervision.
 
     Args:
-        num_classes: training classes C (MODEL.SAN.NUM_CLASSES); index C is "no object".
+        num_classes: training classes C; index C is "no object".
         matcher: the query-to-target matcher.
-        weight_dict: loss name -> weight (see :func:`loss_weights`); applied by the model.
-        eos_coef: cross-entropy weight of the no-object class (MODEL.SAN.NO_OBJECT_WEIGHT).
-        losses: which losses to compute, among ``"labels"`` and ``"masks"``.
-        num_points: points per mask for BCE and dice (MODEL.SAN.TRAIN_NUM_POINTS).
-        oversample_ratio: candidate points per kept point (MODEL.SAN.OVERSAMPLE_RATIO).
-        importance_sample_ratio: share of points chosen by uncertainty (IMPORTANCE_SAMPLE_RATIO).
+        weight_dict: loss name -> weight (see :func:`loss_weights`), for every loss computed.
+        eos_coef: cross-entropy weight of the no-object class.
+        losses: which entries of :attr:`LOSSES` to compute.
+        num_points: points per mask for BCE and dice.
+        oversample_ratio: candidate points per kept point.
+        importance_sample_ratio: share of points chosen by uncertainty.
     """
+
+    # loss name -> method(outputs, targets, indices, num_masks) -> {loss key: value}
+    LOSSES = {"labels": "loss_labels", "masks": "loss_masks"}
 
     def __init__(
         self,
@@ -90,11 +99,11 @@ class SetCriterion(nn.Module):
         importance_sample_ratio: float = 0.75,
     ) -> None:
         super().__init__()
-        unknown = sorted(set(losses) - {"labels", "masks"})
+        unknown = sorted(set(losses) - set(self.LOSSES))
         if unknown:
-            raise ValueError(f"unknown losses {unknown}; SetCriterion computes 'labels' and 'masks'")
+            raise ValueError(f"unknown losses {unknown}; {type(self).__name__} computes {sorted(self.LOSSES)}")
         if num_classes < 1:
-            raise ValueError(f"NUM_CLASSES must be >= 1, got {num_classes}")
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
         self.matcher = matcher
         self.weight_dict = dict(weight_dict)
@@ -112,11 +121,11 @@ class SetCriterion(nn.Module):
         self, outputs: dict[str, Tensor], targets: Sequence[dict[str, Tensor]], indices: list, num_masks: float
     ) -> dict[str, Tensor]:
         """``loss_ce``: weighted cross-entropy over ``C + 1`` classes for all queries."""
-        logits = outputs["pred_logits"].float()  # [B, Q, C+1]
+        logits = outputs["class_logits"].float()  # [B, Q, C+1]
         if logits.shape[-1] != self.num_classes + 1:
             raise ValueError(
                 f"the model scored {logits.shape[-1] - 1} classes but the criterion was built for "
-                f"MODEL.SAN.NUM_CLASSES={self.num_classes}; set NUM_CLASSES to the training vocabulary size"
+                f"num_classes={self.num_classes} (MODEL.SAN.NUM_CLASSES): set it to the training vocabulary size"
             )
         target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
         for b, (src, tgt) in enumerate(indices):
@@ -127,7 +136,7 @@ class SetCriterion(nn.Module):
         self, outputs: dict[str, Tensor], targets: Sequence[dict[str, Tensor]], indices: list, num_masks: float
     ) -> dict[str, Tensor]:
         """``loss_mask`` (BCE) and ``loss_dice`` on importance-sampled points of matched pairs."""
-        pred = outputs["pred_masks"]  # [B, Q, h, w]
+        pred = outputs["mask_logits"]  # [B, Q, h, w]
         src = torch.cat([pred[b, i.to(pred.device)] for b, (i, _) in enumerate(indices)])  # [N, h, w]
         tgt = torch.cat([targets[b]["masks"][j.to(targets[b]["masks"].device)] for b, (_, j) in enumerate(indices)])
         src = src[:, None].float()  # [N, 1, h, w]
@@ -148,29 +157,40 @@ class SetCriterion(nn.Module):
     ) -> dict[str, Tensor]:
         indices = self.matcher(outputs, targets)
         losses: dict[str, Tensor] = {}
-        if "labels" in self.losses:
-            losses.update(self.loss_labels(outputs, targets, indices, num_masks))
-        if "masks" in self.losses:
-            losses.update(self.loss_masks(outputs, targets, indices, num_masks))
+        for name in self.losses:
+            losses.update(getattr(self, self.LOSSES[name])(outputs, targets, indices, num_masks))
         return losses
 
-    def forward(self, outputs: dict, targets: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
-        """Unweighted losses.
+    def unweighted_losses(self, outputs: dict, targets: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """Every loss term before weighting.
 
         Args:
-            outputs: ``pred_logits [B, Q, C+1]``, ``pred_masks [B, Q, h, w]`` and optionally
+            outputs: ``class_logits [B, Q, C+1]``, ``mask_logits [B, Q, h, w]`` and optionally
                 ``aux_outputs``, a list of such dicts for the earlier levels.
             targets: per image ``labels [K]`` and binary ``masks [K, H, W]``.
 
         Returns:
             ``loss_ce``, ``loss_mask``, ``loss_dice`` and, for aux level i, the same with ``_i``.
         """
-        with torch.autocast(device_type=outputs["pred_logits"].device.type, enabled=False):
-            num_masks = num_masks_across_processes(targets, outputs["pred_logits"].device)
+        device = outputs["class_logits"].device
+        with torch.autocast(device_type=device.type, enabled=False):
+            num_masks = num_masks_across_processes(targets, device)
             losses = self._level_losses(outputs, targets, num_masks)
             for i, aux in enumerate(outputs.get("aux_outputs", [])):
                 losses.update({f"{k}_{i}": v for k, v in self._level_losses(aux, targets, num_masks).items()})
         return losses
+
+    def forward(self, outputs: dict, targets: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """The weighted losses (:meth:`unweighted_losses` times ``weight_dict``); their sum is the
+        training objective. A loss without a weight raises a ValueError naming it."""
+        losses = self.unweighted_losses(outputs, targets)
+        unweighted = sorted(k for k in losses if k not in self.weight_dict)
+        if unweighted:
+            raise ValueError(
+                f"loss term(s) {unweighted} have no weight in the criterion's weight_dict "
+                f"({sorted(self.weight_dict)}); add a weight for each (0 to log a term without training on it)"
+            )
+        return {k: v * self.weight_dict[k] for k, v in losses.items()}
 
     def extra_repr(self) -> str:
         return (

@@ -39,10 +39,10 @@ class HungarianMatcher(nn.Module):
     """One-to-one assignment between queries and target masks, per image.
 
     Args:
-        cost_class: weight of the class cost (MODEL.SAN.CLASS_WEIGHT, 2.0).
-        cost_mask: weight of the BCE cost (MODEL.SAN.MASK_WEIGHT, 5.0).
-        cost_dice: weight of the dice cost (MODEL.SAN.DICE_WEIGHT, 5.0).
-        num_points: points per image for the mask costs (MODEL.SAN.TRAIN_NUM_POINTS, 112 * 112).
+        cost_class: weight of the class cost (official 2.0).
+        cost_mask: weight of the BCE cost (official 5.0).
+        cost_dice: weight of the dice cost (official 5.0).
+        num_points: points per image for the mask costs (official 112 * 112).
 
     ``rand_points`` (an attribute) draws the point coordinates; tests replace it to make the
     matching independent of the random stream.
@@ -82,7 +82,7 @@ class HungarianMatcher(nn.Module):
         """Match every image of the batch.
 
         Args:
-            outputs: ``pred_logits [B, Q, C+1]`` and ``pred_masks [B, Q, h, w]``.
+            outputs: ``class_logits [B, Q, C+1]`` and ``mask_logits [B, Q, h, w]``.
             targets: per image ``labels [K]`` (long) and ``masks [K, H, W]`` (binary, padded like
                 the images).
 
@@ -92,13 +92,16 @@ class HungarianMatcher(nn.Module):
         """
         from scipy.optimize import linear_sum_assignment  # imported here: only training needs SciPy
 
-        logits, masks = outputs["pred_logits"], outputs["pred_masks"]
+        logits, masks = outputs["class_logits"], outputs["mask_logits"]
         if len(targets) != logits.shape[0]:
             raise ValueError(f"{len(targets)} targets for a batch of {logits.shape[0]} predictions")
         indices = []
         for b, target in enumerate(targets):
             labels = target["labels"]
             if labels.numel() == 0:
+                # the official matcher draws this image's points all the same: skipping the draw would
+                # shift every later random point of the batch
+                self.rand_points(1, self.num_points, logits.device)
                 empty = torch.empty(0, dtype=torch.int64)
                 indices.append((empty, empty.clone()))
                 continue

@@ -15,7 +15,7 @@ Data path::
                                                         v
             ClipFeatureExtractor tokens -> RecognitionHead (SOS tokens + bias) -> mask embeddings
                                    TextClassifier(vocabulary) -> classifier [C + 1, E]
-                     class logits [B, Q, C + 1] and proposals -> semantic map [C, H, W]
+                     class logits [B, Q, C + 1] and mask logits -> semantic map [C, H, W]
 
 Shapes: B batch, Q queries (100), C classes, E CLIP embedding width, H x W input, h x w = H/16 x
 W/16 side grid.
@@ -31,6 +31,7 @@ W/16 side grid.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,12 +39,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .clip import OPENAI_MEAN, OPENAI_STD
 from .clip_adapter import ClipFeatureExtractor, RecognitionHead
-from .semantic import semantic_labels
+from .semantic import sem_seg_postprocess, semantic_inference, semantic_labels
 from .side_adapter import SideAdapterNetwork
-from .text_classifier import TextClassifier, validate_vocabulary
+from .text_classifier import TextClassifier
 
-__all__ = ["SAN", "pad_images", "sem_seg_postprocess", "semantic_inference"]
+__all__ = ["SAN", "pad_images"]
+
+_UNSET: Any = object()
 
 
 def pad_images(images: Sequence[Tensor], size_divisibility: int, pad_value: float = 0.0) -> tuple[Tensor, list[tuple[int, int]]]:
@@ -58,18 +62,6 @@ def pad_images(images: Sequence[Tensor], size_divisibility: int, pad_value: floa
     for i, im in enumerate(images):
         batch[i, :, : im.shape[-2], : im.shape[-1]].copy_(im)
     return batch, sizes
-
-
-def sem_seg_postprocess(result: Tensor, image_size: tuple[int, int], height: int, width: int) -> Tensor:
-    """Crop ``[N, H_pad, W_pad]`` maps to the image and resize them bilinearly to ``height x width``."""
-    result = result[None, :, : image_size[0], : image_size[1]]
-    return F.interpolate(result, size=(height, width), mode="bilinear", align_corners=False)[0]
-
-
-def semantic_inference(mask_cls: Tensor, mask_pred: Tensor) -> Tensor:
-    """Per-class scores ``[C, H, W]`` = sum_q softmax(cls)[q, :C] * sigmoid(mask)[q]."""
-    probs = mask_cls.softmax(dim=-1)[..., :-1]  # drop the background column
-    return torch.einsum("qc,qhw->chw", probs, mask_pred.sigmoid())
 
 
 def _check_image(image: Any, i: int) -> Tensor:
@@ -88,7 +80,22 @@ def _check_image(image: Any, i: int) -> Tensor:
 
 
 class SAN(nn.Module):
-    """The SAN meta-architecture with detectron2's batched-input contract (no detectron2 needed)."""
+    """The SAN meta-architecture with detectron2's batched-input contract (no detectron2 needed).
+
+    Sub-module contracts (what SAN calls; a module that honours them can stand in for ours):
+
+    - ``clip_visual_extractor(images [B, 3, H', W'], keep=[layers])`` -> :class:`ClipFeatures`
+      (token maps by layer index and the patch grid); ``len(.resblocks)`` is the layer whose tokens
+      enter the recognition head.
+    - ``side_adapter_network(images [B, 3, H, W], clip, levels)`` -> ``(mask_logits, attn_biases)``,
+      per level ``[B, Q, h, w]`` and a list of ``[B, heads, Q, h, w]``; attributes
+      ``deep_supervision_idxs``, ``clip_layers_needed``, ``num_queries``, ``set_full_precision``.
+    - ``clip_rec_head(clip, layer, attn_biases, normalize=True)`` -> per level mask embeddings
+      ``[B, Q, E]``; ``set_attention``.
+    - ``ov_classifier(vocabulary)`` -> scaled classifier ``[C + 1, E]`` (background last); it
+      validates the vocabulary; ``set_cache_dir``, ``set_batch_size``.
+    - ``criterion(outputs, targets)`` -> weighted loss dict (training only).
+    """
 
     def __init__(
         self,
@@ -101,11 +108,13 @@ class SAN(nn.Module):
         clip_resolution: float = 0.5,
         asymmetric_input: bool = True,
         size_divisibility: int = 32,
-        pixel_mean: Sequence[float] = (122.7709383, 116.7460125, 104.09373615),
-        pixel_std: Sequence[float] = (68.5005327, 66.6321579, 70.32316305),
+        pixel_mean: Sequence[float] = tuple(255.0 * m for m in OPENAI_MEAN),
+        pixel_std: Sequence[float] = tuple(255.0 * v for v in OPENAI_STD),
         sem_seg_postprocess_before_inference: bool = True,
     ) -> None:
         super().__init__()
+        if clip_resolution <= 0:
+            raise ValueError(f"clip_resolution must be > 0, got {clip_resolution}")
         self.criterion = criterion
         self.side_adapter_network = side_adapter_network
         self.clip_visual_extractor = clip_visual_extractor
@@ -127,6 +136,47 @@ class SAN(nn.Module):
         """CLIP layer index whose tokens enter the recognition head (FEATURE_LAST_LAYER_IDX)."""
         return len(self.clip_visual_extractor.resblocks)
 
+    def init_kwargs(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this model (its sub-modules shared, not copied)."""
+        return {
+            "clip_visual_extractor": self.clip_visual_extractor,
+            "clip_rec_head": self.clip_rec_head,
+            "side_adapter_network": self.side_adapter_network,
+            "ov_classifier": self.ov_classifier,
+            "criterion": self.criterion,
+            "clip_resolution": self.clip_resolution,
+            "asymmetric_input": self.asymmetric_input,
+            "size_divisibility": self.size_divisibility,
+            "pixel_mean": tuple(self.pixel_mean.flatten().tolist()),
+            "pixel_std": tuple(self.pixel_std.flatten().tolist()),
+            "sem_seg_postprocess_before_inference": self.sem_seg_postprocess_before_inference,
+        }
+
+    def set_inference_options(
+        self,
+        *,
+        sos_attention: str | None = None,
+        full_precision_masks: bool | None = None,
+        text_cache_dir: str | os.PathLike | None = _UNSET,
+        text_batch_size: int | None = None,
+    ) -> None:
+        """Change how inference runs, never what it computes (each option keeps the result).
+
+        Args:
+            sos_attention: the recognition head's SOS attention (``sdpa``, ``manual``, ``dense``).
+            full_precision_masks: run the side adapter in float32 inside bf16/fp16 autocast.
+            text_cache_dir: folder that keeps class-name embeddings on disk (None: memory only).
+            text_batch_size: prompts per text-tower pass.
+        """
+        if sos_attention is not None:
+            self.clip_rec_head.set_attention(sos_attention)
+        if full_precision_masks is not None:
+            self.side_adapter_network.set_full_precision(full_precision_masks)
+        if text_cache_dir is not _UNSET:
+            self.ov_classifier.set_cache_dir(text_cache_dir)
+        if text_batch_size is not None:
+            self.ov_classifier.set_batch_size(text_batch_size)
+
     # -- stages -----------------------------------------------------------------------------------
     def preprocess(self, batched_inputs: Sequence[dict]) -> tuple[Tensor, list[tuple[int, int]]]:
         """Normalise each ``"image"`` and pad the batch: ``[B, 3, H_pad, W_pad]`` and image sizes."""
@@ -142,38 +192,56 @@ class SAN(nn.Module):
         """Scaled classifier weights ``[C + 1, E]`` for a list of class names (cached per name)."""
         return self.ov_classifier(vocabulary)
 
-    def predict(self, images: Tensor, classifier: Tensor, levels: Sequence[int] | None = None) -> dict[str, Any]:
-        """Tensor-level forward on a normalised, padded batch.
+    def default_levels(self) -> tuple[int, ...]:
+        """Side-adapter blocks decoded by default: all deep-supervision blocks in training, the last in eval."""
+        idxs = self.side_adapter_network.deep_supervision_idxs
+        return tuple(idxs) if self.training else tuple(idxs[-1:])
 
-        Args:
-            images: ``[B, 3, H, W]`` normalised images, H and W multiples of 32.
-            classifier: ``[C + 1, E]`` output of :meth:`encode_vocabulary`.
-            levels: side-adapter blocks to decode (default: all deep-supervision blocks in
-                training, only the last one in eval).
+    def encode_images(self, images: Tensor, levels: Sequence[int] | None = None) -> dict[str, Any]:
+        """The vocabulary-free image path on a normalised, padded batch ``[B, 3, H, W]``.
 
-        Returns:
-            dict of per-level lists: ``mask_preds`` ``[B, Q, h, w]``, ``attn_biases`` (per level a
-            list of ``[B, heads, Q, h, w]``), ``mask_embeddings`` ``[B, Q, E]``, ``mask_logits``
-            ``[B, Q, C + 1]``; and ``clip_features``.
+        Returns per-level lists: ``mask_logits`` ``[B, Q, h, w]``, ``attn_biases`` (per level a list
+        of ``[B, heads, Q, h, w]``), ``mask_embeddings`` ``[B, Q, E]`` (normalised); and
+        ``clip_features``. ``levels`` default to :meth:`default_levels`.
         """
-        side = self.side_adapter_network
-        if levels is None:
-            levels = side.deep_supervision_idxs if self.training else side.deep_supervision_idxs[-1:]
+        levels = self.default_levels() if levels is None else tuple(levels)
         clip_input = images
         if self.asymmetric_input:
             clip_input = F.interpolate(images, scale_factor=self.clip_resolution, mode="bilinear", align_corners=False)
-        keep = [*side.clip_layers_needed, self.rec_layer]
-        clip = self.clip_visual_extractor(clip_input, keep=keep)
-        mask_preds, attn_biases = side(images, clip, levels)
+        side = self.side_adapter_network
+        clip = self.clip_visual_extractor(clip_input, keep=[*side.clip_layers_needed, self.rec_layer])
+        mask_logits, attn_biases = side(images, clip, levels)
         mask_embs = self.clip_rec_head(clip, self.rec_layer, attn_biases, normalize=True)
-        logits = [torch.einsum("bqe,ce->bqc", emb, classifier.to(emb.dtype)) for emb in mask_embs]
         return {
-            "mask_preds": mask_preds,
+            "mask_logits": mask_logits,
             "attn_biases": attn_biases,
             "mask_embeddings": mask_embs,
-            "mask_logits": logits,
             "clip_features": clip,
         }
+
+    @staticmethod
+    def classify(mask_embeddings: Tensor, classifier: Tensor) -> Tensor:
+        """Class logits ``[B, Q, C + 1]`` of mask embeddings ``[B, Q, E]`` against a classifier ``[C + 1, E]``."""
+        return torch.einsum("bqe,ce->bqc", mask_embeddings, classifier.to(mask_embeddings.dtype))
+
+    def forward_stages(
+        self, images: Tensor, classifier: Tensor, levels: Sequence[int] | None = None
+    ) -> dict[str, Any]:
+        """Every stage of one batch: :meth:`encode_images` plus ``class_logits`` per level
+        (``[B, Q, C + 1]`` against ``classifier`` from :meth:`encode_vocabulary`)."""
+        out = self.encode_images(images, levels)
+        out["class_logits"] = [self.classify(emb, classifier) for emb in out["mask_embeddings"]]
+        return out
+
+    def _run_batch(
+        self, batched_inputs: Sequence[dict], levels: Sequence[int] | None = None
+    ) -> tuple[dict[str, Any], Tensor, list[tuple[int, int]]]:
+        """The batch runner of :meth:`forward` and :meth:`predict_labels`: stages, padded images, sizes."""
+        if not isinstance(batched_inputs, (list, tuple)) or not batched_inputs:
+            raise ValueError("SAN expects a non-empty list of input dicts")
+        classifier = self.encode_vocabulary(self._batch_vocabulary(batched_inputs))
+        images, sizes = self.preprocess(batched_inputs)
+        return self.forward_stages(images, classifier, levels), images, sizes
 
     # -- batched-input contract ---------------------------------------------------------------------
     def forward(self, batched_inputs: Sequence[dict]) -> list[dict[str, Tensor]] | dict[str, Tensor]:
@@ -182,47 +250,44 @@ class SAN(nn.Module):
         Args:
             batched_inputs: list of dicts with ``"image"`` (``[3, H, W]`` RGB 0..255),
                 ``"vocabulary"`` (class names, the same for the whole batch), optionally
-                ``"height"``/``"width"`` (output size) and, for training, ``"instances"`` with
-                ``gt_classes``/``gt_masks`` (or a ``{"labels", "masks"}`` dict).
+                ``"height"``/``"width"`` (output size) and, for training, ``"instances"``:
+                ``{"labels": long [K], "masks": bool [K, H, W]}``.
 
         Returns:
-            eval: ``[{"sem_seg": [C, height, width]}]``; train: the weighted loss dict when a
-            criterion is attached and targets are given, else the raw per-level predictions.
+            eval: ``[{"sem_seg": [C, height, width]}]``; train: the criterion's weighted losses.
         """
-        if not isinstance(batched_inputs, (list, tuple)) or not batched_inputs:
-            raise ValueError("SAN expects a non-empty list of input dicts")
-        vocabulary = self._batch_vocabulary(batched_inputs)
-        classifier = self.encode_vocabulary(vocabulary)
-        images, sizes = self.preprocess(batched_inputs)
-        out = self.predict(images, classifier)
+        if self.training:
+            if self.criterion is None:
+                raise RuntimeError("SAN was built without a criterion: it cannot compute training losses")
+            if not isinstance(batched_inputs, (list, tuple)) or not batched_inputs or any(
+                not isinstance(x, dict) or "instances" not in x for x in batched_inputs
+            ):
+                raise ValueError("training inputs need 'instances' targets ({'labels', 'masks'}); call eval() to predict")
+        out, images, sizes = self._run_batch(batched_inputs)
         if self.training:
             outputs = {
-                "pred_logits": out["mask_logits"][-1],
-                "pred_masks": out["mask_preds"][-1],
+                "class_logits": out["class_logits"][-1],
+                "mask_logits": out["mask_logits"][-1],
                 "aux_outputs": [
-                    {"pred_logits": lg, "pred_masks": m} for lg, m in zip(out["mask_logits"][:-1], out["mask_preds"][:-1])
+                    {"class_logits": c, "mask_logits": m}
+                    for c, m in zip(out["class_logits"][:-1], out["mask_logits"][:-1])
                 ],
             }
-            targets = self.prepare_targets(batched_inputs, images)
-            if self.criterion is None or targets is None:
-                return outputs
-            losses = self.criterion(outputs, targets)
-            weights = self.criterion.weight_dict
-            return {k: v * weights[k] for k, v in losses.items() if k in weights}
-        return self.postprocess(out["mask_logits"][-1], out["mask_preds"][-1], batched_inputs, sizes, images.shape[-2:])
+            return self.criterion(outputs, self.prepare_targets(batched_inputs, images))
+        return self.postprocess(out["class_logits"][-1], out["mask_logits"][-1], batched_inputs, sizes, images.shape[-2:])
 
     def postprocess(
         self,
+        class_logits: Tensor,
         mask_logits: Tensor,
-        mask_preds: Tensor,
         batched_inputs: Sequence[dict],
         sizes: Sequence[tuple[int, int]],
         padded_size: Sequence[int],
     ) -> list[dict[str, Tensor]]:
-        """Semantic maps ``[C, height, width]`` per image from logits ``[B, Q, C+1]`` and masks."""
-        masks = F.interpolate(mask_preds, size=tuple(padded_size), mode="bilinear", align_corners=False)
+        """Semantic maps ``[C, height, width]`` per image from class logits ``[B, Q, C+1]`` and mask logits."""
+        masks = F.interpolate(mask_logits, size=tuple(padded_size), mode="bilinear", align_corners=False)
         results = []
-        for cls, mask, x, size in zip(mask_logits, masks, batched_inputs, sizes):
+        for cls, mask, x, size in zip(class_logits, masks, batched_inputs, sizes):
             height, width = int(x.get("height", size[0])), int(x.get("width", size[1]))
             if self.sem_seg_postprocess_before_inference:
                 mask = sem_seg_postprocess(mask, size, height, width)
@@ -249,13 +314,9 @@ class SAN(nn.Module):
         regions that only one class can win. ``reduced=k`` opts into the approximate mode (all
         classes scored at k x the mask grid).
         """
-        if not isinstance(batched_inputs, (list, tuple)) or not batched_inputs:
-            raise ValueError("SAN expects a non-empty list of input dicts")
-        classifier = self.encode_vocabulary(self._batch_vocabulary(batched_inputs))
-        images, sizes = self.preprocess(batched_inputs)
-        out = self.predict(images, classifier, levels=self.side_adapter_network.deep_supervision_idxs[-1:])
+        out, images, sizes = self._run_batch(batched_inputs, self.side_adapter_network.deep_supervision_idxs[-1:])
         results = []
-        for cls, mask, x, size in zip(out["mask_logits"][-1], out["mask_preds"][-1], batched_inputs, sizes):
+        for cls, mask, x, size in zip(out["class_logits"][-1], out["mask_logits"][-1], batched_inputs, sizes):
             height, width = int(x.get("height", size[0])), int(x.get("width", size[1]))
             labels, scores = semantic_labels(
                 cls,
@@ -273,30 +334,29 @@ class SAN(nn.Module):
 
     @staticmethod
     def _batch_vocabulary(batched_inputs: Sequence[dict]) -> list[str]:
+        """The one vocabulary of a batch (validated by the classifier when it is encoded)."""
         vocab = batched_inputs[0].get("vocabulary") if isinstance(batched_inputs[0], dict) else None
         if vocab is None:
             raise ValueError(
                 "each input needs a 'vocabulary' (list of class names); for a named dataset use its "
                 "class list, e.g. san.data.get_dataset(name).classes"
             )
-        vocab = validate_vocabulary(vocab)
         for i, x in enumerate(batched_inputs[1:], start=1):
-            if validate_vocabulary(x.get("vocabulary", vocab)) != vocab:
+            other = x.get("vocabulary", vocab) if isinstance(x, dict) else vocab
+            if other is not vocab and list(other) != list(vocab):
                 raise ValueError(f"input {i} has a different vocabulary from input 0; one batch needs one vocabulary")
         return vocab
 
-    def prepare_targets(self, batched_inputs: Sequence[dict], images: Tensor) -> list[dict[str, Tensor]] | None:
+    def prepare_targets(self, batched_inputs: Sequence[dict], images: Tensor) -> list[dict[str, Tensor]]:
         """Per-image ``{"labels": [K], "masks": [K, H_pad, W_pad]}`` targets, padded like the images."""
-        if "instances" not in batched_inputs[0]:
-            return None
         h_pad, w_pad = images.shape[-2:]
         targets = []
-        for x in batched_inputs:
+        for i, x in enumerate(batched_inputs):
             inst = x["instances"]
-            labels = inst["labels"] if isinstance(inst, dict) else inst.gt_classes
-            masks = inst["masks"] if isinstance(inst, dict) else inst.gt_masks
-            masks = getattr(masks, "tensor", masks).to(self.device)
+            if not isinstance(inst, dict) or "labels" not in inst or "masks" not in inst:
+                raise TypeError(f"input {i}: 'instances' must be a dict with 'labels' [K] and 'masks' [K, H, W]")
+            masks = inst["masks"].to(self.device)
             padded = masks.new_zeros((masks.shape[0], h_pad, w_pad))
             padded[:, : masks.shape[1], : masks.shape[2]] = masks
-            targets.append({"labels": labels.to(self.device), "masks": padded})
+            targets.append({"labels": inst["labels"].to(self.device), "masks": padded})
         return targets

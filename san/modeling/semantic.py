@@ -1,10 +1,12 @@
-"""Semantic inference without the full ``[C, H, W]`` score volume: label map and winning score.
+"""Semantic inference: mask proposals x class probabilities -> per-class scores or a label map.
 
 Shape shorthand: Q mask proposals, C classes, h x w mask grid, H x W output size.
 
-The reference (``SAN.postprocess``, the official code) upsamples all Q masks to the padded input,
-crops, resizes them to the output size and forms ``scores[c] = sum_q p[q, c] sigmoid(mask_q)``:
-memory and time grow with C x H x W (12 GB of scores for 10,000 names at 480 x 640).
+The reference (:func:`semantic_inference` after :func:`sem_seg_postprocess`, the official code)
+upsamples all Q masks to the padded input, crops, resizes them to the output size and forms
+``scores[c] = sum_q p[q, c] sigmoid(mask_q)``: memory and time grow with C x H x W (12 GB of scores
+for 10,000 names at 480 x 640). :func:`semantic_labels` gives the arg-max and max of the same
+scores without ever forming them.
 
 Bilinear resizing (``align_corners=False``) is linear and separable, so the two resizes collapse
 into one row matrix ``R [H, h]`` and one column matrix ``Cm [W, w]`` whose weights we take from
@@ -29,7 +31,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["resize_matrix", "semantic_labels"]
+__all__ = ["resize_matrix", "sem_seg_postprocess", "semantic_inference", "semantic_labels"]
+
+
+def sem_seg_postprocess(result: Tensor, image_size: tuple[int, int], height: int, width: int) -> Tensor:
+    """Crop ``[N, H_pad, W_pad]`` maps to the image and resize them bilinearly to ``height x width``."""
+    result = result[None, :, : image_size[0], : image_size[1]]
+    return F.interpolate(result, size=(height, width), mode="bilinear", align_corners=False)[0]
+
+
+def semantic_inference(class_logits: Tensor, mask_logits: Tensor) -> Tensor:
+    """Per-class scores ``[C, H, W]`` = sum_q softmax(class_logits)[q, :C] * sigmoid(mask_logits)[q]."""
+    probs = class_logits.softmax(dim=-1)[..., :-1]  # drop the background column
+    return torch.einsum("qc,qhw->chw", probs, mask_logits.sigmoid())
 
 
 def resize_matrix(
@@ -171,8 +185,8 @@ def _label_bands(
 
 
 def semantic_labels(
-    mask_cls: Tensor,
-    mask_pred: Tensor,
+    class_logits: Tensor,
+    mask_logits: Tensor,
     image_size: tuple[int, int],
     padded_size: tuple[int, int],
     out_size: tuple[int, int],
@@ -186,8 +200,8 @@ def semantic_labels(
     """Label map ``[H, W]`` (long) and its score ``[H, W]`` for one image, never forming ``[C, H, W]``.
 
     Args:
-        mask_cls: ``[Q, C + 1]`` class logits (last column: background).
-        mask_pred: ``[Q, h, w]`` mask logits on the side-adapter grid.
+        class_logits: ``[Q, C + 1]`` class logits (last column: background).
+        mask_logits: ``[Q, h, w]`` mask logits on the side-adapter grid.
         image_size: the image's size inside the padded batch.
         padded_size: the padded batch size that masks are first upsampled to (official order).
         out_size: ``(height, width)`` of the output.
@@ -199,42 +213,43 @@ def semantic_labels(
         prune: exact pruning of the classes scored per tile (see :func:`_label_bands`); default on
             the CPU, off on GPUs (it syncs once per band).
     """
-    if mask_cls.dim() != 2 or mask_pred.dim() != 3 or mask_cls.shape[0] != mask_pred.shape[0]:
+    if class_logits.dim() != 2 or mask_logits.dim() != 3 or class_logits.shape[0] != mask_logits.shape[0]:
         raise ValueError(
-            f"expected mask_cls [Q, C+1] and mask_pred [Q, h, w], got {list(mask_cls.shape)} and {list(mask_pred.shape)}"
+            f"expected class_logits [Q, C+1] and mask_logits [Q, h, w], got {list(class_logits.shape)} and "
+            f"{list(mask_logits.shape)}"
         )
-    on_cpu = mask_pred.device.type == "cpu"
+    on_cpu = mask_logits.device.type == "cpu"
     if max_elements is None:
         max_elements = 1 << (22 if on_cpu else 26)
     opts = {"max_elements": max_elements, "with_scores": with_scores, "prune": on_cpu if prune is None else prune}
     # float32 even under autocast: the class sums decide the labels and cost little
-    with torch.autocast(mask_pred.device.type, enabled=False):
-        mask_pred = mask_pred.float()
-        probs = mask_cls.float().softmax(dim=-1)[:, :-1]  # [Q, C]
+    with torch.autocast(mask_logits.device.type, enabled=False):
+        masks = mask_logits.float()
+        probs = class_logits.float().softmax(dim=-1)[:, :-1]  # [Q, C]
         if reduced is not None:
             return _reduced_labels(
-                probs, mask_pred, image_size, padded_size, out_size, postprocess_before_inference, reduced, **opts
+                probs, masks, image_size, padded_size, out_size, postprocess_before_inference, reduced, **opts
             )
-        return _exact_labels(probs, mask_pred, image_size, padded_size, out_size, postprocess_before_inference, **opts)
+        return _exact_labels(probs, masks, image_size, padded_size, out_size, postprocess_before_inference, **opts)
 
 
 def _exact_labels(
     probs: Tensor,
-    mask_pred: Tensor,
+    mask_logits: Tensor,
     image_size: tuple[int, int],
     padded_size: tuple[int, int],
     out_size: tuple[int, int],
     postprocess_before_inference: bool,
     **opts: Any,
 ) -> tuple[Tensor, Tensor | None]:
-    dtype, device = mask_pred.dtype, mask_pred.device
-    (h, w), (hp, wp), (h0, w0), (ho, wo) = mask_pred.shape[-2:], padded_size, image_size, out_size
+    dtype, device = mask_logits.dtype, mask_logits.device
+    (h, w), (hp, wp), (h0, w0), (ho, wo) = mask_logits.shape[-2:], padded_size, image_size, out_size
     if postprocess_before_inference:  # resize logits to the output, then sigmoid
-        cols = _resize_last(mask_pred, _chain_taps("both", w, wp, w0, wo, dtype, device))  # [Q, h, W]
+        cols = _resize_last(mask_logits, _chain_taps("both", w, wp, w0, wo, dtype, device))  # [Q, h, W]
         return _label_bands(probs, _chain_taps("both", h, hp, h0, ho, dtype, device), cols, True, **opts)
     # official alternative: sigmoid on the padded-size masks (Q maps, no class axis), then scores
     # resized (linear, so the resize moves onto the masks)
-    first = F.interpolate(mask_pred[None], size=tuple(padded_size), mode="bilinear", align_corners=False)[0]
+    first = F.interpolate(mask_logits[None], size=tuple(padded_size), mode="bilinear", align_corners=False)[0]
     first = first[:, :h0, :w0].sigmoid()  # [Q, h0, w0]
     cols = _resize_last(first, _chain_taps("second", w, wp, w0, wo, dtype, device))  # [Q, h0, W]
     return _label_bands(probs, _chain_taps("second", h, hp, h0, ho, dtype, device), cols, False, **opts)
@@ -242,7 +257,7 @@ def _exact_labels(
 
 def _reduced_labels(
     probs: Tensor,
-    mask_pred: Tensor,
+    mask_logits: Tensor,
     image_size: tuple[int, int],
     padded_size: tuple[int, int],
     out_size: tuple[int, int],
@@ -252,14 +267,14 @@ def _reduced_labels(
 ) -> tuple[Tensor, Tensor | None]:
     if k < 1:
         raise ValueError(f"reduced must be a positive integer (scores at k x the mask grid), got {k}")
-    h, w = mask_pred.shape[-2:]
+    h, w = mask_logits.shape[-2:]
     fh, fw = image_size[0] / padded_size[0], image_size[1] / padded_size[1]  # image part of the grid
     low = (max(1, min(out_size[0], round(h * fh * k))), max(1, min(out_size[1], round(w * fw * k))))
     q, c = probs.shape
     cand = torch.zeros(c, dtype=torch.bool, device=probs.device)
-    (lh, lw), grid = low, mask_pred.shape[-2:]
-    dtype, device = probs.dtype, mask_pred.device
-    up = _resize_last(mask_pred, _chain_taps("both", grid[1], padded_size[1], image_size[1], lw, dtype, device))
+    (lh, lw), grid = low, mask_logits.shape[-2:]
+    dtype, device = probs.dtype, mask_logits.device
+    up = _resize_last(mask_logits, _chain_taps("both", grid[1], padded_size[1], image_size[1], lw, dtype, device))
     up = _resize_last(
         up.transpose(1, 2), _chain_taps("both", grid[0], padded_size[0], image_size[0], lh, dtype, device)
     )
@@ -270,5 +285,5 @@ def _reduced_labels(
         top = s.topk(min(2, s.shape[0]), dim=0).indices.flatten().unique()
         cand[start + top] = True
     keep = cand.nonzero().flatten()
-    labels, scores = _exact_labels(probs[:, keep], mask_pred, image_size, padded_size, out_size, before, **opts)
+    labels, scores = _exact_labels(probs[:, keep], mask_logits, image_size, padded_size, out_size, before, **opts)
     return keep[labels], scores

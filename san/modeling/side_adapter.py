@@ -4,14 +4,13 @@ Shape shorthand: B batch, Q queries, C side width, h x w side grid (input / patc
 
 Q learnable query tokens are prepended to the patch tokens. Query and patch positional embeddings
 are added before the first block and again after every block but the last. CLIP token maps are
-fused into the patch tokens (``FUSION_MAP`` "clip->side": side index 0 means before block 1,
-i means after block i). The outputs of the blocks in ``deep_supervision_idxs`` go to the mask
+fused into the patch tokens (``fusion_map`` ``{side index: CLIP layer}``: side index 0 means before
+block 1, i means after block i). The outputs of the blocks in ``deep_supervision_idxs`` go to the mask
 decoder. Checkpoint prefix: ``side_adapter_network`` (timm names inside ``vit_model``).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from functools import partial
 
@@ -24,36 +23,7 @@ from .clip_adapter import ClipFeatures
 from .layers import AddFusion
 from .mask_decoder import MaskDecoder
 
-__all__ = ["SideViT", "SideAdapterNetwork", "parse_vit_name", "parse_fusion_map"]
-
-_VIT_NAME = re.compile(r"^vit_w(\d+)n(\d+)d(\d+)_patch(\d+)$")
-
-
-def parse_vit_name(name: str) -> dict[str, int]:
-    """``vit_w240n6d8_patch16`` -> width 240, 6 heads, depth 8, patch 16 (official names)."""
-    m = _VIT_NAME.match(name)
-    if not m:
-        raise ValueError(
-            f"unknown side-adapter ViT {name!r}: expected vit_w<width>n<heads>d<depth>_patch<size>, "
-            "e.g. vit_w240n6d8_patch16 (official: w144, w192, w240, w288)"
-        )
-    width, heads, depth, patch = map(int, m.groups())
-    if width % heads:
-        raise ValueError(f"side-adapter ViT {name!r}: width {width} is not divisible by {heads} heads")
-    return {"width": width, "num_heads": heads, "depth": depth, "patch_size": patch}
-
-
-def parse_fusion_map(fusion_map: Sequence[str]) -> dict[int, int]:
-    """``["0->0", "3->1"]`` ("clip->side") -> ``{side_idx: clip_idx}``."""
-    out = {}
-    for item in fusion_map:
-        try:
-            clip_idx, side_idx = (int(s) for s in item.split("->"))
-        except ValueError:
-            raise ValueError(f"bad FUSION_MAP entry {item!r}: expected 'clipIdx->sideIdx', e.g. '3->1'") from None
-        out[side_idx] = clip_idx
-    return out
-
+__all__ = ["SideViT", "SideAdapterNetwork"]
 
 class _PatchEmbed(nn.Module):
     def __init__(self, patch_size: int, dim: int) -> None:
@@ -106,14 +76,15 @@ class SideAdapterNetwork(nn.Module):
         num_queries: int = 100,
         fusion_map: Mapping[int, int],
         deep_supervision_idxs: Sequence[int] = (7, 8),
+        full_precision: bool = False,
     ) -> None:
         super().__init__()
         width = vit_model.pos_embed.shape[-1]
         depth = len(vit_model.blocks)
         if not deep_supervision_idxs or any(not 1 <= i <= depth for i in deep_supervision_idxs):
-            raise ValueError(f"DEEP_SUPERVISION_IDXS {list(deep_supervision_idxs)} must lie in 1..{depth}")
+            raise ValueError(f"deep_supervision_idxs {list(deep_supervision_idxs)} must lie in 1..{depth}")
         if any(not 0 <= s <= depth for s in fusion_map):
-            raise ValueError(f"FUSION_MAP side indices {sorted(fusion_map)} must lie in 0..{depth}")
+            raise ValueError(f"fusion_map side indices {sorted(fusion_map)} must lie in 0..{depth}")
         self.vit_model = vit_model
         self.num_queries = num_queries
         self.query_embed = nn.Parameter(torch.zeros(1, num_queries, width))
@@ -124,9 +95,12 @@ class SideAdapterNetwork(nn.Module):
         self.fusion_layers = nn.ModuleDict({f"layer_{s}": AddFusion(clip_width, width) for s in self.fusion_map})
         self.mask_decoder = mask_decoder
         self.deep_supervision_idxs = tuple(sorted(deep_supervision_idxs))
-        # True: run in float32 even inside a bf16/fp16 autocast region (mask proposals decide the
-        # label boundaries; the rest of SAN may still run in half precision)
-        self.full_precision = False
+        self.set_full_precision(full_precision)
+
+    def set_full_precision(self, enabled: bool) -> None:
+        """True: run in float32 even inside a bf16/fp16 autocast region (the mask proposals decide the
+        label boundaries; the rest of SAN may still run in half precision)."""
+        self.full_precision = bool(enabled)
 
     @property
     def clip_layers_needed(self) -> list[int]:

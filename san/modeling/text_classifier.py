@@ -10,11 +10,11 @@ last row, the whole matrix is normalised again and scaled by ``exp(logit_scale)`
 Encoding is exact but batched: all (template, name) prompts go through the text tower together in
 chunks sorted by length, each chunk cut after its longest end-of-text token. CLIP's causal mask
 means no token before the end-of-text token ever sees the cut positions, so the result equals the
-full 77-token pass. Embeddings are cached per name in memory and, when ``cache_dir`` is set, on
-disk under a key of (text-tower weights hash, template set); the memory cache and the weights hash
-are cleared whenever weights load. ``embed_names(names, fast=False)`` is the straightforward
-reference path (one pass per template over all 77 positions, no cache) used by tests and
-``scripts/benchmark.py``.
+full 77-token pass. Embeddings are cached per name by a :class:`~san.modeling.text_cache.TextEmbeddingCache`
+(memory, and disk when it has a folder) under a key of (text-tower weights hash, template set); the
+weights hash is recomputed whenever weights load. ``embed_names(names, fast=False)`` is the
+straightforward reference path (one pass per template over all 77 positions, no cache) used by
+tests and ``scripts/benchmark.py``.
 """
 
 from __future__ import annotations
@@ -22,20 +22,22 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .clip import ResidualAttentionBlock
+from .text_cache import TextEmbeddingCache
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TextClassifier", "TextTransformer", "validate_vocabulary"]
+__all__ = ["TextClassifier", "TextTransformer", "fit_to_context", "validate_vocabulary"]
+
+# parameters a name's embedding does not depend on (learnable background row, classifier scale)
+_NOT_IN_NAME_EMBEDDINGS = ("bg_embed", "logit_scale")
 
 
 def validate_vocabulary(vocabulary: Sequence[str]) -> list[str]:
@@ -53,6 +55,41 @@ def validate_vocabulary(vocabulary: Sequence[str]) -> list[str]:
     if empty:
         raise ValueError(f"the vocabulary has empty class names at positions {empty}: remove them")
     return stripped
+
+
+def fit_to_context(
+    names: Sequence[str],
+    encode: Callable[[str], list[int]],
+    decode: Callable[[list[int]], str],
+    templates: Sequence[str] = ("{}",),
+    context_length: int = 77,
+) -> list[str]:
+    """Cut names so that every prompt (template + name + start/end tokens) fits CLIP's context."""
+    limit = context_length - 2
+    frame = max(len(encode(t.replace("{}", ""))) for t in templates)
+
+    def too_long(name: str) -> bool:
+        if len(encode(name)) + frame + 4 <= limit:  # clearly fits: skip tokenizing every prompt
+            return False
+        return max(len(encode(t.format(name))) for t in templates) > limit
+
+    out = []
+    for n in names:
+        if too_long(n):
+            tokens = encode(n)
+            k = max(1, len(tokens) - (max(len(encode(t.format(n))) for t in templates) - limit))
+            cut = decode(tokens[:k]).strip()
+            while k > 1 and too_long(cut):  # decoding may merge or split tokens: shrink until it fits
+                k -= 1
+                cut = decode(tokens[:k]).strip()
+            logger.warning(
+                "class name %r has %d tokens, more than fit CLIP's %d-token context with the prompt templates; "
+                "it was cut to %r",
+                n if len(n) < 80 else n[:77] + "...", len(tokens), context_length, cut,
+            )  # fmt: skip
+            n = cut
+        out.append(n)
+    return out
 
 
 class TextTransformer(nn.Module):
@@ -93,7 +130,7 @@ class TextClassifier(nn.Module):
         if not templates or any("{}" not in t for t in templates):
             raise ValueError("every prompt template must contain '{}' for the class name")
         self.templates = tuple(templates)
-        self.batch_size = batch_size
+        self.set_batch_size(batch_size)
         self._tokenizer = tokenizer
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
@@ -107,9 +144,8 @@ class TextClassifier(nn.Module):
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
         nn.init.normal_(self.text_projection, std=width**-0.5)
-        self._cache: dict[str, Tensor] = {}
+        self.cache = TextEmbeddingCache(cache_dir)
         self._weights_key: str | None = None
-        self.cache_dir = cache_dir
 
     # -- tokenizer and cache ---------------------------------------------------------------------
     @property
@@ -122,15 +158,25 @@ class TextClassifier(nn.Module):
 
     def clear_cache(self) -> None:
         """Forget in-memory name embeddings and the weights hash (done automatically on weight loads)."""
-        self._cache.clear()
+        self.cache.clear()
         self._weights_key = None
 
+    def set_cache_dir(self, directory: str | os.PathLike | None) -> None:
+        """Keep name embeddings on disk in ``directory`` as well (None: memory only)."""
+        self.cache.set_directory(directory)
+
+    def set_batch_size(self, batch_size: int) -> None:
+        """Prompts encoded per text-tower pass (memory vs. speed; the result does not change)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+
     def cache_key(self) -> str:
-        """Hex key of (text-tower weights, template set) naming the on-disk cache file."""
+        """Hex key of (text-tower weights, template set) under which name embeddings are cached."""
         if self._weights_key is None:
             h = hashlib.sha256()
             for name, t in self.state_dict().items():
-                if name == "bg_embed":  # learnable and not part of a name's embedding
+                if name in _NOT_IN_NAME_EMBEDDINGS:
                     continue
                 t = t.detach().to("cpu", torch.float32).contiguous()
                 h.update(f"{name}{tuple(t.shape)}".encode())
@@ -139,47 +185,13 @@ class TextClassifier(nn.Module):
         tpl = hashlib.sha256("\n".join(self.templates).encode()).hexdigest()[:12]
         return f"{self._weights_key}-{tpl}"
 
-    def _disk_file(self) -> Path | None:
-        return None if self.cache_dir is None else Path(self.cache_dir) / f"text-{self.cache_key()}.pt"
-
-    def _read_disk(self, names: list[str]) -> None:
-        path = self._disk_file()
-        if path is None or not path.is_file():
-            return
-        try:
-            stored = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # a broken cache file is rebuilt, never fatal
-            logger.warning("ignoring unreadable text-embedding cache %s (%s)", path, err)
-            return
-        emb, stored_names = stored.get("embeddings"), stored.get("names", [])
-        index = {n: i for i, n in enumerate(stored_names)}
-        for n in names:
-            if n in index and n not in self._cache:
-                self._cache[n] = emb[index[n]]
-
-    def _write_disk(self) -> None:
-        path = self._disk_file()
-        if path is None or not self._cache:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        merged: dict[str, Tensor] = {}
-        if path.is_file():  # keep what other processes stored under the same key
-            try:
-                old = torch.load(path, map_location="cpu", weights_only=True)
-                merged.update(zip(old["names"], old["embeddings"]))
-            except Exception:
-                pass
-        merged.update((n, e.to("cpu", torch.float32)) for n, e in self._cache.items())
-        names = list(merged)
-        emb = torch.stack([merged[n] for n in names])
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save({"names": names, "embeddings": emb, "templates": list(self.templates)}, tmp)
-            os.replace(tmp, path)  # atomic: readers see the old or the new file, never half of one
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    def fit_names(self, names: Sequence[str]) -> list[str]:
+        """``names`` with those too long for the context (after the longest template) cut to fit, each
+        cut logged as a warning."""
+        tok = self.tokenizer
+        if not hasattr(tok, "encode"):  # a plain callable tokenizer cannot say how long a name is
+            return list(names)
+        return fit_to_context(names, tok.encode, tok.decode, self.templates, self.positional_embedding.shape[0])
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: D401 - torch hook
         self.clear_cache()
@@ -240,18 +252,19 @@ class TextClassifier(nn.Module):
         names = validate_vocabulary(names)
         if not fast:
             return self.encode_reference(names)
-        new = list(dict.fromkeys(n for n in names if n not in self._cache))
-        if new and self.cache_dir is not None:
-            self._read_disk(new)
-            new = [n for n in new if n not in self._cache]
+        # the weights hash costs a pass over the text tower: only the disk cache needs it (the memory
+        # cache is cleared whenever weights load)
+        key = self.cache_key() if self.cache.directory is not None else "memory"
+        found = self.cache.lookup(key, names)
+        new = list(dict.fromkeys(n for n in names if n not in found))
         if new:
             prompts = [tpl.format(n) for n in new for tpl in self.templates]
             emb = self.encode_prompts(prompts).view(len(new), len(self.templates), -1)  # [C, T, E]
             emb = F.normalize(emb.mean(dim=1), dim=-1)
-            self._cache.update(zip(new, emb))
-            self._write_disk()
+            self.cache.store(key, dict(zip(new, emb)))
+            found.update(zip(new, emb))
         device = self.text_projection.device
-        return torch.stack([self._cache[n].to(device) for n in names])
+        return torch.stack([found[n].to(device, torch.float32) for n in names])
 
     def forward(self, vocabulary: Sequence[str]) -> Tensor:
         """Scaled classifier ``[C + 1, E]``: class rows then the background row, times exp(scale)."""

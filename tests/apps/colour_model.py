@@ -1,8 +1,9 @@
 """A tiny SAN whose labels genuinely vary over the image: hand-set mask proposals and class logits.
 
 The random tiny model of ``tests/conftest.py`` gives one class to every pixel, so label maps
-cannot tell a rotated, darkened or wrongly converted image from the right one. Here ``SAN.predict``
-(the tensor-level stage between the normalised image and the semantic post-processing) is replaced
+cannot tell a rotated, darkened or wrongly converted image from the right one. Here
+``SAN.forward_stages`` (the tensor-level stage between the normalised image and the semantic
+post-processing) is replaced
 by a hand-made rule: each colour channel is standardised over the (padded) picture, and query
 ``q`` (q = 0, 1, 2) proposes the pixels where channel ``q`` stands out most, voting for class ``q``
 (``q mod C`` when the vocabulary is shorter). So class 0 is "redder than the picture's average",
@@ -25,7 +26,7 @@ SHARPNESS = 8.0
 
 
 def colour_predict(self: san.SAN, images: Tensor, classifier: Tensor, levels: Any = None) -> dict[str, Any]:
-    """Stands in for :meth:`san.SAN.predict`: masks at 1/4 resolution from channel dominance."""
+    """Stands in for :meth:`san.SAN.forward_stages`: masks at 1/4 resolution from channel dominance."""
     pooled = F.avg_pool2d(images.float(), 4)  # [B, 3, H/4, W/4]; H and W are multiples of 32
     z = (pooled - pooled.mean(dim=(2, 3), keepdim=True)) / (pooled.std(dim=(2, 3), keepdim=True) + 1e-6)
     masks = SHARPNESS * (z - z.mean(dim=1, keepdim=True))
@@ -33,12 +34,12 @@ def colour_predict(self: san.SAN, images: Tensor, classifier: Tensor, levels: An
     logits = torch.full((images.shape[0], 3, n_classes + 1), -20.0, device=images.device)
     for q in range(3):
         logits[:, q, q % n_classes] = 20.0
-    return {"mask_preds": [masks], "mask_logits": [logits], "attn_biases": [], "mask_embeddings": []}
+    return {"mask_logits": [masks], "class_logits": [logits], "attn_biases": [], "mask_embeddings": []}
 
 
 def use_colour_model(monkeypatch: Any) -> None:
     """Patch every SAN (also those the CLI and the demo build) to :func:`colour_predict`."""
-    monkeypatch.setattr(san.SAN, "predict", colour_predict)
+    monkeypatch.setattr(san.SAN, "forward_stages", colour_predict)
 
 
 def dominant_channel(image: np.ndarray) -> np.ndarray:

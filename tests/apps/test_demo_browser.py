@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 
 import san
-from san.predictor import SANPredictor
-from san.visualize import overlay
+from san.inference.predictor import SANPredictor
+from san.inference.visualize import overlay
 
 from ..conftest import tiny_cfg
 from .colour_model import use_colour_model

@@ -17,12 +17,12 @@ from PIL import Image
 
 import san
 from san.apps.predict import collect_inputs, output_stems
-from san.cli import main as san_main
-from san.predictor import SANPredictor
-from san.visualize import render
+from san.apps.cli import main as san_main
+from san.inference.predictor import SANPredictor
+from san.inference.visualize import render
 
 from ..conftest import tiny_cfg
-from ..test_images import UPRIGHT
+from ..data.test_images import UPRIGHT
 from .colour_model import colour_predict, use_colour_model
 
 OPTS = ["INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128"]
@@ -82,7 +82,7 @@ def test_mixed_folder(
     photo, gray = setup["photo"], setup["gray"]
     with Image.open(setup["dir"] / "rotated.jpg") as im:
         rotated = np.ascontiguousarray(UPRIGHT[6](np.asarray(im.convert("RGB"))))  # stored pixels, turned by hand
-    expected_inputs = {  # what each file should decode to, made without san.images
+    expected_inputs = {  # what each file should decode to, made without san.data.images
         "good_png": photo,
         "good_jpg": np.asarray(Image.open(setup["dir"] / "good.jpg").convert("RGB")),
         "gray": np.repeat(gray[:, :, None], 3, axis=2),
@@ -141,7 +141,7 @@ def test_usage_errors(setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture
     assert (
         _run(setup, tmp_path / "o", "--input", good, "--vocabulary", "cat", "--weights", str(tmp_path / "x.pth")) == 2
     )
-    assert "neither an existing file" in capsys.readouterr().err
+    assert "checkpoint not found: " in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # nothing created before the model loads
     assert _run(setup, tmp_path / "o", "--input", good, "--vocabulary", "cat", "--max-pixels", "1000") == 1
     assert "good.png: the image is 90x60 = 0.0 megapixels, above the limit of 0.0 MP" in capsys.readouterr().err
@@ -180,16 +180,16 @@ def test_runtime_failure_of_one_image_does_not_stop_the_batch(
 def test_memory_error_of_one_image_does_not_stop_the_batch(
     setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import san.visualize
+    import san.inference.visualize
 
-    real = san.visualize.render
+    real = san.inference.visualize.render
 
     def hungry(image, *args, **kwargs):
         if image.shape[0] == 60:
             raise MemoryError
         return real(image, *args, **kwargs)
 
-    monkeypatch.setattr(san.visualize, "render", hungry)
+    monkeypatch.setattr(san.inference.visualize, "render", hungry)
     out = tmp_path / "out"
     files = [str(setup["dir"] / n) for n in ("good.png", "rotated.jpg")]
     assert _run(setup, out, "--input", *files, "--vocabulary", VOC) == 1
@@ -235,7 +235,7 @@ def test_tta_and_precision_reach_the_model(
         calls.append((tuple(images.shape[-2:]), torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
         return colour_predict(self, images, classifier, levels)
 
-    monkeypatch.setattr(san.SAN, "predict", spy)
+    monkeypatch.setattr(san.SAN, "forward_stages", spy)
     good = str(setup["dir"] / "good.png")
     aug = ["TEST.AUG.MIN_SIZES", "(48, 96)", "TEST.AUG.MAX_SIZE", "256", "TEST.AUG.FLIP", "True"]
     assert _run(setup, tmp_path / "tta", "--input", good, "--vocabulary", VOC, "--tta", *aug) == 0
@@ -281,7 +281,7 @@ def test_vocabulary_file_text_cache_and_progress(
     rec = _record(tmp_path / "a")
     assert rec["vocabulary"] == rec["class_names"] == ["sky, heaven", "cat", "grass, lawn"]
     assert (rec["vocabulary_file"], rec["text_cache"]) == (str(voc), str(cache))
-    assert list(cache.glob("*.pt"))  # the class-name embeddings were stored
+    assert list(cache.glob("text-*.safetensors"))  # the class-name embeddings were stored
     want = setup["predictor"].predict(setup["photo"], ["sky|heaven", "cat", "grass|lawn"]).labels
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a" / "good_labels.png")), want)
 

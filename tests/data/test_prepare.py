@@ -14,7 +14,8 @@ from PIL import Image
 from san.assets import read_classes, read_dataset_ids
 from san.data.catalog import get_dataset
 from san.data.io import read_label
-from san.data.prepare import PC59_IDS, PrepareError, main, prepare, safe_load_index
+from san.apps.prepare_data import main
+from san.data.prepare import PC59_IDS, PrepareError, PrepareOptions, prepare, safe_load_index
 from san.data.transforms import resize_label
 
 

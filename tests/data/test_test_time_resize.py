@@ -12,7 +12,7 @@ from PIL import Image
 from san.data.catalog import get_dataset
 from san.data.io import read_image, read_label
 from san.data.loader import build_test_loader
-from san.data.transforms import ResizeShortestEdge, resize_image
+from san.data.transforms import resize_image, shortest_edge_size
 
 from .conftest import small_cfg
 
@@ -57,7 +57,7 @@ def test_test_loader_resizes_images_with_pil_and_keeps_labels(tiny_dataset, min_
     for (out,), record in zip(batches, records):
         original = read_image(record["file_name"])
         h, w = original.shape[:2]
-        nh, nw = ResizeShortestEdge(min_size, max_size, "choice").output_size(h, w, min_size)
+        nh, nw = shortest_edge_size(h, w, min_size, max_size)
         with Image.fromarray(original) as pil:
             expected = np.asarray(pil.resize((nw, nh), Image.BILINEAR))
         assert out["image"].dtype == torch.uint8

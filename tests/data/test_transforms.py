@@ -17,6 +17,7 @@ from san.data.transforms import (
     hsv_to_bgr,
     pad_to_divisible,
     resize_label,
+    shortest_edge_size,
 )
 
 
@@ -29,9 +30,14 @@ def _coord_image(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
 
 def test_resize_shortest_edge_sizes_as_detectron2():
     r = ResizeShortestEdge(320, 2560, "choice")
-    assert r.output_size(480, 640, 320) == (320, 427)  # 426.67 rounds up
-    assert r.output_size(641, 480, 320) == (427, 320)  # 427.33 rounds down
-    assert ResizeShortestEdge(500, 2000).output_size(100, 1000, 500) == (200, 2000)  # long side capped
+    assert shortest_edge_size(480, 640, 320) == (320, 427)  # 426.67 rounds up
+    assert shortest_edge_size(641, 480, 320) == (427, 320)  # 427.33 rounds down
+    assert shortest_edge_size(100, 1000, 500, 2000) == (200, 2000)  # long side capped
+    assert shortest_edge_size(512, 683, 640, 2560) == (640, 854)  # the ADE example of the official pipeline
+    assert shortest_edge_size(480, 640, 640, 2560) == (640, 853)
+    assert shortest_edge_size(100, 5000, 640, 2560) == (51, 2560)  # long side capped
+    assert shortest_edge_size(640, 640, 640, 2560) == (640, 640)
+    assert shortest_edge_size(1, 10000, 640, 2560) == (1, 2560)  # never an empty side
     rng = np.random.default_rng(0)
     choice = ResizeShortestEdge([320, 640, 960], 2560, "choice")
     assert {choice.sample_length(rng) for _ in range(200)} == {320, 640, 960}

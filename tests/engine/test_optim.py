@@ -167,7 +167,7 @@ def test_official_b16_optimizer_covers_the_released_trainable_parameters():
     cfg = san.get_cfg()
     cfg.merge_from_file(san.config.get_config_file("san_clip_vit_res4_coco"))
     cfg.MODEL.SAN.CLIP_PRETRAINED_NAME = ""  # random CLIP: only shapes and names matter here
-    groups = param_groups(san.build_model(cfg, load_clip_weights=False), cfg)
+    groups = param_groups(san.build_model(cfg, clip_weights=False), cfg)
     # the release's optimizer table: 8.37M trainable (side adapter 8,219,058 + CLIP pos. embedding + bg_embed)
     assert sum(g["params"][0].numel() for g in groups) == 8_219_058 + 197 * 768 + 512
     no_decay = sorted(g["param_name"] for g in groups if g["weight_decay"] == 0)

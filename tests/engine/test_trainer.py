@@ -20,10 +20,10 @@ import torch.nn.functional as F
 import san
 from san.data.io import read_label
 from san.engine.evaluator import rle_decode
-from san.engine.inference import SemSegTTA, evaluate, shortest_edge_size
-from san.engine.trainer import Trainer, last_checkpoint_path, load_weights
-from san.train import build_parser
-from san.train import main as train_main
+from san.engine.inference import evaluate
+from san.engine.trainer import Trainer, last_checkpoint_path
+from san.apps.train import build_parser
+from san.apps.train import main as train_main
 
 from ..conftest import tiny_cfg
 from .toy import CLASSES, datasets_yaml, final, metrics, toy_cfg
@@ -124,7 +124,7 @@ def test_eval_only_command_line_reports_metrics(uninterrupted, tmp_path, capsys,
     assert not (out / "inference" / "toy_val").exists()  # no predictions dumped unless asked
     # the run's handlers do not cut library loggers off from the caller's (root) handlers
     with caplog.at_level(logging.WARNING):
-        logging.getLogger("san.vocabulary").warning("after the run")
+        logging.getLogger("san.inference.vocabulary").warning("after the run")
     assert "after the run" in caplog.text
 
 
@@ -217,50 +217,7 @@ def test_autocast_precision_on_cpu(toy_root, tmp_path):
         Trainer(cfg)
 
 
-class _Echo(torch.nn.Module):
-    """A stand-in model whose scores are the input image resized to (height, width)."""
-
-    def __init__(self):
-        super().__init__()
-        self.sizes = []
-
-    def forward(self, inputs):
-        self.sizes += [tuple(x["image"].shape[-2:]) for x in inputs]
-        return [
-            {"sem_seg": F.interpolate(x["image"][None].float(), size=(x["height"], x["width"]), mode="bilinear")[0]}
-            for x in inputs
-        ]
-
-
-def test_tta_averages_rescaled_and_unflipped_predictions():
-    assert shortest_edge_size(512, 683, 640, 2560) == (640, 854)  # the ADE example of the official pipeline
-    assert shortest_edge_size(100, 1000, 640, 2560) == (256, 2560)  # long side capped
-    ramp = torch.arange(48, dtype=torch.float32).mul(5).expand(3, 32, 48).to(torch.uint8)  # left-right asymmetric
-    model = _Echo()
-    tta = SemSegTTA(model, [16, 32, 64], max_size=80, flip=True)
-    out = tta([{"image": ramp, "height": 32, "width": 48}])[0]["sem_seg"]
-    assert model.sizes == [(16, 24), (16, 24), (32, 48), (32, 48), (53, 80), (53, 80)]
-    assert out.shape == (3, 32, 48)
-    assert (out - ramp.float()).abs()[:, :, 2:-2].max() < 3  # flips undone, scales averaged
-    with pytest.raises(ValueError, match="MIN_SIZES is empty"):
-        SemSegTTA(model, [], 100)
-
-
 def test_evaluate_needs_test_datasets(tmp_path):
     cfg = tiny_cfg(tmp_path)
     with pytest.raises(ValueError, match="DATASETS.TEST is empty"):
         evaluate(torch.nn.Identity(), cfg)
-
-
-def test_weights_from_another_num_classes_keep_the_models_no_object_weight(tmp_path):
-    torch.manual_seed(0)
-    source = san.build_model(tiny_cfg(tmp_path, num_classes=5))
-    san.save_checkpoint(source, tmp_path / "five.pth")
-    target = san.build_model(tiny_cfg(tmp_path, num_classes=3))
-    with pytest.raises(
-        san.checkpoint.CheckpointError, match=r"criterion.empty_weight: checkpoint \[6\] vs model \[4\]"
-    ):
-        san.load_checkpoint(target, tmp_path / "five.pth")
-    load_weights(target, str(tmp_path / "five.pth"))  # MODEL.WEIGHTS: fine-tuning on 3 classes
-    assert target.criterion.empty_weight.tolist() == pytest.approx([1, 1, 1, 0.1])
-    assert torch.equal(target.side_adapter_network.query_embed, source.side_adapter_network.query_embed)

@@ -310,18 +310,25 @@ def test_register_all_datasets_fills_both_catalogs_idempotently(tmp_path):
         sd2.register_all_datasets(dataset_root())
 
 
-def test_offline_clip_weights_fall_back_to_model_weights_only_when_those_are_given(tmp_path, monkeypatch, caplog):
-    from san.modeling.clip import ClipWeightsUnavailable, QuickGELU
+def test_clip_weights_are_fetched_only_without_model_weights(tmp_path, monkeypatch):
+    """The model is built once; with MODEL.WEIGHTS (a full SAN checkpoint, loaded next by the
+    checkpointer) CLIP is not downloaded, and the tag still decides the activation."""
+    from san.checkpoint import ClipWeightsUnavailable
+    from san.modeling.clip import QuickGELU
+
+    builds = []
 
     def offline(name, pretrained):
         raise ClipWeightsUnavailable(f"could not load open_clip weights {name}/{pretrained} (offline)")
 
-    monkeypatch.setattr(san.build, "load_clip_state_dict", offline)
+    monkeypatch.setattr(san.build, "read_clip_weights", offline)
+    real_build_san = san.build.build_san
+    monkeypatch.setattr(san.build, "build_san", lambda **kw: builds.append(1) or real_build_san(**kw))
     with pytest.raises(ClipWeightsUnavailable, match="offline"):
         build_model(d2_cfg(tmp_path, "MODEL.SAN.CLIP_PRETRAINED_NAME", "openai"))
+    builds.clear()
     cfg = d2_cfg(tmp_path, "MODEL.SAN.CLIP_PRETRAINED_NAME", "openai", "MODEL.WEIGHTS", "san_vit_b_16.pth")
-    with caplog.at_level("WARNING"):
-        model = build_model(cfg)
-    assert "MODEL.WEIGHTS (san_vit_b_16.pth) must hold every CLIP weight" in caplog.text
+    model = build_model(cfg)
+    assert builds == [1]  # one build, no retry
     # the tag still decides the activation: OpenAI's CLIP runs QuickGELU, as the checkpoint expects
     assert isinstance(model.clip_rec_head.resblocks[0].mlp.gelu, QuickGELU)

@@ -21,7 +21,7 @@ sys.modules["detectron2"] = None
 import san
 out = {{}}
 names = [m.name for m in pkgutil.walk_packages(san.__path__, "san.")
-         if not m.name.startswith("san.integrations.detectron2")]
+         if not m.name.startswith("san.integrations.detectron2") and m.name != "san.__main__"]
 for n in names:
     importlib.import_module(n)
 import san.integrations

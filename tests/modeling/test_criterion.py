@@ -52,10 +52,10 @@ def make_criterion(indices, num_classes=2, **kw) -> SetCriterion:
 
 def test_cross_entropy_with_no_object_weight_is_hand_computed():
     logits = torch.tensor([[[1.0, 2.0, 0.5], [0.0, -1.0, 3.0], [2.0, 0.0, 0.0]]])  # [1, Q=3, C+1=3]
-    outputs = {"pred_logits": logits, "pred_masks": torch.zeros(1, 3, 2, 2)}
+    outputs = {"class_logits": logits, "mask_logits": torch.zeros(1, 3, 2, 2)}
     targets = [{"labels": torch.tensor([0]), "masks": torch.ones(1, 2, 2)}]
     crit = make_criterion([([2], [0])], losses=("labels",))
-    got = crit(outputs, targets)["loss_ce"].item()
+    got = crit.unweighted_losses(outputs, targets)["loss_ce"].item()
 
     def nll(row, cls):
         return -math.log(math.exp(row[cls]) / sum(math.exp(v) for v in row))
@@ -70,12 +70,12 @@ def test_cross_entropy_with_no_object_weight_is_hand_computed():
 def test_bce_and_dice_on_points_are_hand_computed_and_normalised_by_num_masks():
     pred = torch.tensor([[[2.0, -1.0], [0.0, 3.0]], [[-2.0, 1.0], [0.5, 0.0]]])  # [Q=2, 2, 2]
     tmask = torch.tensor([[[1.0, 0.0], [1.0, 1.0]], [[0.0, 0.0], [0.0, 1.0]]])  # [K=2, 2, 2]
-    outputs = {"pred_logits": torch.zeros(1, 2, 3), "pred_masks": pred[None]}
+    outputs = {"class_logits": torch.zeros(1, 2, 3), "mask_logits": pred[None]}
     targets = [{"labels": torch.tensor([0, 1]), "masks": tmask}]
     # query 0 <-> target 1 and query 1 <-> target 0: a crossed assignment
     for ratio in (0.0, 1.0):  # all points uniform, or all chosen by uncertainty: same 4 points
         crit = make_criterion([([0, 1], [1, 0])], losses=("masks",), importance_sample_ratio=ratio)
-        got = crit(outputs, targets)
+        got = crit.unweighted_losses(outputs, targets)
         pairs = [
             (pred[0].flatten().tolist(), tmask[1].flatten().tolist()),
             (pred[1].flatten().tolist(), tmask[0].flatten().tolist()),
@@ -96,11 +96,11 @@ def test_num_masks_counts_all_targets_of_the_batch_and_is_at_least_one():
     one = [{"labels": torch.tensor([1]), "masks": masks[:1]}]
     empty = {"labels": torch.zeros(0, dtype=torch.long), "masks": torch.zeros(0, 2, 2)}
     crit = make_criterion([([0], [0])], losses=("masks",))
-    single = crit({"pred_logits": logits[:1], "pred_masks": pred[:1]}, one)["loss_mask"]
+    single = crit.unweighted_losses({"class_logits": logits[:1], "mask_logits": pred[:1]}, one)["loss_mask"]
     # the same pair plus an image with two more target masks matched to other queries
     crit3 = make_criterion([([0], [0]), ([], []), ([1, 2], [0, 1])], losses=("masks",))
     three = [one[0], empty, {"labels": torch.tensor([0, 1]), "masks": masks[1:]}]
-    both = crit3({"pred_logits": logits, "pred_masks": pred}, three)["loss_mask"]
+    both = crit3.unweighted_losses({"class_logits": logits, "mask_logits": pred}, three)["loss_mask"]
     per_mask = [
         sigmoid_ce_loss(pred[b, q].flatten()[None], m.flatten()[None], 1.0)
         for b, q, m in [(0, 0, masks[0]), (2, 1, masks[1]), (2, 2, masks[2])]
@@ -109,7 +109,7 @@ def test_num_masks_counts_all_targets_of_the_batch_and_is_at_least_one():
     assert both.item() == pytest.approx(sum(v.item() for v in per_mask) / 3, rel=1e-6)
     # no target at all: normalised by 1, mask losses are exactly zero, CE still trains "no object"
     crit0 = make_criterion([([], [])])
-    none = crit0({"pred_logits": logits[:1].requires_grad_(), "pred_masks": pred[:1]}, [empty])
+    none = crit0.unweighted_losses({"class_logits": logits[:1].requires_grad_(), "mask_logits": pred[:1]}, [empty])
     assert none["loss_mask"].item() == 0 and none["loss_dice"].item() == 0 and none["loss_ce"].item() > 0
 
 
@@ -128,7 +128,7 @@ def test_deep_supervision_keys_and_weights():
         "loss_ce_1": 2.0, "loss_mask_1": 5.0, "loss_dice_1": 5.0,
     }  # fmt: skip
     crit = SetCriterion(2, HungarianMatcher(2, 5, 5, num_points=16), loss_weights(2, 5, 5, 3), 0.1, num_points=16)
-    level = lambda: {"pred_logits": torch.randn(2, 5, 3), "pred_masks": torch.randn(2, 5, 4, 4)}  # noqa: E731
+    level = lambda: {"class_logits": torch.randn(2, 5, 3), "mask_logits": torch.randn(2, 5, 4, 4)}  # noqa: E731
     outputs = {**level(), "aux_outputs": [level(), level()]}
     targets = [{"labels": torch.tensor([0, 1]), "masks": torch.rand(2, 16, 16) > 0.5} for _ in range(2)]
     losses = crit(outputs, targets)
@@ -146,11 +146,44 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="unknown losses"):
         SetCriterion(2, HungarianMatcher(), {}, 0.1, losses=("boxes",))
     crit = make_criterion([([0], [0])], num_classes=5)
-    with pytest.raises(ValueError, match="NUM_CLASSES=5"):
+    with pytest.raises(ValueError, match="num_classes=5 .MODEL.SAN.NUM_CLASSES"):
         crit(
-            {"pred_logits": torch.zeros(1, 2, 3), "pred_masks": torch.zeros(1, 2, 2, 2)},
+            {"class_logits": torch.zeros(1, 2, 3), "mask_logits": torch.zeros(1, 2, 2, 2)},
             [{"labels": torch.tensor([0]), "masks": torch.ones(1, 2, 2)}],
         )
+
+
+def test_forward_applies_each_terms_own_weight_and_refuses_unweighted_terms():
+    """Distinct class/mask/dice weights (the official 2/5/5 would hide a swap of the last two)."""
+    pred = torch.tensor([[[2.0, -1.0], [0.0, 3.0]], [[-2.0, 1.0], [0.5, 0.0]]])
+    outputs = {"class_logits": torch.randn(1, 2, 3, generator=torch.Generator().manual_seed(0)), "mask_logits": pred[None]}
+    targets = [{"labels": torch.tensor([0, 1]), "masks": torch.tensor([[[1.0, 0.0], [1.0, 1.0]], [[0.0, 0.0], [0.0, 1.0]]])}]
+    crit = make_criterion([([0, 1], [1, 0])])
+    crit.weight_dict = {"loss_ce": 0.5, "loss_mask": 3.0, "loss_dice": 7.0}
+    raw = crit.unweighted_losses(outputs, targets)
+    weighted = crit(outputs, targets)
+    assert set(raw) == set(weighted) == {"loss_ce", "loss_mask", "loss_dice"}
+    assert len({round(v.item(), 6) for v in raw.values()}) == 3  # the three terms differ, so a swap shows
+    for key, w in crit.weight_dict.items():
+        assert weighted[key].item() == pytest.approx(w * raw[key].item(), rel=1e-6), key
+    crit.weight_dict = {"loss_ce": 0.5, "loss_mask": 3.0}
+    with pytest.raises(ValueError, match=r"\['loss_dice'\] have no weight"):
+        crit(outputs, targets)
+
+
+def test_a_subclass_adds_a_loss_through_the_loss_table():
+    class WithArea(SetCriterion):
+        LOSSES = {**SetCriterion.LOSSES, "area": "loss_area"}
+
+        def loss_area(self, outputs, targets, indices, num_masks):
+            return {"loss_area": outputs["mask_logits"].sigmoid().mean()}
+
+    outputs = {"class_logits": torch.zeros(1, 2, 3), "mask_logits": torch.zeros(1, 2, 2, 2)}
+    targets = [{"labels": torch.tensor([0]), "masks": torch.ones(1, 2, 2)}]
+    crit = WithArea(2, FixedMatcher([([0], [0])]), {"loss_area": 4.0}, 0.1, losses=("area",))
+    assert crit(outputs, targets) == {"loss_area": pytest.approx(torch.tensor(2.0))}
+    with pytest.raises(ValueError, match="unknown losses"):
+        SetCriterion(2, FixedMatcher([]), {}, 0.1, losses=("area",))
 
 
 def test_build_criterion_from_config_and_official_buffer(tmp_path):

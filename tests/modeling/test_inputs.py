@@ -91,12 +91,14 @@ def test_one_vocabulary_per_batch(tiny_model):
         ("MODEL.SAN.CLIP_MODEL_NAME", "/nonexistent/clip.json", "not found"),
         ("MODEL.SIDE_ADAPTER.VIT_NAME", "vit_huge", "vit_w<width>n<heads>d<depth>_patch<size>"),
         ("MODEL.SIDE_ADAPTER.FUSION_MAP", ["0-0"], "clipIdx->sideIdx"),
-        ("MODEL.SIDE_ADAPTER.FUSION_MAP", ["3->1"], "beyond FEATURE_LAST_LAYER_IDX"),
+        ("MODEL.SIDE_ADAPTER.FUSION_MAP", ["3->1"], "beyond feature_last_layer_idx=2 .*MODEL.SAN.FEATURE_LAST_LAYER_IDX"),
         ("MODEL.SAN.FEATURE_LAST_LAYER_IDX", 4, "must lie in 1..3"),
         ("MODEL.SIDE_ADAPTER.ATTN_BIAS.NUM_HEADS", 3, "heads"),
         ("MODEL.SAN.CLIP_TEMPLATE_SET", "fancy", "unknown prompt set 'fancy'"),
-        ("MODEL.SAN.SOS_TOKEN_FORMAT", "zeros", "SOS_TOKEN_FORMAT"),
-        ("MODEL.SAN.REC_DOWNSAMPLE_METHOD", "median", "downsampling method"),
+        ("MODEL.SAN.SOS_TOKEN_FORMAT", "zeros", "sos_token_format 'zeros'.*MODEL.SAN.SOS_TOKEN_FORMAT"),
+        ("MODEL.SAN.REC_DOWNSAMPLE_METHOD", "median", "downsample_method 'median'.*MODEL.SAN.REC_DOWNSAMPLE_METHOD"),
+        ("MODEL.SIDE_ADAPTER.ATTN_BIAS.NUM_LAYERS", 3, "1 .shared. or 2 .one each.*ATTN_BIAS.NUM_LAYERS"),
+        ("MODEL.SIDE_ADAPTER.DEEP_SUPERVISION_IDXS", [9], r"\[9\] must lie in 1..4.*DEEP_SUPERVISION_IDXS"),
     ],
 )
 def test_bad_configs(tmp_path, key, value, match):
@@ -115,10 +117,15 @@ def test_unknown_clip_weights_tag(tmp_path):
         san.build_model(cfg)
 
 
-def test_train_mode_returns_predictions_per_level(tiny_model):
+def test_train_mode_stages_per_level_and_forward_needs_targets(tiny_model):
     tiny_model.train()
-    out = tiny_model([{"image": torch.rand(3, 64, 64) * 255, "vocabulary": VOCAB}])
+    images, _ = tiny_model.preprocess([{"image": torch.rand(3, 64, 64) * 255}])
+    out = tiny_model.forward_stages(images, tiny_model.encode_vocabulary(VOCAB))
     q = tiny_model.side_adapter_network.num_queries
-    assert out["pred_logits"].shape == (1, q, len(VOCAB) + 1)
-    assert out["pred_masks"].shape == (1, q, 4, 4)
-    assert len(out["aux_outputs"]) == 1 and out["aux_outputs"][0]["pred_masks"].shape == (1, q, 4, 4)
+    assert [tuple(c.shape) for c in out["class_logits"]] == [(1, q, len(VOCAB) + 1)] * 2  # aux level, then final
+    assert [tuple(m.shape) for m in out["mask_logits"]] == [(1, q, 4, 4)] * 2
+    with pytest.raises(ValueError, match="training inputs need 'instances'"):
+        tiny_model([{"image": torch.rand(3, 64, 64) * 255, "vocabulary": VOCAB}])
+    tiny_model.criterion = None
+    with pytest.raises(RuntimeError, match="without a criterion"):
+        tiny_model([{"image": torch.rand(3, 64, 64) * 255, "vocabulary": VOCAB, "instances": {}}])

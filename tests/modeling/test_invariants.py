@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import san
-from san.build import clip_state_dict_to_san
+from san.checkpoint import clip_state_dict_to_san
 from san.modeling import ClipFeatureExtractor, RecognitionHead
 
 from ..conftest import TINY_CLIP
@@ -19,7 +19,7 @@ def _features_and_biases(model: san.SAN, seed: int = 0):
     images = torch.randn(2, 3, 96, 128)
     model.train()
     with torch.no_grad():
-        out = model.predict(images, model.encode_vocabulary(["a", "b"]))
+        out = model.forward_stages(images, model.encode_vocabulary(["a", "b"]))
     model.eval()
     return out["clip_features"], out["attn_biases"]
 
@@ -121,9 +121,10 @@ def test_zero_bias_single_sos_reproduces_clip_class_token(tmp_path):
 
 def test_frozen_parameters_get_no_gradient(tiny_model):
     model = tiny_model.train()
-    out = model([{"image": torch.rand(3, 64, 96) * 255, "vocabulary": ["cat", "dog"]}])
-    loss = out["pred_logits"].logsumexp(-1).sum() + out["pred_masks"].sigmoid().sum()
-    loss = loss + sum(a["pred_logits"].sum() + a["pred_masks"].sum() for a in out["aux_outputs"])
+    images, _ = model.preprocess([{"image": torch.rand(3, 64, 96) * 255}])
+    out = model.forward_stages(images, model.encode_vocabulary(["cat", "dog"]))
+    assert len(out["class_logits"]) == len(model.side_adapter_network.deep_supervision_idxs)  # every level in train
+    loss = sum(c.logsumexp(-1).sum() + m.sigmoid().sum() for c, m in zip(out["class_logits"], out["mask_logits"]))
     loss.backward()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {

@@ -62,7 +62,7 @@ def test_cost_matrix_equals_hand_computed_costs():
 
 def _random_problem(q: int, k: int, seed: int):
     g = torch.Generator().manual_seed(seed)
-    outputs = {"pred_logits": torch.randn(1, q, 4, generator=g), "pred_masks": torch.randn(1, q, 8, 8, generator=g)}
+    outputs = {"class_logits": torch.randn(1, q, 4, generator=g), "mask_logits": torch.randn(1, q, 8, 8, generator=g)}
     targets = [{"labels": torch.randperm(3, generator=g)[:k], "masks": torch.rand(k, 32, 32, generator=g) > 0.5}]
     return outputs, targets
 
@@ -75,7 +75,7 @@ def test_assignment_is_optimal_against_brute_force():
         (rows, cols) = matcher(outputs, targets)[0]
         torch.manual_seed(seed)
         cost = matcher.cost_matrix(
-            outputs["pred_logits"][0], outputs["pred_masks"][0], targets[0]["labels"], targets[0]["masks"]
+            outputs["class_logits"][0], outputs["mask_logits"][0], targets[0]["labels"], targets[0]["masks"]
         )
         best = min(sum(cost[q, t].item() for t, q in enumerate(perm)) for perm in itertools.permutations(range(5), 3))
         assert len(rows) == len(cols) == 3 and sorted(cols.tolist()) == [0, 1, 2]
@@ -100,7 +100,7 @@ def test_hand_made_cost_is_solved_globally_not_greedily():
     matcher = HungarianMatcher()
     hand = torch.tensor([[1.0, 2.0], [2.0, 10.0], [5.0, 5.0]])
     matcher.cost_matrix = lambda *args: hand  # type: ignore[method-assign]
-    outputs = {"pred_logits": torch.zeros(1, 3, 3), "pred_masks": torch.zeros(1, 3, 4, 4)}
+    outputs = {"class_logits": torch.zeros(1, 3, 3), "mask_logits": torch.zeros(1, 3, 4, 4)}
     rows, cols = matcher(outputs, [{"labels": torch.tensor([0, 1]), "masks": torch.zeros(2, 4, 4)}])[0]
     assert rows.tolist() == [0, 1] and cols.tolist() == [1, 0]
 
@@ -114,7 +114,7 @@ def test_images_without_targets_and_bad_inputs():
     assert res[0][0].numel() == 0 and len(res[1][0]) == 2
     with pytest.raises(ValueError, match="1 targets for a batch of 2"):
         matcher(outputs, [empty])
-    outputs["pred_masks"][1, 0] = float("nan")
+    outputs["mask_logits"][1, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="not finite"):
         matcher(outputs, [empty, targets[0]])
     with pytest.raises(ValueError, match="non-zero cost"):

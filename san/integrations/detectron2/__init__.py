@@ -25,6 +25,7 @@ try:
 except ImportError as e:
     raise ImportError(_INSTALL_HINT) from e
 
+from .checkpoint import SANCheckpointer  # noqa: E402
 from .config import add_san_config, get_san_cfg  # noqa: E402
 from .datasets import register_all_datasets, register_dataset  # noqa: E402
 from .mapper import MaskFormerSemanticDatasetMapper  # noqa: E402
@@ -38,6 +39,7 @@ register_all_datasets()
 __all__ = [
     "SAN",
     "MaskFormerSemanticDatasetMapper",
+    "SANCheckpointer",
     "SemanticSegmentorWithTTA",
     "Trainer",
     "add_san_config",

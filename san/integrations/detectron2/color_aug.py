@@ -1,12 +1,10 @@
 """SSD colour jitter (``INPUT.COLOR_AUG_SSD``) as a detectron2 transform, without OpenCV.
 
 The official mapper uses ``detectron2.projects.point_rend.ColorAugSSDTransform``, which needs
-OpenCV for its HSV round trips. :class:`ColorAugSSD` draws the same random numbers in the same
-order (Python's ``random``) and ports OpenCV's 8-bit BGR<->HSV conversions to NumPy: the
-fixed-point forward conversion, and the vectorised backward one (float32, fused multiply-add,
-truncation; H in 0..179). Both agree bit for bit with OpenCV 5.0 on all 2^24 colours, so a seeded
-run gives the official pixels (OpenCV converts the last few pixels of an image whose pixel count is
-not a multiple of its SIMD block with a rounding scalar path; those may differ by one).
+OpenCV for its HSV round trips and draws its random numbers from Python's ``random``. This is
+san's own jitter (:class:`san.data.transforms.ColorAugSSD`, whose NumPy ports of OpenCV's 8-bit
+HSV conversions agree with OpenCV on every pixel) fed from Python's ``random`` in the official
+order, so a seeded detectron2 run gives the official pixels.
 """
 
 from __future__ import annotations
@@ -16,49 +14,23 @@ import random
 import numpy as np
 from detectron2.data import transforms as T
 
+from san.data.transforms import ColorAugSSD as _ColorJitter
+from san.data.transforms import bgr_to_hsv, hsv_to_bgr
+
 __all__ = ["ColorAugSSD", "bgr_to_hsv", "build_color_aug_ssd", "hsv_to_bgr"]
 
-_SHIFT = 12
-_I = np.arange(1, 256, dtype=np.float64)
-_SDIV = np.concatenate([[0], np.rint((255 << _SHIFT) / _I)]).astype(np.int64)
-_HDIV = np.concatenate([[0], np.rint((180 << _SHIFT) / (6.0 * _I))]).astype(np.int64)
-_SECTORS = np.array([[1, 3, 0], [1, 0, 2], [3, 0, 1], [0, 2, 1], [0, 1, 3], [2, 1, 0]])  # tab index of b, g, r
 
+class _PythonRandom:
+    """The two draws :class:`san.data.transforms.ColorAugSSD` makes, taken from Python's ``random``
+    as the official transform takes them (``randrange``, ``uniform``, ``randint``)."""
 
-def bgr_to_hsv(img: np.ndarray) -> np.ndarray:
-    """OpenCV's ``COLOR_BGR2HSV`` for uint8 ``[H, W, 3]`` (H in 0..179, S and V in 0..255)."""
-    b, g, r = (img[..., i].astype(np.int64) for i in range(3))
-    v = np.maximum(np.maximum(b, g), r)
-    diff = v - np.minimum(np.minimum(b, g), r)
-    half = 1 << (_SHIFT - 1)
-    s = (diff * _SDIV[v] + half) >> _SHIFT
-    h = np.where(v == r, g - b, np.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
-    h = (h * _HDIV[diff] + half) >> _SHIFT
-    h = np.where(h < 0, h + 180, h)
-    return np.stack([h, s, v], axis=-1).astype(np.uint8)
+    def integers(self, low: int, high: int | None = None) -> int:
+        if high is None:
+            return random.randrange(low)
+        return random.randint(low, high - 1)
 
-
-def hsv_to_bgr(hsv: np.ndarray) -> np.ndarray:
-    """OpenCV's ``COLOR_HSV2BGR`` for uint8 ``[H, W, 3]`` (float32 arithmetic, rounded)."""
-    h = hsv[..., 0].astype(np.float32) * np.float32(6.0 / 180.0)
-    s = hsv[..., 1].astype(np.float32) * np.float32(1.0 / 255.0)
-    v = hsv[..., 2].astype(np.float32) * np.float32(1.0 / 255.0)
-    h = np.mod(h, np.float32(6.0))
-    sector = np.floor(h).astype(np.int64)
-    h = h - sector.astype(np.float32)
-    bad = (sector < 0) | (sector >= 6)
-    sector = np.where(bad, 0, sector)
-    h = np.where(bad, np.float32(0), h)
-    one = np.float32(1.0)
-
-    def one_minus(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # 1 - a*b rounded once (OpenCV's fused SIMD)
-        return (1.0 - a.astype(np.float64) * b.astype(np.float64)).astype(np.float32)
-
-    tab = np.stack([v, v * (one - s), v * one_minus(s, h), v * one_minus(s, one - h)], axis=-1)
-    idx = _SECTORS[sector]  # [H, W, 3] indices into tab for b, g, r
-    bgr = np.take_along_axis(tab, idx, axis=-1)
-    bgr = np.where((s == 0)[..., None], v[..., None], bgr)
-    return np.clip(np.floor(bgr * np.float32(255.0)), 0, 255).astype(np.uint8)
+    def uniform(self, low: float, high: float) -> float:
+        return random.uniform(low, high)
 
 
 class ColorAugSSD(T.Transform):
@@ -78,15 +50,12 @@ class ColorAugSSD(T.Transform):
         if img_format not in ("BGR", "RGB"):
             raise ValueError(f"ColorAugSSD supports RGB or BGR images, got {img_format!r}")
         self.is_rgb = img_format == "RGB"
-        self.brightness_delta, self.hue_delta = brightness_delta, hue_delta
-        self.contrast_range = (contrast_low, contrast_high)
-        self.saturation_range = (saturation_low, saturation_high)
+        self.jitter = _ColorJitter(
+            brightness_delta, contrast_low, contrast_high, saturation_low, saturation_high, hue_delta
+        )
 
     def __repr__(self) -> str:
-        return (
-            f"ColorAugSSD(rgb={self.is_rgb}, brightness_delta={self.brightness_delta}, "
-            f"contrast={self.contrast_range}, saturation={self.saturation_range}, hue_delta={self.hue_delta})"
-        )
+        return f"ColorAugSSD(rgb={self.is_rgb}, {self.jitter!r})"
 
     def apply_coords(self, coords: np.ndarray) -> np.ndarray:
         return coords
@@ -95,44 +64,9 @@ class ColorAugSSD(T.Transform):
         return segmentation
 
     def apply_image(self, img: np.ndarray, interp: object = None) -> np.ndarray:
-        if self.is_rgb:
-            img = img[:, :, [2, 1, 0]]
-        img = self._brightness(img)
-        if random.randrange(2):
-            img = self._hue(self._saturation(self._contrast(img)))
-        else:
-            img = self._contrast(self._hue(self._saturation(img)))
-        if self.is_rgb:
-            img = img[:, :, [2, 1, 0]]
-        return img
-
-    @staticmethod
-    def _convert(img: np.ndarray, alpha: float = 1, beta: float = 0) -> np.ndarray:
-        return np.clip(img.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
-
-    def _brightness(self, img: np.ndarray) -> np.ndarray:
-        if random.randrange(2):
-            return self._convert(img, beta=random.uniform(-self.brightness_delta, self.brightness_delta))
-        return img
-
-    def _contrast(self, img: np.ndarray) -> np.ndarray:
-        if random.randrange(2):
-            return self._convert(img, alpha=random.uniform(*self.contrast_range))
-        return img
-
-    def _saturation(self, img: np.ndarray) -> np.ndarray:
-        if random.randrange(2):
-            hsv = bgr_to_hsv(img)
-            hsv[:, :, 1] = self._convert(hsv[:, :, 1], alpha=random.uniform(*self.saturation_range))
-            return hsv_to_bgr(hsv)
-        return img
-
-    def _hue(self, img: np.ndarray) -> np.ndarray:
-        if random.randrange(2):
-            hsv = bgr_to_hsv(img)
-            hsv[:, :, 0] = (hsv[:, :, 0].astype(int) + random.randint(-self.hue_delta, self.hue_delta)) % 180
-            return hsv_to_bgr(hsv)
-        return img
+        rgb = img if self.is_rgb else img[:, :, ::-1]
+        out = self.jitter.apply(rgb, _PythonRandom())
+        return out if self.is_rgb else np.ascontiguousarray(out[:, :, ::-1])
 
 
 def build_color_aug_ssd(img_format: str) -> T.Transform:

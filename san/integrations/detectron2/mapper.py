@@ -19,12 +19,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from detectron2.config import CfgNode, configurable
 from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
+
+from san.data.mapper import per_class_masks
+from san.data.transforms import pad_to_divisible
 
 from .color_aug import build_color_aug_ssd
 
@@ -112,21 +114,12 @@ class MaskFormerSemanticDatasetMapper:
         self.augmentations(aug_input)
         image = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))  # [3, H, W]
         sem_seg_t = torch.as_tensor(aug_input.sem_seg.astype("long"))  # [H, W]
-        if self.size_divisibility > 0:  # pad bottom/right up to a multiple (the official crop fits one)
-            h, w = image.shape[-2:]
-            s = self.size_divisibility
-            pad = [0, -(-w // s) * s - w, 0, -(-h // s) * s - h]
-            image = F.pad(image, pad, value=128).contiguous()
-            sem_seg_t = F.pad(sem_seg_t, pad, value=self.ignore_label).contiguous()
+        # pad bottom/right up to a multiple (the official crop fits one): image 128, label ignore
+        image, sem_seg_t = pad_to_divisible(image, sem_seg_t, self.size_divisibility, 128, self.ignore_label)
         dataset_dict["image"] = image
         dataset_dict["sem_seg"] = sem_seg_t
-        dataset_dict["instances"] = self._instances(sem_seg_t)
+        targets = per_class_masks(sem_seg_t, self.ignore_label)
+        inst = Instances(tuple(sem_seg_t.shape))
+        inst.gt_classes, inst.gt_masks = targets["labels"], targets["masks"]  # [K], [K, H, W] bool
+        dataset_dict["instances"] = inst
         return dataset_dict
-
-    def _instances(self, sem_seg: torch.Tensor) -> Instances:
-        classes = torch.unique(sem_seg)
-        classes = classes[classes != self.ignore_label]
-        inst = Instances(tuple(sem_seg.shape))
-        inst.gt_classes = classes.to(torch.int64)
-        inst.gt_masks = sem_seg[None] == classes[:, None, None]  # [K, H, W] bool
-        return inst

@@ -7,8 +7,12 @@ Two detectron2 conventions are added on top of the core input contract:
 - inputs without ``"vocabulary"`` take the class names of their dataset, looked up as
   ``MetadataCatalog.get(x["meta"]["dataset_name"]).stuff_classes`` (the official behaviour; the
   loaders of :mod:`san.integrations.detectron2.train` attach ``"meta"``);
-- training targets may be detectron2 ``Instances`` with ``gt_classes``/``gt_masks`` (the core
-  model reads any object with those fields).
+- training targets may be detectron2 ``Instances`` with ``gt_classes``/``gt_masks``; they are
+  handed to the core model as its ``{"labels", "masks"}`` dicts.
+
+The model is built once, by :func:`san.build.build_model`; when ``MODEL.WEIGHTS`` names a
+checkpoint (which detectron2's checkpointer loads next, and which holds every CLIP weight) the CLIP
+weights are not fetched.
 """
 
 from __future__ import annotations
@@ -21,22 +25,12 @@ from detectron2.config import CfgNode, configurable
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
 
-from san.build import build_model, san_kwargs
+from san.build import build_model
 from san.modeling import SAN as _CoreSAN
-from san.modeling.clip import ClipWeightsUnavailable
 
 __all__ = ["SAN", "dataset_vocabulary"]
 
 logger = logging.getLogger(__name__)
-
-_SCALAR_KEYS = (
-    "clip_resolution",
-    "asymmetric_input",
-    "size_divisibility",
-    "pixel_mean",
-    "pixel_std",
-    "sem_seg_postprocess_before_inference",
-)
 
 
 def dataset_vocabulary(dataset_name: str) -> list[str]:
@@ -62,47 +56,19 @@ class SAN(_CoreSAN):
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict[str, Any]:
-        """Constructor arguments from a config: the modules of :func:`san.build.build_model`
-        (CLIP weights of ``CLIP_PRETRAINED_NAME`` loaded, CLIP frozen, criterion when available).
-
-        Offline, when the CLIP weights cannot be fetched but ``MODEL.WEIGHTS`` names a checkpoint
-        (which the trainer loads next), the model is built without them and a warning says so;
-        ``CLIP_PRETRAINED_NAME`` still decides the activation, as in the official model."""
-        try:
-            core = build_model(cfg, load_clip_weights=True)
-        except ClipWeightsUnavailable as e:
-            if not cfg.MODEL.WEIGHTS:
-                raise
-            logger.warning(
-                "%s\nBuilding without them: MODEL.WEIGHTS (%s) must hold every CLIP weight, as the official "
-                "SAN checkpoints do.",
-                e,
-                cfg.MODEL.WEIGHTS,
-            )
-            core = build_model(cfg, load_clip_weights=False)
-        kwargs = san_kwargs(cfg)
-        return {
-            "clip_visual_extractor": core.clip_visual_extractor,
-            "clip_rec_head": core.clip_rec_head,
-            "side_adapter_network": core.side_adapter_network,
-            "ov_classifier": core.ov_classifier,
-            "criterion": core.criterion,
-            **{k: kwargs[k] for k in _SCALAR_KEYS},
-        }
+        """Constructor arguments from a config: the modules :func:`san.build.build_model` builds (CLIP
+        frozen, criterion attached; CLIP weights fetched only when ``MODEL.WEIGHTS`` is empty)."""
+        return build_model(cfg, clip_weights=not cfg.MODEL.WEIGHTS).init_kwargs()
 
     def forward(self, batched_inputs: Sequence[dict]) -> Any:
-        """The core forward, after filling in missing vocabularies from the dataset metadata."""
-        if self.training and self.criterion is None:
-            raise RuntimeError(
-                "SAN was built without a criterion (san.modeling.criterion is unavailable), so it cannot return "
-                "the loss dict detectron2's trainer needs"
-            )
-        return super().forward(self._with_vocabulary(batched_inputs))
+        """The core forward, after filling in missing vocabularies from the dataset metadata and
+        turning ``Instances`` targets into the core's dicts."""
+        return super().forward([_as_core_input(x) for x in self._with_vocabulary(batched_inputs)])
 
     @staticmethod
     def _with_vocabulary(batched_inputs: Sequence[dict]) -> Sequence[dict]:
         if not isinstance(batched_inputs, (list, tuple)) or not batched_inputs:
-            return batched_inputs  # the core model reports the error
+            raise ValueError("SAN expects a non-empty list of input dicts")
         if not isinstance(batched_inputs[0], dict) or "vocabulary" in batched_inputs[0]:
             return batched_inputs
         names = set()
@@ -119,6 +85,13 @@ class SAN(_CoreSAN):
             raise ValueError(f"all images of a batch must come from one dataset, got {sorted(names)}")
         vocabulary = dataset_vocabulary(names.pop())
         return [{**x, "vocabulary": vocabulary} for x in batched_inputs]
+
+
+def _as_core_input(x: Any) -> Any:
+    inst = x.get("instances") if isinstance(x, dict) else None
+    if inst is None or isinstance(inst, dict):
+        return x
+    return {**x, "instances": {"labels": inst.gt_classes, "masks": getattr(inst.gt_masks, "tensor", inst.gt_masks)}}
 
 
 if "SAN" in META_ARCH_REGISTRY:

@@ -3,13 +3,13 @@
 The parameter groups, optimizer and clipping rules are san's own (:mod:`san.engine.optim`, the
 official recipe). detectron2's trainer calls only ``optimizer.step()``, so, as the official
 ``train_net.py`` does, clipping (``full_model``: the global gradient norm of all parameters,
-else per parameter) runs inside ``step()``, after AMP has un-scaled the gradients.
+else per parameter) runs at the start of every ``step()`` (a step pre-hook), after AMP has
+un-scaled the gradients.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -23,24 +23,16 @@ __all__ = ["build_lr_scheduler", "build_optimizer", "param_groups"]
 param_groups = san_optim.param_groups
 
 
-def _with_clipping(
-    optim_cls: type[torch.optim.Optimizer], clip: Callable[[Iterable[nn.Parameter]], None]
-) -> type[torch.optim.Optimizer]:
-    class ClippingOptimizer(optim_cls):  # type: ignore[valid-type, misc]
-        def step(self, closure: Any = None) -> Any:
-            clip(itertools.chain(*[g["params"] for g in self.param_groups]))
-            return super().step(closure=closure)
-
-    ClippingOptimizer.__name__ = ClippingOptimizer.__qualname__ = f"GradientClipping{optim_cls.__name__}"
-    return ClippingOptimizer
-
-
 def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     """san's optimizer over the official parameter groups, clipping ``SOLVER.CLIP_GRADIENTS`` in ``step()``."""
     optimizer = san_optim.build_optimizer(cfg, model)
     clip = san_optim.build_gradient_clipper(cfg)
     if clip is not None:
-        optimizer.__class__ = _with_clipping(type(optimizer), clip)
+
+        def clip_before_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            clip(itertools.chain(*[g["params"] for g in opt.param_groups]))
+
+        optimizer.register_step_pre_hook(clip_before_step)
     return optimizer
 
 

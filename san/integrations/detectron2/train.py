@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -30,6 +31,7 @@ from detectron2.evaluation import DatasetEvaluator, SemSegEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from .checkpoint import SANCheckpointer
 from .config import add_san_config
 from .datasets import register_all_datasets
 from .mapper import MaskFormerSemanticDatasetMapper, check_rgb_format
@@ -65,7 +67,13 @@ class _TestMapper:
 
 
 class Trainer(DefaultTrainer):
-    """detectron2's ``DefaultTrainer`` with the official SAN recipe."""
+    """detectron2's ``DefaultTrainer`` with the official SAN recipe, checkpoints read and loaded by
+    :class:`SANCheckpointer` (san's one loader)."""
+
+    def build_hooks(self) -> list:
+        # DefaultTrainer makes its DetectionCheckpointer just before asking for the hooks, which keep it
+        self.checkpointer = SANCheckpointer(self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        return super().build_hooks()
 
     if "state_dict" not in DefaultTrainer.__dict__:  # detectron2 0.6 checkpoints no optimizer state
 

@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import san
-from san.modeling.san import sem_seg_postprocess, semantic_inference
-from san.modeling.semantic import resize_matrix, semantic_labels
+from san.modeling.semantic import resize_matrix, sem_seg_postprocess, semantic_inference, semantic_labels
 from san.modeling.text_classifier import TextClassifier
 
 NAMES = ["cat", "dog", "traffic light", "a very long class name with many many words in it", "sky"]
@@ -36,7 +35,7 @@ def test_text_fast_equals_reference_tiny(tiny_model):
     fast = clf.embed_names(NAMES)
     assert ref.shape == fast.shape == (len(NAMES), clf.text_projection.shape[1])
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=0)
-    clf.batch_size = 3  # several chunks of different cut lengths give the same result
+    clf.set_batch_size(3)  # several chunks of different cut lengths give the same result
     clf.clear_cache()
     torch.testing.assert_close(clf.embed_names(NAMES), ref, atol=1e-5, rtol=0)
 
@@ -55,9 +54,9 @@ def test_text_fast_equals_reference_vitb(vitb):
 
 def test_text_disk_cache_round_trip_and_keys(tiny_model, tmp_path, monkeypatch):
     clf = tiny_model.ov_classifier
-    clf.cache_dir = tmp_path
+    clf.set_cache_dir(tmp_path)
     first = clf.embed_names(NAMES)
-    files = list(tmp_path.glob("text-*.pt"))
+    files = list(tmp_path.glob("text-*.safetensors"))
     assert len(files) == 1
     # a fresh classifier with the same weights reads every name from disk, encoding nothing
     other = TextClassifier(width=32, layers=2, heads=2, embed_dim=32, templates=clf.templates, cache_dir=tmp_path)
@@ -95,7 +94,7 @@ def _rec_inputs(model: san.SAN, hw: tuple[int, int], levels: int):
 def test_rec_head_equals_dense_tiny(tiny_model, impl, levels):
     head = tiny_model.clip_rec_head
     feats, biases = _rec_inputs(tiny_model, (64, 96), levels)
-    head.sos_attention = impl
+    head.set_attention(impl)
     with torch.no_grad():
         fast = head(feats, tiny_model.rec_layer, biases)
         ref = head.forward_dense(feats, tiny_model.rec_layer, biases)
@@ -109,11 +108,11 @@ def test_rec_head_dense_flag_and_bad_value(tiny_model):
     feats, biases = _rec_inputs(tiny_model, (64, 64), 1)
     with torch.no_grad():
         ref = head.forward_dense(feats, tiny_model.rec_layer, biases)
-        head.sos_attention = "dense"
+        tiny_model.set_inference_options(sos_attention="dense")
         assert torch.equal(head(feats, tiny_model.rec_layer, biases)[0], ref[0])
-        head.sos_attention = "flash"
         with pytest.raises(ValueError, match="unknown sos_attention 'flash'"):
-            head(feats, tiny_model.rec_layer, biases)
+            tiny_model.set_inference_options(sos_attention="flash")
+        assert head.sos_attention == "dense"
 
 
 def test_rec_head_equals_dense_vitb(vitb):
@@ -122,16 +121,16 @@ def test_rec_head_equals_dense_vitb(vitb):
     with torch.no_grad():
         ref = head.forward_dense(feats, vitb.rec_layer, biases)
         for impl in ("manual", "sdpa"):
-            head.sos_attention = impl
+            head.set_attention(impl)
             for a, b in zip(head(feats, vitb.rec_layer, biases), ref):
                 torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
-    head.sos_attention = "sdpa"
+    head.set_attention("sdpa")
 
 
 @pytest.mark.parametrize("impl", ["manual", "sdpa"])
 def test_rec_head_gradients_match_dense(tiny_model, impl):
     head = tiny_model.clip_rec_head
-    head.sos_attention = impl
+    head.set_attention(impl)
     feats, biases = _rec_inputs(tiny_model, (64, 64), 2)
     grads = []
     for fn in (head.forward, head.forward_dense):
@@ -241,7 +240,7 @@ def test_predict_labels_equals_forward_argmax(tiny_model):
 
 
 def test_semantic_labels_rejects_bad_shapes():
-    with pytest.raises(ValueError, match=r"mask_cls \[Q, C\+1\]"):
+    with pytest.raises(ValueError, match=r"class_logits \[Q, C\+1\]"):
         semantic_labels(torch.zeros(3, 4), torch.zeros(2, 5, 5), (5, 5), (5, 5), (5, 5))
     with pytest.raises(ValueError, match="positive integer"):
         semantic_labels(torch.zeros(2, 4), torch.zeros(2, 5, 5), (5, 5), (5, 5), (5, 5), reduced=0)

@@ -7,8 +7,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-import san.visualize as vis
-from san.visualize import legend, overlay, palette, pixel_fractions, render
+import san.inference.visualize as vis
+from san.inference.visualize import legend, overlay, palette, pixel_fractions, render
 
 
 def _scene() -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -6,7 +6,7 @@ Examples::
     san train --config-file configs/san_clip_vit_res4_coco.yaml --num-gpus 8 --resume OUTPUT_DIR output/san_b16
     san train --config-file configs/san_clip_vit_res4_coco.yaml --eval-only MODEL.WEIGHTS san_vit_b_16.pth
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
-        -m san.train --config-file configs/san_clip_vit_res4_coco.yaml OUTPUT_DIR output/san_b16
+        -m san train --config-file configs/san_clip_vit_res4_coco.yaml OUTPUT_DIR output/san_b16
 
 Under ``torchrun`` (RANK/WORLD_SIZE in the environment) each process joins that group; otherwise
 ``--num-gpus N`` (> 1) starts N local processes itself, and ``--num-machines``/``--machine-rank``/
@@ -21,11 +21,11 @@ import os
 import sys
 from typing import Any
 
+from san.devices import PRECISIONS, amp_settings
+
 __all__ = ["build_parser", "launch", "main", "setup"]
 
 logger = logging.getLogger("san.train")
-
-_PRECISION_FLAGS = {"fp32": (False, "float16"), "fp16": (True, "float16"), "bf16": (True, "bfloat16")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--precision",
-        choices=sorted(_PRECISION_FLAGS),
+        choices=PRECISIONS,
         default=None,
         help="override SOLVER.AMP: fp32 (no autocast), fp16 (autocast + GradScaler), bf16 (autocast, no scaler)",
     )
@@ -115,19 +115,18 @@ def _setup_logging(output_dir: str | None, rank: int) -> None:
 
 def setup(args: argparse.Namespace) -> Any:
     """Config from the file, overrides and flags (frozen); logging; ``OUTPUT_DIR/config.yaml``."""
-    import san
+    from san.config import get_cfg, get_config_file
     from san.data import register_datasets_from_yaml
     from san.engine import comm
 
     for path in args.datasets_yaml:
         register_datasets_from_yaml(path, overwrite=True)
-    cfg = san.get_cfg()
+    cfg = get_cfg()
     if args.config_file:
-        cfg.merge_from_file(san.config.get_config_file(args.config_file))
+        cfg.merge_from_file(get_config_file(args.config_file))
     cfg.merge_from_list(list(args.opts))
     if args.precision:
-        enabled, dtype = _PRECISION_FLAGS[args.precision]
-        cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.PRECISION = enabled, dtype
+        cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.PRECISION = amp_settings(args.precision)
     if args.dump_predictions:
         cfg.SAN_ENGINE.DUMP_PREDICTIONS = True
     cfg.freeze()
@@ -145,27 +144,14 @@ def setup(args: argparse.Namespace) -> Any:
 
 
 def _evaluate_only(cfg: Any, resume: bool) -> dict[str, Any]:
-    from san.build import build_model
-    from san.checkpoint import load_checkpoint
     from san.engine import comm
-    from san.engine.inference import evaluate
-    from san.engine.trainer import last_checkpoint_path, load_weights, resolve_device
+    from san.engine.inference import evaluate_only
+    from san.engine.trainer import last_checkpoint_path, resolve_device
 
     device = resolve_device(cfg)
     comm.init_distributed(device.type)
-    ckpt = last_checkpoint_path(cfg.OUTPUT_DIR) if resume else None
-    model = build_model(cfg, load_clip_weights=not (ckpt or cfg.MODEL.WEIGHTS)).to(device)
-    if ckpt:
-        load_checkpoint(model, ckpt)
-        logger.info("evaluating %s", ckpt)
-    elif cfg.MODEL.WEIGHTS:
-        load_weights(model, cfg.MODEL.WEIGHTS)
-    else:
-        logger.warning("no MODEL.WEIGHTS: evaluating an untrained side adapter")
-    results = dict(evaluate(model, cfg))
-    if cfg.TEST.AUG.ENABLED:
-        results.update({f"{k}_TTA": v for k, v in evaluate(model, cfg, tta=True).items()})
-    return results
+    weights = (last_checkpoint_path(cfg.OUTPUT_DIR) if resume else None) or cfg.MODEL.WEIGHTS or None
+    return evaluate_only(cfg, weights, device=device)
 
 
 def _main_worker(args: argparse.Namespace) -> dict[str, Any]:
@@ -226,7 +212,7 @@ def launch(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``san train`` and ``python -m san.train``."""
+    """Entry point of ``san train`` and ``python -m san train``."""
     args = build_parser().parse_args(argv)
     if args.num_gpus < 1 or args.num_machines < 1 or not 0 <= args.machine_rank < args.num_machines:
         raise SystemExit("need --num-gpus >= 1, --num-machines >= 1 and 0 <= --machine-rank < --num-machines")

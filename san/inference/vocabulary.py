@@ -13,7 +13,7 @@ Rules (deterministic and order-preserving, unlike the official ``predict.py`` wh
 - An empty vocabulary is an error; empty entries inside one (``"a, , b"``, ``["a", " "]``) are
   dropped with a warning (blank lines and ``#`` comments in files are ignored silently).
 - Names too long for CLIP's 77-token context (after the longest prompt template) are cut to fit,
-  with a warning.
+  with a warning (:meth:`san.modeling.TextClassifier.fit_names`, which knows the context).
 - "other": the official demo appends distractor names (all COCO-Stuff classes, or only its stuff
   classes) so that a short vocabulary does not force every pixel into one of its few classes;
   pixels won by a distractor are reported as one ``"other"`` class.
@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from san.assets import list_class_sets, read_classes
@@ -37,7 +37,6 @@ __all__ = [
     "Vocabulary",
     "build_vocabulary",
     "distractor_names",
-    "fit_to_context",
     "parse_vocabulary",
     "read_vocabulary_file",
 ]
@@ -120,41 +119,6 @@ def distractor_names(other: str, exclude: Sequence[str] = ()) -> list[str]:
     names = coco if key == "coco-all" else coco[_COCO_THINGS:]
     taken = {n.casefold() for n in exclude}
     return [n for n in names if n.casefold() not in taken]
-
-
-def fit_to_context(
-    names: Sequence[str],
-    encode: Callable[[str], list[int]],
-    decode: Callable[[list[int]], str],
-    templates: Sequence[str] = ("{}",),
-    context_length: int = 77,
-) -> list[str]:
-    """Cut names so that every prompt (template + name + start/end tokens) fits CLIP's context."""
-    limit = context_length - 2
-    frame = max(len(encode(t.replace("{}", ""))) for t in templates)
-
-    def too_long(name: str) -> bool:
-        if len(encode(name)) + frame + 4 <= limit:  # clearly fits: skip tokenizing every prompt
-            return False
-        return max(len(encode(t.format(name))) for t in templates) > limit
-
-    out = []
-    for n in names:
-        if too_long(n):
-            tokens = encode(n)
-            k = max(1, len(tokens) - (max(len(encode(t.format(n))) for t in templates) - limit))
-            cut = decode(tokens[:k]).strip()
-            while k > 1 and too_long(cut):  # decoding may merge or split tokens: shrink until it fits
-                k -= 1
-                cut = decode(tokens[:k]).strip()
-            logger.warning(
-                "class name %r has %d tokens, more than fit CLIP's %d-token context with the prompt templates; "
-                "it was cut to %r",
-                n if len(n) < 80 else n[:77] + "...", len(tokens), context_length, cut,
-            )  # fmt: skip
-            n = cut
-        out.append(n)
-    return out
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from san.engine.inference import SemSegTTA, shortest_edge_size
+from san.data.transforms import shortest_edge_size
+from san.inference.tta import SemSegTTA
 
 MIN_SIZES, MAX_SIZE = [20, 40, 64], 80
 
@@ -66,3 +68,30 @@ def test_tta_images_equal_detectron2s_dataset_mapper_tta():
     for ref, ours in zip(reference, seen):
         assert torch.equal(ours["image"], ref["image"]), tuple(ref["image"].shape)
         assert (ours["height"], ours["width"]) == (ref["height"], ref["width"])
+
+
+class _Echo(torch.nn.Module):
+    """A stand-in model whose scores are the input image resized to (height, width)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def forward(self, inputs):
+        self.sizes += [tuple(x["image"].shape[-2:]) for x in inputs]
+        return [
+            {"sem_seg": F.interpolate(x["image"][None].float(), size=(x["height"], x["width"]), mode="bilinear")[0]}
+            for x in inputs
+        ]
+
+
+def test_tta_averages_rescaled_and_unflipped_predictions():
+    ramp = torch.arange(48, dtype=torch.float32).mul(5).expand(3, 32, 48).to(torch.uint8)  # left-right asymmetric
+    model = _Echo()
+    tta = SemSegTTA(model, [16, 32, 64], max_size=80, flip=True)
+    out = tta([{"image": ramp, "height": 32, "width": 48}])[0]["sem_seg"]
+    assert model.sizes == [(16, 24), (16, 24), (32, 48), (32, 48), (53, 80), (53, 80)]
+    assert out.shape == (3, 32, 48)
+    assert (out - ramp.float()).abs()[:, :, 2:-2].max() < 3  # flips undone, scales averaged
+    with pytest.raises(ValueError, match="MIN_SIZES is empty"):
+        SemSegTTA(model, [], 100)

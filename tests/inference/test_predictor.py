@@ -9,13 +9,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 import san
-from san.images import ImageError
+from san.data.images import ImageError
 from san.model_zoo import WeightsError
-from san.predictor import SANPredictor, resize_shortest_edge
+from san.data.transforms import shortest_edge_size
+from san.inference.predictor import SANPredictor
 
-from .apps.colour_model import colour_predict, dominant_channel, use_colour_model
-from .conftest import tiny_cfg
-from .test_images import UPRIGHT
+from ..apps.colour_model import colour_predict, dominant_channel, use_colour_model
+from ..conftest import tiny_cfg
+from ..data.test_images import UPRIGHT
 
 VOC = "cat, grass, sky, wall, sofa"
 
@@ -30,12 +31,6 @@ def photo() -> np.ndarray:
 def predictor(tmp_path) -> SANPredictor:
     torch.manual_seed(0)
     return SANPredictor(san.build_model(tiny_cfg(tmp_path)), device="cpu", min_size=64, max_size=128)
-
-
-def test_resize_shortest_edge_matches_detectron2_rule() -> None:
-    assert resize_shortest_edge(480, 640, 640, 2560) == (640, 853)
-    assert resize_shortest_edge(100, 5000, 640, 2560) == (51, 2560)  # long side capped
-    assert resize_shortest_edge(640, 640, 640, 2560) == (640, 640)
 
 
 def test_every_input_type_gives_the_same_result(predictor: SANPredictor, photo: np.ndarray, tmp_path) -> None:
@@ -65,7 +60,7 @@ def test_every_input_type_gives_the_same_result(predictor: SANPredictor, photo: 
 
 
 def test_labels_follow_the_official_forward(predictor: SANPredictor, photo: np.ndarray) -> None:
-    h, w = resize_shortest_edge(*photo.shape[:2], 64, 128)
+    h, w = shortest_edge_size(*photo.shape[:2], 64, 128)
     resized = np.asarray(Image.fromarray(photo).resize((w, h), Image.BILINEAR))
     x = {"image": torch.from_numpy(resized.copy()).permute(2, 0, 1), "height": 75, "width": 113}
     with torch.no_grad():
@@ -145,7 +140,7 @@ def test_text_cache_on_disk(tmp_path, photo: np.ndarray, monkeypatch: pytest.Mon
     model = san.build_model(cfg)
     first = SANPredictor(model, device="cpu", min_size=64, text_cache_dir=tmp_path / "text")
     ref = first.predict(photo, VOC, return_scores=True)
-    assert list((tmp_path / "text").glob("*.pt"))
+    assert list((tmp_path / "text").glob("text-*.safetensors"))
     fresh = san.build_model(cfg)
     fresh.load_state_dict(model.state_dict())
     second = SANPredictor(fresh, device="cpu", min_size=64, text_cache_dir=tmp_path / "text")
@@ -174,8 +169,10 @@ def test_from_pretrained_config_weights_and_overrides(tmp_path, photo: np.ndarra
     assert SANPredictor.from_pretrained(str(tmp_path / "tiny.yaml"), weights="none", tta=True).tta
     with pytest.raises(ValueError, match="needs weights"):
         SANPredictor.from_pretrained(str(tmp_path / "tiny.yaml"))
-    with pytest.raises(WeightsError, match="neither an existing file"):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*nope.pth"):
         SANPredictor.from_pretrained(str(tmp_path / "tiny.yaml"), weights=tmp_path / "nope.pth")
+    with pytest.raises(WeightsError, match="neither an existing file"):
+        SANPredictor.from_pretrained(str(tmp_path / "tiny.yaml"), weights="no-such-model")
     with pytest.raises(FileNotFoundError, match="bundled config"):
         SANPredictor.from_pretrained("no_such_config", weights="none")
 
@@ -256,7 +253,7 @@ def test_device_and_precision_are_checked_and_used(
         seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), images.device.type))
         return colour_predict(self, images, classifier, levels)
 
-    monkeypatch.setattr(san.SAN, "predict", spy)
+    monkeypatch.setattr(san.SAN, "forward_stages", spy)
     for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
         seen.clear()
         SANPredictor(predictor.model, device="cpu", precision=precision, min_size=64).predict(photo, VOC)

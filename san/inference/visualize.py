@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from san.vocabulary import OTHER
+from .vocabulary import OTHER
 
 __all__ = ["legend", "overlay", "palette", "pixel_fractions", "render"]
 

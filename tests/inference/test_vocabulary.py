@@ -10,17 +10,17 @@ from open_clip.tokenizer import SimpleTokenizer
 
 import san
 from san.assets import read_classes
-from san.predictor import SANPredictor
-from san.vocabulary import (
+from san.inference.predictor import SANPredictor
+from san.modeling.text_classifier import fit_to_context
+from san.inference.vocabulary import (
     OTHER,
     build_vocabulary,
     distractor_names,
-    fit_to_context,
     parse_vocabulary,
     read_vocabulary_file,
 )
 
-from .conftest import tiny_cfg
+from ..conftest import tiny_cfg
 
 
 def test_commas_newlines_and_whitespace() -> None:
@@ -36,22 +36,22 @@ def test_synonyms_become_one_class_written_as_the_datasets_write_it() -> None:
 
 
 def test_duplicates_dropped_in_order_and_reported(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="san.vocabulary"):
+    with caplog.at_level(logging.WARNING, logger="san.inference.vocabulary"):
         names = parse_vocabulary("dog, cat, Dog, sky, cat")
     assert names == ["dog", "cat", "sky"]
     assert "duplicate" in caplog.text and "'Dog'" in caplog.text and "'cat'" in caplog.text
 
 
 def test_empty_entries_dropped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="san.vocabulary"):
+    with caplog.at_level(logging.WARNING, logger="san.inference.vocabulary"):
         assert parse_vocabulary("a, , b") == ["a", "b"]
     assert "ignored 1 empty entry (position 2)" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="san.vocabulary"):
+    with caplog.at_level(logging.WARNING, logger="san.inference.vocabulary"):
         assert parse_vocabulary(["a", " ", "b", ""]) == ["a", "b"]
     assert "ignored 2 empty entries (positions 2, 4)" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="san.vocabulary"):
+    with caplog.at_level(logging.WARNING, logger="san.inference.vocabulary"):
         assert parse_vocabulary("  a, b\n") == ["a", "b"]  # surrounding whitespace is not an entry
     assert not caplog.records
 
@@ -111,7 +111,7 @@ def test_long_names_cut_to_fit_clip_context(tmp_path, caplog: pytest.LogCaptureF
     tok = SimpleTokenizer()
     long = " ".join(["extraordinarily"] * 40)
     assert fit_to_context(["cat"], tok.encode, tok.decode, context_length=7) == ["cat"]
-    with caplog.at_level(logging.WARNING, logger="san.vocabulary"):
+    with caplog.at_level(logging.WARNING, logger="san.inference.vocabulary"):
         (cut,) = fit_to_context([long], tok.encode, tok.decode, ["a photo of a {}."], context_length=20)
     assert 10 <= len(tok.encode(f"a photo of a {cut}.")) <= 18 and long.startswith(cut) and "was cut" in caplog.text
 

@@ -25,65 +25,27 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from san.images import DEFAULT_MAX_PIXELS, ImageError, to_rgb_array
-from san.visualize import pixel_fractions
-from san.vocabulary import Vocabulary, build_vocabulary, fit_to_context
+from san.build import build_model
+from san.config import get_cfg, get_config_file
+from san.data.images import DEFAULT_MAX_PIXELS, ImageError, to_rgb_array
+from san.data.transforms import shortest_edge_size
+from san.devices import autocast, check_precision, precision_name, resolve_device
+from san.model_zoo import get_model_info
+
+from .tta import SemSegTTA
+from .visualize import pixel_fractions
+from .vocabulary import Vocabulary, build_vocabulary
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Prediction", "SANPredictor", "resize_shortest_edge"]
-
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def _check_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"unknown device {device!r} ({e}); use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r}: CUDA is not available on this machine; use device 'cpu'")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
-    return dev
-
-
-def _check_precision(precision: str, device: torch.device) -> None:
-    """Refuse a half precision the device's autocast cannot run (a clear error, not a crash later)."""
-    if precision == "fp32":
-        return
-    try:
-        with torch.autocast(device_type=device.type, dtype=_DTYPES[precision]):
-            x = torch.ones(1, 1, 4, 4, device=device)
-            F.conv2d(x, torch.ones(1, 1, 3, 3, device=device)).sum().item()
-            (x.flatten(1) @ x.flatten(1).T).item()
-    except (RuntimeError, NotImplementedError) as e:
-        raise ValueError(
-            f"precision {precision!r} is not supported on {device} by this torch build ({e}); "
-            f"use {'bf16 or fp32' if precision == 'fp16' else 'fp32'}"
-        ) from None
-
-
-def resize_shortest_edge(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
-    """Output ``(h, w)`` of detectron2's ``ResizeShortestEdge`` (shortest edge ``short``, longest <= ``max_size``)."""
-    scale = short / min(height, width)
-    h, w = height * scale, width * scale
-    if max(h, w) > max_size:
-        s = max_size / max(h, w)
-        h, w = h * s, w * s
-    return max(1, int(h + 0.5)), max(1, int(w + 0.5))
+__all__ = ["Prediction", "SANPredictor"]
 
 
 @dataclass
@@ -122,28 +84,26 @@ class SANPredictor:
         max_score_bytes: int = 1 << 30,
         full_precision_masks: bool | None = None,
     ) -> None:
-        if precision not in _DTYPES:
-            raise ValueError(f"precision must be one of {', '.join(_DTYPES)}, got {precision!r}")
-        self.device = _check_device(device)
-        _check_precision(precision, self.device)
-        if precision == "fp16" and self.device.type == "cpu":
+        self.precision = precision_name(precision)
+        self.device = resolve_device(device)
+        check_precision(self.precision, self.device)
+        if self.precision == "fp16" and self.device.type == "cpu":
             logger.warning("fp16 on CPU is slow and imprecise; bf16 is the CPU half precision")
         self.model = model.to(self.device).eval()
-        self.precision = precision
         # bf16/fp16 run CLIP, the recognition head and the text tower in half precision; by default
         # on the CPU the side adapter (mask proposals, which place the boundaries) stays float32: it
         # costs little there, while on a GPU float32 forgoes the tensor cores for ~40% of the work
         if full_precision_masks is None:
             full_precision_masks = self.device.type == "cpu"
         self.full_precision_masks = bool(full_precision_masks)
-        self.model.side_adapter_network.full_precision = self.full_precision_masks
+        options: dict[str, Any] = {"full_precision_masks": self.full_precision_masks}
+        if text_cache_dir is not None:
+            options["text_cache_dir"] = os.fspath(text_cache_dir)  # on-disk name embeddings
+        self.model.set_inference_options(**options)
         self.min_size, self.max_size = int(min_size), int(max_size)
         self.tta, self.tta_flip = tta, tta_flip
         self.tta_min_sizes, self.tta_max_size = tuple(tta_min_sizes), int(tta_max_size)
         self.max_pixels, self.max_score_bytes = max_pixels, int(max_score_bytes)
-        self._fitted: dict[Vocabulary, Vocabulary] = {}
-        if text_cache_dir is not None:
-            self.model.ov_classifier.cache_dir = os.fspath(text_cache_dir)  # on-disk name embeddings
 
     @classmethod
     def from_pretrained(
@@ -167,11 +127,6 @@ class SANPredictor:
             tta: test-time augmentation (default: the config's ``TEST.AUG.ENABLED``).
             kwargs: passed to the constructor (``text_cache_dir``, ``max_pixels``, ...).
         """
-        from san.build import build_model
-        from san.checkpoint import load_checkpoint
-        from san.config import get_cfg, get_config_file
-        from san.model_zoo import get_model_info, resolve_weights
-
         info = get_model_info(os.fspath(model))
         cfg = get_cfg()
         cfg.merge_from_file(get_config_file(info.config if info else os.fspath(model)))
@@ -185,12 +140,7 @@ class SANPredictor:
             )
         if os.fspath(weights).lower() == "none":
             logger.warning("no SAN checkpoint given: the side adapter is random and the predictions meaningless")
-            net = build_model(cfg, load_clip_weights=True)
-        else:
-            path = resolve_weights(weights)
-            net = build_model(cfg, load_clip_weights=False)  # the checkpoint holds every CLIP weight
-            load_checkpoint(net, path)
-            logger.info("loaded %s", path)
+        net = build_model(cfg, weights)
         aug = cfg.TEST.AUG
         return cls(
             net,
@@ -207,22 +157,11 @@ class SANPredictor:
 
     # -- vocabulary --------------------------------------------------------------------------------
     def vocabulary(self, vocabulary: str | Sequence[str] | Vocabulary, other: str = "none") -> Vocabulary:
-        """Parse a vocabulary and cut names too long for CLIP's context (see :mod:`san.vocabulary`)."""
+        """Parse a vocabulary (see :mod:`san.inference.vocabulary`) and cut names too long for CLIP's
+        context (each cut is logged as a warning, on every call)."""
         voc = vocabulary if isinstance(vocabulary, Vocabulary) else build_vocabulary(vocabulary, other=other)
-        if voc in self._fitted:  # cut before: say so again, each caller should hear it
-            fitted = self._fitted[voc]
-            for name, cut in zip(voc.user, fitted.user):
-                if name != cut:
-                    logger.warning("class name %r was cut to %r to fit CLIP's context", name[:80], cut)
-            return fitted
-        clf = self.model.ov_classifier
-        tok = clf.tokenizer
-        if not hasattr(tok, "encode"):
-            return voc
-        user = fit_to_context(voc.user, tok.encode, tok.decode, clf.templates, clf.positional_embedding.shape[0])
-        fitted = Vocabulary(tuple(user), voc.distractors) if list(user) != list(voc.user) else voc
-        self._fitted[voc] = self._fitted[fitted] = fitted
-        return fitted
+        user = self.model.ov_classifier.fit_names(voc.user)
+        return Vocabulary(tuple(user), voc.distractors) if list(user) != list(voc.user) else voc
 
     # -- inference ---------------------------------------------------------------------------------
     def predict(
@@ -268,25 +207,17 @@ class SANPredictor:
                     results[i] = pred
         return results  # type: ignore[return-value]
 
-    def _autocast(self):
-        if self.precision == "fp32":
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.precision])
-
     def _score_bytes(self, n_classes: int, h: int, w: int) -> int:
         return (self.model.side_adapter_network.num_queries + n_classes) * h * w * 4
 
-    def _inputs(
-        self, arrays: list[np.ndarray], short: int, max_size: int, flip: bool, out: tuple[int, int], names: list[str]
-    ) -> list[dict]:
-        h, w = arrays[0].shape[:2]
-        nh, nw = resize_shortest_edge(h, w, short, max_size)
-        batch = []
-        for a in arrays:
-            im = Image.fromarray(a).resize((nw, nh), Image.BILINEAR) if (nh, nw) != (h, w) else a
-            t = torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1)  # [3, nh, nw] uint8
-            batch.append({"image": t.flip(-1) if flip else t, "height": out[0], "width": out[1], "vocabulary": names})
-        return batch
+    @staticmethod
+    def _inputs(arrays: list[np.ndarray], out: tuple[int, int], names: list[str]) -> list[dict]:
+        """Model inputs at the original size; :class:`SemSegTTA` resizes them (one rule for all)."""
+        return [
+            {"image": torch.from_numpy(a if a.flags.writeable else a.copy()).permute(2, 0, 1), "height": out[0],
+             "width": out[1], "vocabulary": names}
+            for a in arrays
+        ]
 
     @torch.no_grad()
     def _run(self, arrays: list[np.ndarray], voc: Vocabulary, return_scores: bool) -> list[Prediction]:
@@ -298,26 +229,20 @@ class SANPredictor:
                 f"scores for {len(names)} classes at {w}x{h} need more than max_score_bytes="
                 f"{self.max_score_bytes / 2**30:.1f} GiB; ask for labels only, use a smaller image or raise the budget"
             )
-        with self._autocast():
-            if not self.tta and not return_scores and hasattr(self.model, "predict_labels"):
-                outs = self.model.predict_labels(
-                    self._inputs(arrays, self.min_size, self.max_size, False, (h, w), names), with_scores=False
-                )
+        if self.tta:
+            views = SemSegTTA(self.model, self.tta_min_sizes, self.tta_max_size, self.tta_flip)
+        else:
+            views = SemSegTTA(self.model, (self.min_size,), self.max_size, flip=False)
+        with autocast(self.device, self.precision):
+            if not self.tta and not return_scores:
+                inputs = [v[0] for x in self._inputs(arrays, (h, w), names) for v in views.views(x)]
+                outs = self.model.predict_labels(inputs, with_scores=False)
                 return [self._result(o["labels"], None, voc) for o in outs]
-            sizes = self.tta_min_sizes if self.tta else (self.min_size,)
-            max_size = self.tta_max_size if self.tta else self.max_size
-            flips = (False, True) if self.tta and self.tta_flip else (False,)
-            out = (h, w) if fits else resize_shortest_edge(h, w, self.min_size, self.max_size)
-            acc: list[torch.Tensor] | None = None
-            for short in sizes:
-                for flip in flips:
-                    res = self.model(self._inputs(arrays, short, max_size, flip, out, names))
-                    sem = [r["sem_seg"].float().flip(-1) if flip else r["sem_seg"].float() for r in res]  # [C, *out]
-                    acc = sem if acc is None else [a + s for a, s in zip(acc, sem)]
-        n = len(sizes) * len(flips)
+            out = (h, w) if fits else shortest_edge_size(h, w, self.min_size, self.max_size)
+            results = views(self._inputs(arrays, out, names))
         preds = []
-        for scores in acc:  # type: ignore[union-attr]
-            scores /= n
+        for r in results:
+            scores = r["sem_seg"]
             if fits:
                 preds.append(self._result(scores.argmax(0), scores if return_scores else None, voc))
             else:

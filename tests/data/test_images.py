@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from san.images import ImageError, read_image, to_rgb_array
+from san.data.images import ImageError, read_image, to_rgb_array
 
 # EXIF orientation -> the numpy operation that shows the stored pixels upright (EXIF 2.3, tag 0x0112)
 UPRIGHT = {

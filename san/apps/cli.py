@@ -1,4 +1,8 @@
-"""The ``san`` command: ``san <command> [args]``; each command lives in its own module."""
+"""The ``san`` command: ``san <command> [args]``; each command lives in its own module of ``san.apps``.
+
+Nothing heavy is imported before a command starts its work, so ``san --help``, ``san --version``
+and usage errors answer at once.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,17 @@ import sys
 
 # command -> (module, one-line help); each module has main(argv: list[str] | None) -> int | None
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("san.train", "train / evaluate (official train_net.py command line)"),
-    "prepare-data": ("san.data.prepare", "turn raw dataset downloads into the benchmark layout"),
+    "train": ("san.apps.train", "train / evaluate (official train_net.py command line)"),
+    "prepare-data": ("san.apps.prepare_data", "turn raw dataset downloads into the benchmark layout"),
     "predict": ("san.apps.predict", "segment images with any vocabulary"),
     "demo": ("san.apps.demo", "start the local Gradio web demo"),
 }
 
 
 def _usage() -> str:
-    lines = ["usage: san <command> [args]", "", "commands:"]
+    lines = ["usage: san [--version] <command> [args]", "", "commands:"]
     lines += [f"  {name:<14} {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "`san <command> --help` describes a command."]
     return "\n".join(lines)
 
 
@@ -25,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from san import __version__
+
+        print(f"san {__version__}")
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

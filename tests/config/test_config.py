@@ -7,7 +7,7 @@ import pytest
 import san
 from san.config import ConfigError, get_config_file
 
-from .integrations.helpers import flat
+from ..integrations.helpers import flat
 
 OFFICIAL_BASE = """\
 DATASETS:
