@@ -116,16 +116,15 @@ def mode_context(model: san.SAN, flags: set[str], device: torch.device) -> ExitS
     head = model.clip_rec_head
     if "reference" in flags:
         old_attention = head.sos_attention
-        head.sos_attention = "dense"  # RecognitionHead.forward -> forward_dense
-        stack.callback(lambda: setattr(head, "sos_attention", old_attention))
+        model.set_inference_options(sos_attention="dense")  # RecognitionHead.forward -> forward_dense
+        stack.callback(lambda: model.set_inference_options(sos_attention=old_attention))
     for dtype in ("bf16", "fp16"):
         if dtype in flags:
             torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float16
             stack.enter_context(torch.autocast(device.type, dtype=torch_dtype))
     if "fp32side" in flags:  # SANPredictor's half precisions: mask proposals stay float32
-        side = model.side_adapter_network
-        side.full_precision = True
-        stack.callback(lambda: setattr(side, "full_precision", False))
+        model.set_inference_options(full_precision_masks=True)
+        stack.callback(lambda: model.set_inference_options(full_precision_masks=False))
     if "tf32" in flags:
         old = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -289,12 +288,12 @@ def bench_semantic(model: san.SAN, key: str, args: argparse.Namespace, device: t
 def bench_text(model: san.SAN, key: str, args: argparse.Namespace, device: torch.device, rows: list[dict]) -> None:
     clf = model.ov_classifier
     templates = clf.templates
-    clf.templates = templates[: args.text_templates] if args.text_templates else templates
+    clf.set_templates(templates[: args.text_templates] if args.text_templates else templates)
     names = make_names(args.text_names)
     base = {"section": "text", "model": key, "vocab": len(names), "size": f"{len(clf.templates)} templates"}
     try:
         clf.clear_cache()
-        clf.cache_dir = None
+        model.set_inference_options(text_cache_dir=None)
         ref = clf.embed_names(names, fast=False)
 
         def cold() -> None:
@@ -323,7 +322,7 @@ def bench_text(model: san.SAN, key: str, args: argparse.Namespace, device: torch
         t_hit = timeit(lambda: clf.embed_names(names), device, 0, args.text_repeat)
         rows.append({**base, "mode": "cached", **t_hit, "vs_ref": t_hit["median_s"] / t_ref["median_s"]})
     finally:
-        clf.templates = templates
+        clf.set_templates(templates)
         clf.clear_cache()
     for r in rows:
         if r["section"] == "text" and r["vocab"] == len(names):

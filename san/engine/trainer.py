@@ -83,6 +83,21 @@ def last_checkpoint_path(output_dir: str) -> str | None:
     return path
 
 
+def _check_training_classes(cfg: Any) -> None:
+    """``MODEL.SAN.NUM_CLASSES`` must be the class count of every ``DATASETS.TRAIN`` set (checked before
+    any model is built: the criterion's no-object index depends on it)."""
+    from san.data.catalog import get_dataset
+
+    counts = {name: get_dataset(name).num_classes for name in cfg.DATASETS.TRAIN}
+    wrong = {name: n for name, n in counts.items() if n != cfg.MODEL.SAN.NUM_CLASSES}
+    if wrong:
+        raise ValueError(
+            f"MODEL.SAN.NUM_CLASSES is {cfg.MODEL.SAN.NUM_CLASSES} but the training set(s) have "
+            + ", ".join(f"{name}: {n} classes" for name, n in wrong.items())
+            + f"; set MODEL.SAN.NUM_CLASSES {next(iter(wrong.values()))}"
+        )
+
+
 class Trainer:
     """Trains SAN from a config (``cfg.OUTPUT_DIR`` receives checkpoints, metrics, logs).
 
@@ -108,6 +123,7 @@ class Trainer:
             raise ValueError(
                 f"SOLVER.IMS_PER_BATCH={s.IMS_PER_BATCH} is not divisible by the {self.world_size} processes"
             )
+        _check_training_classes(cfg)
         self.max_iter = int(s.MAX_ITER)
         engine = cfg.get("SAN_ENGINE", {})
         self.log_period = int(log_period if log_period is not None else engine.get("LOG_PERIOD", 20))

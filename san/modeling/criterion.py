@@ -125,7 +125,7 @@ class SetCriterion(nn.Module):
         if logits.shape[-1] != self.num_classes + 1:
             raise ValueError(
                 f"the model scored {logits.shape[-1] - 1} classes but the criterion was built for "
-                f"num_classes={self.num_classes} (MODEL.SAN.NUM_CLASSES): set it to the training vocabulary size"
+                f"num_classes={self.num_classes}: the criterion's class count must be the training vocabulary's size"
             )
         target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
         for b, (src, tgt) in enumerate(indices):

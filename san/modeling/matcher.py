@@ -109,7 +109,7 @@ class HungarianMatcher(nn.Module):
             if not torch.isfinite(cost).all():
                 raise FloatingPointError(
                     f"matching cost of image {b} is not finite: the model produced NaN/inf outputs (diverged "
-                    "training: lower SOLVER.BASE_LR, keep gradient clipping on, or try bf16 instead of fp16)"
+                    "training: lower the learning rate, keep gradient clipping on, or try bf16 instead of fp16)"
                 )
             rows, cols = linear_sum_assignment(cost.numpy())
             indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))

@@ -6,7 +6,7 @@ CLIP's deeper layers so that CLIP itself classifies every mask against any list 
 
 Data path::
 
-    image -> preprocess (normalise, pad to 32) -+-> resize x CLIP_RESOLUTION -> ClipFeatureExtractor
+    image -> preprocess (normalise, pad to 32) -+-> resize x clip_resolution -> ClipFeatureExtractor
                                                  |                                   | token maps
                                                  +-> SideAdapterNetwork (full res) <-+
                                                         | queries + features -> MaskDecoder
@@ -133,7 +133,7 @@ class SAN(nn.Module):
 
     @property
     def rec_layer(self) -> int:
-        """CLIP layer index whose tokens enter the recognition head (FEATURE_LAST_LAYER_IDX)."""
+        """CLIP layer index whose tokens enter the recognition head (the extractor's depth)."""
         return len(self.clip_visual_extractor.resblocks)
 
     def init_kwargs(self) -> dict[str, Any]:

@@ -127,9 +127,7 @@ class TextClassifier(nn.Module):
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
-        if not templates or any("{}" not in t for t in templates):
-            raise ValueError("every prompt template must contain '{}' for the class name")
-        self.templates = tuple(templates)
+        self.set_templates(templates)
         self.set_batch_size(batch_size)
         self._tokenizer = tokenizer
         self.token_embedding = nn.Embedding(vocab_size, width)
@@ -164,6 +162,15 @@ class TextClassifier(nn.Module):
     def set_cache_dir(self, directory: str | os.PathLike | None) -> None:
         """Keep name embeddings on disk in ``directory`` as well (None: memory only)."""
         self.cache.set_directory(directory)
+
+    def set_templates(self, templates: Sequence[str]) -> None:
+        """Use another prompt ensemble (each template holds ``{}`` for the name); cached embeddings
+        of the old one are forgotten in memory (disk files are keyed by the template set)."""
+        if isinstance(templates, str) or not templates or any("{}" not in t for t in templates):
+            raise ValueError("give a list of prompt templates, each with '{}' for the class name")
+        self.templates = tuple(templates)
+        if hasattr(self, "cache"):
+            self.cache.clear()
 
     def set_batch_size(self, batch_size: int) -> None:
         """Prompts encoded per text-tower pass (memory vs. speed; the result does not change)."""

@@ -146,7 +146,7 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="unknown losses"):
         SetCriterion(2, HungarianMatcher(), {}, 0.1, losses=("boxes",))
     crit = make_criterion([([0], [0])], num_classes=5)
-    with pytest.raises(ValueError, match="num_classes=5 .MODEL.SAN.NUM_CLASSES"):
+    with pytest.raises(ValueError, match="num_classes=5: the criterion's class count must be the training vocabulary's size"):
         crit(
             {"class_logits": torch.zeros(1, 2, 3), "mask_logits": torch.zeros(1, 2, 2, 2)},
             [{"labels": torch.tensor([0]), "masks": torch.ones(1, 2, 2)}],

@@ -43,13 +43,12 @@ def test_text_fast_equals_reference_tiny(tiny_model):
 def test_text_fast_equals_reference_vitb(vitb):
     clf = vitb.ov_classifier
     templates = clf.templates
-    clf.templates = templates[:3]
+    clf.set_templates(templates[:3])
     try:
         clf.clear_cache()
         torch.testing.assert_close(clf.embed_names(NAMES[:3]), clf.encode_reference(NAMES[:3]), atol=1e-5, rtol=0)
     finally:
-        clf.templates = templates
-        clf.clear_cache()
+        clf.set_templates(templates)
 
 
 def test_text_disk_cache_round_trip_and_keys(tiny_model, tmp_path, monkeypatch):
@@ -66,7 +65,7 @@ def test_text_disk_cache_round_trip_and_keys(tiny_model, tmp_path, monkeypatch):
     # other weights or other templates use another file; the old one is untouched
     key = clf.cache_key()
     other.clear_cache()
-    other.templates = ("{} in a photo.",)
+    other.set_templates(("{} in a photo.",))
     assert other.cache_key() != key
     sd = clf.state_dict()
     sd["text_projection"] = sd["text_projection"] * 2
