@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .matcher import HungarianMatcher
-from .point_sampling import PointSource, point_sample, uncertain_points, uniform_points
+from .point_sampling import PointSource, check_sampling, point_sample, uncertain_points, uniform_points
 
 __all__ = ["SetCriterion", "dice_loss", "sigmoid_ce_loss", "num_masks_across_processes", "loss_weights"]
 
@@ -104,6 +104,7 @@ class SetCriterion(nn.Module):
             raise ValueError(f"unknown losses {unknown}; {type(self).__name__} computes {sorted(self.LOSSES)}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        check_sampling(oversample_ratio, importance_sample_ratio)
         self.num_classes = num_classes
         self.matcher = matcher
         self.weight_dict = dict(weight_dict)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["point_sample", "uniform_points", "uncertain_points", "uncertainty", "PointSource"]
+__all__ = ["PointSource", "check_sampling", "point_sample", "uncertain_points", "uncertainty", "uniform_points"]
 
 # (rows, points per row, device) -> [rows, points, 2] coordinates in [0, 1]
 PointSource = Callable[[int, int, torch.device], Tensor]
@@ -41,6 +41,14 @@ def uncertainty(logits: Tensor) -> Tensor:
     return -logits.abs()
 
 
+def check_sampling(oversample_ratio: float, importance_sample_ratio: float) -> None:
+    """Refuse ratios :func:`uncertain_points` cannot use."""
+    if oversample_ratio < 1:
+        raise ValueError(f"oversample_ratio must be >= 1, got {oversample_ratio}")
+    if not 0 <= importance_sample_ratio <= 1:
+        raise ValueError(f"importance_sample_ratio must lie in [0, 1], got {importance_sample_ratio}")
+
+
 def uncertain_points(
     logits: Tensor,
     num_points: int,
@@ -53,10 +61,7 @@ def uncertain_points(
     Draw ``num_points * oversample_ratio`` uniform candidates per mask, keep the
     ``importance_sample_ratio * num_points`` most uncertain ones and fill up with fresh uniform points.
     """
-    if oversample_ratio < 1:
-        raise ValueError(f"OVERSAMPLE_RATIO must be >= 1, got {oversample_ratio}")
-    if not 0 <= importance_sample_ratio <= 1:
-        raise ValueError(f"IMPORTANCE_SAMPLE_RATIO must lie in [0, 1], got {importance_sample_ratio}")
+    check_sampling(oversample_ratio, importance_sample_ratio)
     n = logits.shape[0]
     num_sampled = int(num_points * oversample_ratio)
     candidates = rand(n, num_sampled, logits.device)  # [N, S, 2]

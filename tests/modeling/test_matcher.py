@@ -128,5 +128,5 @@ def test_importance_sampling_keeps_the_most_uncertain_candidates():
     kept = point_sample(logits, coords[:, :7]).abs().flatten()
     assert coords.shape == (1, 10, 2)
     assert torch.equal(kept.sort().values, cand.sort().values[:7])
-    with pytest.raises(ValueError, match="OVERSAMPLE_RATIO"):
+    with pytest.raises(ValueError, match="oversample_ratio must be >= 1"):
         uncertain_points(logits, 10, 0.5, 0.75)
