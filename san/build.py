@@ -96,17 +96,14 @@ def build_san(
     templates: tuple[str, ...],
     sos_token_format: str = "cls_token",
     rec_downsample_method: str = "max",
-    clip_resolution: float = 0.5,
-    asymmetric_input: bool = True,
-    size_divisibility: int = 32,
-    pixel_mean: tuple[float, ...] = tuple(255 * m for m in OPENAI_MEAN),
-    pixel_std: tuple[float, ...] = tuple(255 * s for s in OPENAI_STD),
-    sem_seg_postprocess_before_inference: bool = True,
     criterion: nn.Module | None = None,
+    **options: Any,
 ) -> SAN:
     """Build SAN from plain arguments, with random weights (see :func:`build_model` for configs).
 
-    The argument names are the lower-case official config keys (``san_kwargs`` maps them).
+    The argument names are the lower-case official config keys (:data:`CONFIG_KEYS` maps them);
+    ``options`` are :class:`san.modeling.SAN`'s own (``clip_resolution``, ``asymmetric_input``,
+    ``size_divisibility``, ``pixel_mean``, ``pixel_std``, ``sem_seg_postprocess_before_inference``).
     """
     if not 0 < feature_last_layer_idx < clip.vision_layers:
         raise ValueError(
@@ -184,12 +181,7 @@ def build_san(
         side_adapter_network=side,
         ov_classifier=classifier,
         criterion=criterion,
-        clip_resolution=clip_resolution,
-        asymmetric_input=asymmetric_input,
-        size_divisibility=size_divisibility,
-        pixel_mean=pixel_mean,
-        pixel_std=pixel_std,
-        sem_seg_postprocess_before_inference=sem_seg_postprocess_before_inference,
+        **options,
     )
 
 

@@ -3,6 +3,7 @@
 Importing :mod:`san.data` is cheap; the loader and mapper modules import torch when used.
 """
 
+from . import catalog
 from .catalog import (
     DatasetSpec,
     dataset_root,
@@ -13,12 +14,4 @@ from .catalog import (
     unregister_dataset,
 )
 
-__all__ = [
-    "DatasetSpec",
-    "dataset_root",
-    "get_dataset",
-    "list_datasets",
-    "register_dataset",
-    "register_datasets_from_yaml",
-    "unregister_dataset",
-]
+__all__ = list(catalog.__all__)

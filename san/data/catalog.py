@@ -232,11 +232,9 @@ def register_dataset(spec: DatasetSpec | Mapping[str, Any] | None = None, /, ove
 
 
 def unregister_dataset(name: str) -> None:
-    """Remove a dataset from the catalog (unknown names: KeyError)."""
-    _ensure_builtins()
+    """Remove a dataset from the catalog (unknown names: KeyError listing the known ones)."""
     with _LOCK:
-        if name not in _CATALOG:
-            raise KeyError(f"dataset {name!r} is not registered")
+        get_dataset(name)
         del _CATALOG[name]
 
 

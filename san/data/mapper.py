@@ -32,9 +32,18 @@ from .catalog import DatasetSpec, get_dataset
 from .io import DataError, read_image, read_label
 from .transforms import Compose, build_train_augmentations, pad_to_divisible, resize_image, shortest_edge_size
 
-__all__ = ["SemanticTestMapper", "SemanticTrainMapper", "per_class_masks"]
+__all__ = ["SemanticTestMapper", "SemanticTrainMapper", "check_rgb_format", "per_class_masks"]
 
 logger = logging.getLogger(__name__)
+
+
+def check_rgb_format(cfg: Any) -> None:
+    """SAN normalises with CLIP's RGB statistics: refuse ``INPUT.FORMAT`` other than RGB."""
+    if cfg.INPUT.FORMAT != "RGB":
+        raise ValueError(
+            f"SAN expects RGB images but INPUT.FORMAT is {cfg.INPUT.FORMAT!r}; set INPUT.FORMAT RGB (the official "
+            "configs do)"
+        )
 
 
 def per_class_masks(sem_seg: torch.Tensor, ignore_label: int) -> dict[str, torch.Tensor]:
@@ -96,8 +105,7 @@ class SemanticTrainMapper:
         dataset_name: str | None = None,
     ) -> None:
         if cfg is not None:
-            if cfg.INPUT.FORMAT != "RGB":
-                raise ValueError(f"SAN reads RGB images; INPUT.FORMAT is {cfg.INPUT.FORMAT!r} (set it to RGB)")
+            check_rgb_format(cfg)
             if dataset_name is None:
                 if not cfg.DATASETS.TRAIN:
                     raise ValueError("DATASETS.TRAIN is empty: name the training dataset(s)")
@@ -149,8 +157,7 @@ class SemanticTestMapper:
         ignore_label: int | None = None,
     ) -> None:
         if cfg is not None:
-            if cfg.INPUT.FORMAT != "RGB":
-                raise ValueError(f"SAN reads RGB images; INPUT.FORMAT is {cfg.INPUT.FORMAT!r} (set it to RGB)")
+            check_rgb_format(cfg)
             min_size = cfg.INPUT.MIN_SIZE_TEST if min_size is None else min_size
             max_size = cfg.INPUT.MAX_SIZE_TEST if max_size is None else max_size
         if min_size is None or max_size is None:

@@ -142,12 +142,8 @@ class WarmupPolyLR(torch.optim.lr_scheduler.LRScheduler):
     ) -> None:
         if max_iters < 1:
             raise ValueError(f"SOLVER.MAX_ITER must be >= 1, got {max_iters}")
-        self.max_iters = max_iters
-        self.warmup_factor = warmup_factor
-        self.warmup_iters = warmup_iters
-        self.warmup_method = warmup_method
-        self.power = power
-        self.constant_ending = constant_ending
+        self.max_iters, self.power, self.constant_ending = max_iters, power, constant_ending
+        self.warmup_factor, self.warmup_iters, self.warmup_method = warmup_factor, warmup_iters, warmup_method
         super().__init__(optimizer, last_epoch)
 
     def _factor(self, it: int) -> float:

@@ -56,9 +56,7 @@ class HungarianMatcher(nn.Module):
             raise ValueError("the matcher needs at least one non-zero cost weight")
         if num_points < 1:
             raise ValueError(f"num_points must be >= 1, got {num_points}")
-        self.cost_class = cost_class
-        self.cost_mask = cost_mask
-        self.cost_dice = cost_dice
+        self.cost_class, self.cost_mask, self.cost_dice = cost_class, cost_mask, cost_dice
         self.num_points = num_points
         self.rand_points: PointSource = uniform_points
 

@@ -226,45 +226,37 @@ def semantic_labels(
     with torch.autocast(mask_logits.device.type, enabled=False):
         masks = mask_logits.float()
         probs = class_logits.float().softmax(dim=-1)[:, :-1]  # [Q, C]
+        sizes = (tuple(image_size), tuple(padded_size), tuple(out_size))
         if reduced is not None:
-            return _reduced_labels(
-                probs, masks, image_size, padded_size, out_size, postprocess_before_inference, reduced, **opts
-            )
-        return _exact_labels(probs, masks, image_size, padded_size, out_size, postprocess_before_inference, **opts)
+            return _reduced_labels(probs, masks, sizes, postprocess_before_inference, reduced, **opts)
+        return _exact_labels(probs, masks, sizes, postprocess_before_inference, **opts)
+
+
+# (image size inside the padded batch, padded batch size, output size), each (h, w)
+_Sizes = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 
 
 def _exact_labels(
-    probs: Tensor,
-    mask_logits: Tensor,
-    image_size: tuple[int, int],
-    padded_size: tuple[int, int],
-    out_size: tuple[int, int],
-    postprocess_before_inference: bool,
-    **opts: Any,
+    probs: Tensor, mask_logits: Tensor, sizes: _Sizes, postprocess_before_inference: bool, **opts: Any
 ) -> tuple[Tensor, Tensor | None]:
     dtype, device = mask_logits.dtype, mask_logits.device
-    (h, w), (hp, wp), (h0, w0), (ho, wo) = mask_logits.shape[-2:], padded_size, image_size, out_size
+    (h0, w0), (hp, wp), (ho, wo) = sizes
+    h, w = mask_logits.shape[-2:]
     if postprocess_before_inference:  # resize logits to the output, then sigmoid
         cols = _resize_last(mask_logits, _chain_taps("both", w, wp, w0, wo, dtype, device))  # [Q, h, W]
         return _label_bands(probs, _chain_taps("both", h, hp, h0, ho, dtype, device), cols, True, **opts)
     # official alternative: sigmoid on the padded-size masks (Q maps, no class axis), then scores
     # resized (linear, so the resize moves onto the masks)
-    first = F.interpolate(mask_logits[None], size=tuple(padded_size), mode="bilinear", align_corners=False)[0]
+    first = F.interpolate(mask_logits[None], size=(hp, wp), mode="bilinear", align_corners=False)[0]
     first = first[:, :h0, :w0].sigmoid()  # [Q, h0, w0]
     cols = _resize_last(first, _chain_taps("second", w, wp, w0, wo, dtype, device))  # [Q, h0, W]
     return _label_bands(probs, _chain_taps("second", h, hp, h0, ho, dtype, device), cols, False, **opts)
 
 
 def _reduced_labels(
-    probs: Tensor,
-    mask_logits: Tensor,
-    image_size: tuple[int, int],
-    padded_size: tuple[int, int],
-    out_size: tuple[int, int],
-    before: bool,
-    k: int,
-    **opts: Any,
+    probs: Tensor, mask_logits: Tensor, sizes: _Sizes, before: bool, k: int, **opts: Any
 ) -> tuple[Tensor, Tensor | None]:
+    image_size, padded_size, out_size = sizes
     if k < 1:
         raise ValueError(f"reduced must be a positive integer (scores at k x the mask grid), got {k}")
     h, w = mask_logits.shape[-2:]
@@ -285,5 +277,5 @@ def _reduced_labels(
         top = s.topk(min(2, s.shape[0]), dim=0).indices.flatten().unique()
         cand[start + top] = True
     keep = cand.nonzero().flatten()
-    labels, scores = _exact_labels(probs[:, keep], mask_logits, image_size, padded_size, out_size, before, **opts)
+    labels, scores = _exact_labels(probs[:, keep], mask_logits, sizes, before, **opts)
     return keep[labels], scores

@@ -10,7 +10,7 @@ import numpy as np
 
 from san.assets import read_dataset_ids
 
-from .common import PrepareError, PrepareOptions, Task, checked_u8, link_dir, lut, need_dir
+from .common import PrepareOptions, Task, checked_u8, first_dir, link_dir, lut, need_dir
 
 IGNORE, NUM_CLASSES = 255, 171
 
@@ -22,12 +22,11 @@ def convert(src: str) -> np.ndarray | None:
 
 
 def tasks(raw: str, root: str, options: PrepareOptions) -> dict[str, list[Task]]:
-    maps = next(
-        (os.path.join(raw, d) for d in ("stuffthingmaps", "stuffthingmaps_trainval2017") if os.path.isdir(os.path.join(raw, d))),
-        None,
+    maps = first_dir(
+        raw,
+        ("stuffthingmaps", "stuffthingmaps_trainval2017"),
+        f"coco_stuff: no {raw}/stuffthingmaps/ (unzip stuffthingmaps_trainval2017.zip there)",
     )
-    if maps is None:
-        raise PrepareError(f"coco_stuff: no {raw}/stuffthingmaps/ (unzip stuffthingmaps_trainval2017.zip there)")
     out: dict[str, list[Task]] = {}
     for split in ("train2017", "val2017"):
         if not os.path.isdir(os.path.join(maps, split)):

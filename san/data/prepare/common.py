@@ -17,6 +17,7 @@ __all__ = [
     "PrepareOptions",
     "Task",
     "checked_u8",
+    "first_dir",
     "link_dir",
     "lut",
     "need_dir",
@@ -87,6 +88,14 @@ def place_image(src: str, dst: str, mode: str) -> None:
         os.replace(tmp, dst)
     else:
         os.symlink(os.path.abspath(src), dst)
+
+
+def first_dir(raw: str, names: tuple[str, ...], missing: str) -> str:
+    """The first of ``raw/<name>`` that is a directory; a PrepareError saying ``missing`` otherwise."""
+    for name in names:
+        if os.path.isdir(os.path.join(raw, name)):
+            return os.path.join(raw, name)
+    raise PrepareError(missing)
 
 
 def need_dir(path: str, what: str) -> str:

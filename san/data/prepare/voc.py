@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from .common import PrepareError, PrepareOptions, Task, checked_u8, link_dir, lut, need_dir
+from .common import PrepareError, PrepareOptions, Task, checked_u8, first_dir, link_dir, lut, need_dir
 
 IGNORE, NUM_CLASSES = 255, 20
 
@@ -26,12 +26,9 @@ def _split(raw: str, split: str) -> list[str]:
 
 
 def tasks(raw: str, root: str, options: PrepareOptions) -> dict[str, list[Task]]:
-    labels = next(
-        (os.path.join(raw, d) for d in ("SegmentationClassAug", "SegmentationClass") if os.path.isdir(os.path.join(raw, d))),
-        None,
+    labels = first_dir(
+        raw, ("SegmentationClassAug", "SegmentationClass"), f"voc: no {raw}/SegmentationClassAug (or SegmentationClass)"
     )
-    if labels is None:
-        raise PrepareError(f"voc: no {raw}/SegmentationClassAug (or SegmentationClass)")
     jpegs = need_dir(os.path.join(raw, "JPEGImages"), "voc images")
     link_dir(jpegs, os.path.join(root, "VOC2012", "JPEGImages"), options.copy)
     out: dict[str, list[Task]] = {}

@@ -36,23 +36,13 @@ class _PythonRandom:
 class ColorAugSSD(T.Transform):
     """Random brightness, then contrast/saturation/hue in one of two orders, each with p=0.5."""
 
-    def __init__(
-        self,
-        img_format: str,
-        brightness_delta: float = 32,
-        contrast_low: float = 0.5,
-        contrast_high: float = 1.5,
-        saturation_low: float = 0.5,
-        saturation_high: float = 1.5,
-        hue_delta: int = 18,
-    ) -> None:
+    def __init__(self, img_format: str, **jitter: float) -> None:
+        """``jitter``: the ranges of :class:`san.data.transforms.ColorAugSSD` (official defaults)."""
         super().__init__()
         if img_format not in ("BGR", "RGB"):
             raise ValueError(f"ColorAugSSD supports RGB or BGR images, got {img_format!r}")
         self.is_rgb = img_format == "RGB"
-        self.jitter = _ColorJitter(
-            brightness_delta, contrast_low, contrast_high, saturation_low, saturation_high, hue_delta
-        )
+        self.jitter = _ColorJitter(**jitter)
 
     def __repr__(self) -> str:
         return f"ColorAugSSD(rgb={self.is_rgb}, {self.jitter!r})"

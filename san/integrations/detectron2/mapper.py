@@ -25,23 +25,14 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
-from san.data.mapper import per_class_masks
+from san.data.mapper import check_rgb_format, per_class_masks
 from san.data.transforms import pad_to_divisible
 
 from .color_aug import build_color_aug_ssd
 
-__all__ = ["MaskFormerSemanticDatasetMapper", "check_rgb_format"]
+__all__ = ["MaskFormerSemanticDatasetMapper"]
 
 logger = logging.getLogger(__name__)
-
-
-def check_rgb_format(cfg: CfgNode) -> None:
-    """SAN normalises with CLIP's RGB statistics: refuse ``INPUT.FORMAT`` other than RGB."""
-    if cfg.INPUT.FORMAT != "RGB":
-        raise ValueError(
-            f"SAN expects RGB images but INPUT.FORMAT is {cfg.INPUT.FORMAT!r}; set INPUT.FORMAT RGB "
-            "(the official configs do)"
-        )
 
 
 class MaskFormerSemanticDatasetMapper:

@@ -34,7 +34,9 @@ from detectron2.utils.logger import setup_logger
 from .checkpoint import SANCheckpointer
 from .config import add_san_config
 from .datasets import register_all_datasets
-from .mapper import MaskFormerSemanticDatasetMapper, check_rgb_format
+from san.data.mapper import check_rgb_format
+
+from .mapper import MaskFormerSemanticDatasetMapper
 from .solver import build_lr_scheduler, build_optimizer
 from .tta import SemanticSegmentorWithTTA
 
