@@ -12,6 +12,7 @@ _TEST = [
     "gradio>=4",
     "selenium",
     "opencv-python-headless",
+    "ruff",
 ]
 
 setup(
@@ -46,7 +47,7 @@ setup(
         "demo": ["gradio>=4"],
         # what the test suite needs (OpenCV only for the colour-jitter parity check against OpenCV itself)
         "test": _TEST,
-        "dev": [*_TEST, "ruff"],
+        "dev": _TEST,
     },
     entry_points={"console_scripts": ["san = san.apps.cli:main"]},
 )

@@ -4,10 +4,17 @@ The public API is reached from here (``san.build_model``, ``san.SANPredictor``, 
 imported on first use, so that ``import san`` (and the ``san`` command's ``--help``) stays cheap.
 """
 
-from __future__ import annotations
+from __future__ import (
+    annotations as annotations,
+)
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import (
+    TYPE_CHECKING as TYPE_CHECKING,
+)
+from typing import (
+    Any as Any,
+)
 
 __version__ = "0.1.0"
 
@@ -30,11 +37,42 @@ _API = {
 __all__ = sorted(_API)
 
 if TYPE_CHECKING:
-    from san.build import build_model, build_san
-    from san.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-    from san.config import CfgNode, add_san_config, get_cfg, get_config_file
-    from san.inference.predictor import Prediction, SANPredictor
-    from san.modeling import SAN
+    from san.build import (
+        build_model as build_model,
+    )
+    from san.build import (
+        build_san as build_san,
+    )
+    from san.checkpoint import (
+        CheckpointError as CheckpointError,
+    )
+    from san.checkpoint import (
+        load_checkpoint as load_checkpoint,
+    )
+    from san.checkpoint import (
+        save_checkpoint as save_checkpoint,
+    )
+    from san.config import (
+        CfgNode as CfgNode,
+    )
+    from san.config import (
+        add_san_config as add_san_config,
+    )
+    from san.config import (
+        get_cfg as get_cfg,
+    )
+    from san.config import (
+        get_config_file as get_config_file,
+    )
+    from san.inference.predictor import (
+        Prediction as Prediction,
+    )
+    from san.inference.predictor import (
+        SANPredictor as SANPredictor,
+    )
+    from san.modeling import (
+        SAN as SAN,
+    )
 
 
 def __getattr__(name: str) -> Any:

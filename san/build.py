@@ -15,10 +15,11 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from san.assets import read_prompts
+from san.checkpoint import load_checkpoint, load_clip_weights, read_clip_weights
+from san.config import ConfigError
 from san.modeling import (
     SAN,
     ClipFeatureExtractor,
@@ -28,8 +29,6 @@ from san.modeling import (
     SideViT,
     TextClassifier,
 )
-from san.checkpoint import load_checkpoint, load_clip_weights, read_clip_weights
-from san.config import ConfigError
 from san.modeling.clip import OPENAI_MEAN, OPENAI_STD, CLIPConfig, resolve_clip_config
 from san.modeling.criterion import SetCriterion, loss_weights
 from san.modeling.matcher import HungarianMatcher
@@ -323,7 +322,9 @@ def build_model(
         raise _with_config_keys(e) from None
     s = cfg.MODEL.SAN
     if (weights is None if clip_weights is None else clip_weights) and s.CLIP_PRETRAINED_NAME:
-        load_clip_weights(model, read_clip_weights(s.CLIP_MODEL_NAME, s.CLIP_PRETRAINED_NAME), name=s.CLIP_PRETRAINED_NAME)
+        load_clip_weights(
+            model, read_clip_weights(s.CLIP_MODEL_NAME, s.CLIP_PRETRAINED_NAME), name=s.CLIP_PRETRAINED_NAME
+        )
     if weights is not None:
         load_checkpoint(model, weights)
     freeze_clip(model, list(s.CLIP_FROZEN_EXCLUDE), list(s.CLIP_DEEPER_FROZEN_EXCLUDE))

@@ -90,7 +90,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         if "Unsupported global" in str(e) or "not an allowed global" in str(e):
             raise CheckpointError(
                 f"{path} contains pickled Python objects, not only tensors; san does not run code from weight "
-                "files. If you trust the file, convert it once to a plain state_dict: python -c \"import torch; "
+                'files. If you trust the file, convert it once to a plain state_dict: python -c "import torch; '
                 f"c = torch.load('{path}', weights_only=False); torch.save(c.get('model', c), 'converted.pth')\""
             ) from None
         raise CheckpointError(f"{path} is truncated or not a checkpoint ({file_size(path)}): {e}") from None
@@ -190,7 +190,11 @@ def load_checkpoint(
     if not report.ok:
         parts = [
             f"{len(v)} {name} key(s): {', '.join(v[:8])}{' ...' if len(v) > 8 else ''}"
-            for name, v in (("missing", report.missing), ("unexpected", report.unexpected), ("mismatched", report.mismatched))
+            for name, v in (
+                ("missing", report.missing),
+                ("unexpected", report.unexpected),
+                ("mismatched", report.mismatched),
+            )
             if v
         ]
         msg = "checkpoint does not match the model: " + "; ".join(parts) + "." + _hint(own, sd)
@@ -247,7 +251,9 @@ def load_clip_weights(model: nn.Module, clip_sd: Mapping[str, Tensor], *, name: 
     missing = sorted(wanted - sd.keys())
     shapes = [k for k in wanted & sd.keys() if sd[k].shape != own[k].shape]
     if missing or shapes:
-        raise CheckpointError(f"CLIP weights {name} do not fit the model: missing {missing[:5]}, mis-shaped {shapes[:5]}")
+        raise CheckpointError(
+            f"CLIP weights {name} do not fit the model: missing {missing[:5]}, mis-shaped {shapes[:5]}"
+        )
     with torch.no_grad():
         for k in wanted:
             own[k].copy_(sd[k])

@@ -150,7 +150,8 @@ def table(rows: list[dict]) -> str:
             continue
         if "skipped" in r:
             lines.append(
-                f"| {r['section']} | {r['model']} | {r['size']} | {r['vocab']} | {r['mode']} | skipped: {r['skipped']} |"
+                f"| {r['section']} | {r['model']} | {r['size']} | {r['vocab']} | {r['mode']} "
+                f"| skipped: {r['skipped']} |"
             )
             continue
         cells = [fmt[c].format(r[c]) if c in fmt and r.get(c) is not None else str(r.get(c, "")) for c in cols]

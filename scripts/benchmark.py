@@ -336,11 +336,13 @@ def _train_inputs(model: san.SAN, batch: int, crop: int, names: list[str]) -> li
         masks = torch.zeros(3, crop, crop, dtype=torch.bool)
         for k in range(3):
             masks[k, k * crop // 3 : (k + 1) * crop // 3] = True
-        out.append({
-            "image": torch.randint(0, 256, (3, crop, crop), dtype=torch.uint8, generator=g),
-            "vocabulary": names,
-            "instances": {"labels": torch.tensor([0, 3, 7]), "masks": masks},
-        })  # fmt: skip
+        out.append(
+            {
+                "image": torch.randint(0, 256, (3, crop, crop), dtype=torch.uint8, generator=g),
+                "vocabulary": names,
+                "instances": {"labels": torch.tensor([0, 3, 7]), "masks": masks},
+            }
+        )
     return out
 
 
@@ -451,9 +453,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     env = {
-        "torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(), "loadavg_start": os.getloadavg(), "argv": sys.argv[1:] if argv is None else argv,
-    }  # fmt: skip
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "loadavg_start": os.getloadavg(),
+        "argv": sys.argv[1:] if argv is None else argv,
+    }
     rows: list[dict] = []
     for key in args.models:
         model = build(key, device)

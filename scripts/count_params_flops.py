@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     flops.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flops)
     flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     gflops = flops.total() / 1e9
-    by_module = Counter({k: v / 1e9 for k, v in flops.by_module().items() if k.count(".") == 1 and k.startswith("model.")})
+    by_module = Counter(
+        {k: v / 1e9 for k, v in flops.by_module().items() if k.count(".") == 1 and k.startswith("model.")}
+    )
 
     print(f"config:               {args.config_file}")
     print(f"trainable parameters: {trainable:,} ({trainable / 1e6:.2f} M)")

@@ -44,10 +44,22 @@ def main() -> int:
             d / "astronaut.png"
         )  # < 300 KB out
         rc = san_main(
-            ["predict", "--input", str(d / "astronaut.png"), "--vocabulary", VOCABULARY, "--weights",
-             str(d / "tiny-random.pth"), "--config-file", str(d / "tiny.yaml"), "-o", str(d / "out"),
-             "INPUT.MIN_SIZE_TEST", "384"]
-        )  # fmt: skip
+            [
+                "predict",
+                "--input",
+                str(d / "astronaut.png"),
+                "--vocabulary",
+                VOCABULARY,
+                "--weights",
+                str(d / "tiny-random.pth"),
+                "--config-file",
+                str(d / "tiny.yaml"),
+                "-o",
+                str(d / "out"),
+                "INPUT.MIN_SIZE_TEST",
+                "384",
+            ]
+        )
         if rc:
             return rc
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -30,21 +30,34 @@ def tiny_cfg(tmp_dir: str | os.PathLike, num_classes: int = 5) -> san.CfgNode:
     cfg = san.get_cfg()
     cfg.merge_from_list(
         [
-            "MODEL.SAN.CLIP_MODEL_NAME", str(path),
-            "MODEL.SAN.CLIP_PRETRAINED_NAME", "",
-            "MODEL.SAN.FEATURE_LAST_LAYER_IDX", 2,
-            "MODEL.SAN.NUM_CLASSES", num_classes,
-            "MODEL.SAN.TRAIN_NUM_POINTS", 256,
-            "MODEL.SIDE_ADAPTER.VIT_NAME", "vit_w48n2d4_patch16",
-            "MODEL.SIDE_ADAPTER.IMAGE_SIZE", 160,
-            "MODEL.SIDE_ADAPTER.NUM_QUERIES", 10,
-            "MODEL.SIDE_ADAPTER.FUSION_MAP", ["0->0", "1->1", "2->2"],
-            "MODEL.SIDE_ADAPTER.DEEP_SUPERVISION_IDXS", [3, 4],
-            "MODEL.SIDE_ADAPTER.ATTN_BIAS.NUM_HEADS", 2,
-            "MODEL.SIDE_ADAPTER.ATTN_BIAS.EMBED_CHANNELS", 16,
-            "MODEL.SIDE_ADAPTER.ATTN_BIAS.MLP_CHANNELS", 32,
+            "MODEL.SAN.CLIP_MODEL_NAME",
+            str(path),
+            "MODEL.SAN.CLIP_PRETRAINED_NAME",
+            "",
+            "MODEL.SAN.FEATURE_LAST_LAYER_IDX",
+            2,
+            "MODEL.SAN.NUM_CLASSES",
+            num_classes,
+            "MODEL.SAN.TRAIN_NUM_POINTS",
+            256,
+            "MODEL.SIDE_ADAPTER.VIT_NAME",
+            "vit_w48n2d4_patch16",
+            "MODEL.SIDE_ADAPTER.IMAGE_SIZE",
+            160,
+            "MODEL.SIDE_ADAPTER.NUM_QUERIES",
+            10,
+            "MODEL.SIDE_ADAPTER.FUSION_MAP",
+            ["0->0", "1->1", "2->2"],
+            "MODEL.SIDE_ADAPTER.DEEP_SUPERVISION_IDXS",
+            [3, 4],
+            "MODEL.SIDE_ADAPTER.ATTN_BIAS.NUM_HEADS",
+            2,
+            "MODEL.SIDE_ADAPTER.ATTN_BIAS.EMBED_CHANNELS",
+            16,
+            "MODEL.SIDE_ADAPTER.ATTN_BIAS.MLP_CHANNELS",
+            32,
         ]
-    )  # fmt: skip
+    )
     return cfg
 
 

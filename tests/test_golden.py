@@ -74,7 +74,11 @@ def test_every_stage(golden, golden_model, mode):
     ref = out[mode]
     n_levels = 2 if mode == "train" else 1
     # the official names: mask_preds are our mask_logits, its mask_logits our class_logits
-    for ours, key in (("mask_logits", "mask_preds"), ("mask_embeddings", "mask_embeddings"), ("class_logits", "mask_logits")):
+    for ours, key in (
+        ("mask_logits", "mask_preds"),
+        ("mask_embeddings", "mask_embeddings"),
+        ("class_logits", "mask_logits"),
+    ):
         assert len(res[ours]) == len(ref[key]) == n_levels
         for got, exp in zip(res[ours], ref[key]):
             assert _max_diff(got, exp) < ATOL, key

@@ -30,7 +30,9 @@ def test_core_imports_without_optional_packages(blocked):
 
 
 def test_importing_san_does_not_touch_the_network_or_heavy_modules():
-    r = _run("import sys, san; print(sorted(m for m in ('scipy', 'gradio', 'detectron2', 'matplotlib') if m in sys.modules))")
+    r = _run(
+        "import sys, san; print(sorted(m for m in ('scipy', 'gradio', 'detectron2', 'matplotlib') if m in sys.modules))"
+    )
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr + r.stdout
 
 
@@ -47,7 +49,9 @@ def test_modeling_reads_no_config_and_names_no_config_key():
     assert {"SOS_TOKEN_FORMAT", "NUM_CLASSES", "FEATURE_LAST_LAYER_IDX", "DEEP_SUPERVISION_IDXS"} <= config_keys
     for path in (PKG / "modeling").glob("*.py"):
         text = path.read_text()
-        assert not re.search(r"\bcfg\.(MODEL|SOLVER|INPUT|DATASETS|TEST|DATALOADER)\b", text), f"{path.name} reads a config"
+        assert not re.search(r"\bcfg\.(MODEL|SOLVER|INPUT|DATASETS|TEST|DATALOADER)\b", text), (
+            f"{path.name} reads a config"
+        )
         named = sorted(k for k in config_keys if re.search(rf"\b{k}\b", text))
         assert named == [], f"{path.name} names config keys {named}"
 
@@ -57,6 +61,8 @@ def test_only_the_integration_imports_detectron2():
         str(p.relative_to(PKG))
         for p in PKG.rglob("*.py")
         if "integrations" not in p.parts
-        and any(line.lstrip().startswith(("import detectron2", "from detectron2")) for line in p.read_text().splitlines())
+        and any(
+            line.lstrip().startswith(("import detectron2", "from detectron2")) for line in p.read_text().splitlines()
+        )
     ]
     assert offenders == []

@@ -113,4 +113,9 @@ def test_the_checker_sees_relative_and_function_local_imports(tmp_path):
     path = tmp_path / "trainer.py"
     path.write_text(code)
     known = {"san.engine.comm", "san.engine.events", "san.apps", "san.apps.cli", "san.engine.trainer"}
-    assert _imports("san.engine.trainer", path, known) == {"san.engine.comm", "san.engine.events", "san.apps", "san.apps.cli"}
+    assert _imports("san.engine.trainer", path, known) == {
+        "san.engine.comm",
+        "san.engine.events",
+        "san.apps",
+        "san.apps.cli",
+    }

@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("san demo needs gradio: pip install 'san-seg[demo]' (or pip install gradio)", file=sys.stderr)
         return 2
-    from san.model_zoo import get_model_info
     from san.inference.predictor import SANPredictor
+    from san.model_zoo import get_model_info
 
     names = list(MODELS)
     custom = None

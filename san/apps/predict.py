@@ -39,12 +39,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     voc.add_argument("--vocabulary-file", help="one class per line (commas inside a line are synonyms)")
     voc.add_argument("--dataset-vocabulary", help="a benchmark's class list, e.g. ade20k_150, coco_stuff_171")
-    p.add_argument("--other", default="none", choices=["none", "coco-all", "coco-stuff"],
-                   help="add COCO-Stuff names as distractors whose pixels are reported as 'other' (the official demo's "
-                        "vocabulary expansion)")  # fmt: skip
-    p.add_argument("--weights", "-w", default=None,
-                   help="san-vit-b-16 | san-vit-l-14 | checkpoint file | http(s) URL | none (random side adapter); "
-                        "default: the official model of the config")  # fmt: skip
+    p.add_argument(
+        "--other",
+        default="none",
+        choices=["none", "coco-all", "coco-stuff"],
+        help="add COCO-Stuff names as distractors whose pixels are reported as 'other' (the official demo's "
+        "vocabulary expansion)",
+    )
+    p.add_argument(
+        "--weights",
+        "-w",
+        default=None,
+        help="san-vit-b-16 | san-vit-l-14 | checkpoint file | http(s) URL | none (random side adapter); "
+        "default: the official model of the config",
+    )
     p.add_argument("--config-file", default=None, help="config name or YAML (default: the official model's)")
     p.add_argument("--output", "-o", default="san_predictions", help="output folder (created)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
@@ -168,9 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from san.data.images import ImageError, read_image
-    from san.model_zoo import WeightsError, get_model_info
     from san.inference.predictor import SANPredictor
     from san.inference.vocabulary import build_vocabulary
+    from san.model_zoo import WeightsError, get_model_info
 
     try:
         voc = build_vocabulary(

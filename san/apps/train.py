@@ -29,7 +29,8 @@ logger = logging.getLogger("san.train")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """detectron2's ``default_argument_parser`` flags, plus ``--datasets-yaml``, ``--precision`` and ``--dump-predictions``."""
+    """detectron2's ``default_argument_parser`` flags, plus ``--datasets-yaml``, ``--precision`` and
+    ``--dump-predictions``."""
     port = 2**15 + 2**14 + hash(os.getuid() if sys.platform != "win32" else 1) % 2**14
     p = argparse.ArgumentParser(
         prog="san train",

@@ -152,5 +152,7 @@ def get_config_file(name: str) -> str:
     fname = name if name.endswith(".yaml") else f"{name}.yaml"
     path = resources.files("san.configs").joinpath(os.path.basename(fname))
     if not path.is_file():
-        raise FileNotFoundError(f"config {name!r} is neither a file nor a bundled config ({', '.join(bundled_configs())})")
+        raise FileNotFoundError(
+            f"config {name!r} is neither a file nor a bundled config ({', '.join(bundled_configs())})"
+        )
     return str(path)

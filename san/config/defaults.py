@@ -32,14 +32,33 @@ def add_detectron2_defaults(cfg: Any) -> None:
     cfg.MODEL.KEYPOINT_ON = False
 
     cfg.MODEL.SEM_SEG_HEAD = CN(
-        {"NAME": "SemSegFPNHead", "IN_FEATURES": ["p2", "p3", "p4", "p5"], "IGNORE_VALUE": 255, "NUM_CLASSES": 54,
-         "CONVS_DIM": 128, "COMMON_STRIDE": 4, "NORM": "GN", "LOSS_WEIGHT": 1.0}
-    )  # fmt: skip
+        {
+            "NAME": "SemSegFPNHead",
+            "IN_FEATURES": ["p2", "p3", "p4", "p5"],
+            "IGNORE_VALUE": 255,
+            "NUM_CLASSES": 54,
+            "CONVS_DIM": 128,
+            "COMMON_STRIDE": 4,
+            "NORM": "GN",
+            "LOSS_WEIGHT": 1.0,
+        }
+    )
     cfg.MODEL.RESNETS = CN(
-        {"DEPTH": 50, "OUT_FEATURES": ["res4"], "NUM_GROUPS": 1, "NORM": "FrozenBN", "WIDTH_PER_GROUP": 64,
-         "STRIDE_IN_1X1": True, "RES5_DILATION": 1, "RES2_OUT_CHANNELS": 256, "STEM_OUT_CHANNELS": 64,
-         "DEFORM_ON_PER_STAGE": [False, False, False, False], "DEFORM_MODULATED": False, "DEFORM_NUM_GROUPS": 1}
-    )  # fmt: skip
+        {
+            "DEPTH": 50,
+            "OUT_FEATURES": ["res4"],
+            "NUM_GROUPS": 1,
+            "NORM": "FrozenBN",
+            "WIDTH_PER_GROUP": 64,
+            "STRIDE_IN_1X1": True,
+            "RES5_DILATION": 1,
+            "RES2_OUT_CHANNELS": 256,
+            "STEM_OUT_CHANNELS": 64,
+            "DEFORM_ON_PER_STAGE": [False, False, False, False],
+            "DEFORM_MODULATED": False,
+            "DEFORM_NUM_GROUPS": 1,
+        }
+    )
 
     cfg.INPUT = CN()
     cfg.INPUT.MIN_SIZE_TRAIN = (800,)
@@ -196,5 +215,3 @@ def add_san_config(cfg: Any) -> None:
     cfg.SAN_ENGINE.LOG_PERIOD = 20  # iterations between console lines / metrics.json entries
     cfg.SAN_ENGINE.METRICS_WINDOW = 20  # iterations over which logged losses and times are smoothed (median)
     cfg.SAN_ENGINE.DUMP_PREDICTIONS = False  # evaluation writes inference/<dataset>/sem_seg_predictions.json
-
-

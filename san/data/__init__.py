@@ -5,13 +5,25 @@ Importing :mod:`san.data` is cheap; the loader and mapper modules import torch w
 
 from . import catalog
 from .catalog import (
-    DatasetSpec,
-    dataset_root,
-    get_dataset,
-    list_datasets,
-    register_dataset,
-    register_datasets_from_yaml,
-    unregister_dataset,
+    DatasetSpec as DatasetSpec,
+)
+from .catalog import (
+    dataset_root as dataset_root,
+)
+from .catalog import (
+    get_dataset as get_dataset,
+)
+from .catalog import (
+    list_datasets as list_datasets,
+)
+from .catalog import (
+    register_dataset as register_dataset,
+)
+from .catalog import (
+    register_datasets_from_yaml as register_datasets_from_yaml,
+)
+from .catalog import (
+    unregister_dataset as unregister_dataset,
 )
 
 __all__ = list(catalog.__all__)

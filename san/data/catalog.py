@@ -132,8 +132,13 @@ class DatasetSpec:
             common = images.keys() & labels.keys()
             logger.warning(
                 "dataset %s: %d images in %s but %d labels in %s; using the %d names present in both",
-                self.name, len(images), image_dir, len(labels), gt_dir, len(common),
-            )  # fmt: skip
+                self.name,
+                len(images),
+                image_dir,
+                len(labels),
+                gt_dir,
+                len(common),
+            )
             images = {k: v for k, v in images.items() if k in common}
         missing = [k for k in images if k not in labels]
         if missing:
@@ -172,24 +177,76 @@ def _builtin_specs() -> list[tuple[DatasetSpec, str]]:
     coco_ids, ade847_ids = read_dataset_ids("coco_stuff_171"), read_dataset_ids("ade20k_847")
     specs: list[tuple[DatasetSpec, str]] = []
     for split, folder in (("train", "train2017"), ("test", "val2017")):
-        specs.append((DatasetSpec(f"coco_2017_{split}_stuff_sem_seg", f"coco/{folder}",
-                                  f"coco/stuffthingmaps_detectron2/{folder}", coco, 255,
-                                  dataset_ids=coco_ids), "coco_stuff"))  # fmt: skip
+        specs.append(
+            (
+                DatasetSpec(
+                    f"coco_2017_{split}_stuff_sem_seg",
+                    f"coco/{folder}",
+                    f"coco/stuffthingmaps_detectron2/{folder}",
+                    coco,
+                    255,
+                    dataset_ids=coco_ids,
+                ),
+                "coco_stuff",
+            )
+        )
     for split, folder in (("train", "training"), ("val", "validation")):
-        specs.append((DatasetSpec(f"ade20k_sem_seg_{split}", f"ADEChallengeData2016/images/{folder}",
-                                  f"ADEChallengeData2016/annotations_detectron2/{folder}", ade150, 255),
-                      "ade20k_150"))  # fmt: skip
-        specs.append((DatasetSpec(f"ade20k_full_sem_seg_{split}", f"ADE20K_2021_17_01/images_detectron2/{folder}",
-                                  f"ADE20K_2021_17_01/annotations_detectron2/{folder}", ade847, 65535,
-                                  gt_ext=".tif", dataset_ids=ade847_ids), "ade20k_847"))  # fmt: skip
+        specs.append(
+            (
+                DatasetSpec(
+                    f"ade20k_sem_seg_{split}",
+                    f"ADEChallengeData2016/images/{folder}",
+                    f"ADEChallengeData2016/annotations_detectron2/{folder}",
+                    ade150,
+                    255,
+                ),
+                "ade20k_150",
+            )
+        )
+        specs.append(
+            (
+                DatasetSpec(
+                    f"ade20k_full_sem_seg_{split}",
+                    f"ADE20K_2021_17_01/images_detectron2/{folder}",
+                    f"ADE20K_2021_17_01/annotations_detectron2/{folder}",
+                    ade847,
+                    65535,
+                    gt_ext=".tif",
+                    dataset_ids=ade847_ids,
+                ),
+                "ade20k_847",
+            )
+        )
     for split in ("train", "val"):
-        specs.append((DatasetSpec(f"pcontext_sem_seg_{split}", f"pcontext/{split}/image", f"pcontext/{split}/label",
-                                  pc59, 255), "pcontext_59"))  # fmt: skip
-        specs.append((DatasetSpec(f"pcontext_full_sem_seg_{split}", f"pcontext_full/{split}/image",
-                                  f"pcontext_full/{split}/label", pc459, 65535, gt_ext=".tif"),
-                      "pcontext_459"))  # fmt: skip
-        specs.append((DatasetSpec(f"voc_sem_seg_{split}", "VOC2012/JPEGImages",
-                                  f"VOC2012/annotations_detectron2/{split}", voc, 255), "voc"))  # fmt: skip
+        specs.append(
+            (
+                DatasetSpec(
+                    f"pcontext_sem_seg_{split}", f"pcontext/{split}/image", f"pcontext/{split}/label", pc59, 255
+                ),
+                "pcontext_59",
+            )
+        )
+        specs.append(
+            (
+                DatasetSpec(
+                    f"pcontext_full_sem_seg_{split}",
+                    f"pcontext_full/{split}/image",
+                    f"pcontext_full/{split}/label",
+                    pc459,
+                    65535,
+                    gt_ext=".tif",
+                ),
+                "pcontext_459",
+            )
+        )
+        specs.append(
+            (
+                DatasetSpec(
+                    f"voc_sem_seg_{split}", "VOC2012/JPEGImages", f"VOC2012/annotations_detectron2/{split}", voc, 255
+                ),
+                "voc",
+            )
+        )
     return specs
 
 
@@ -204,8 +261,9 @@ def _ensure_builtins() -> None:
         _BUILTINS_DONE = True
 
 
-def register_dataset(spec: DatasetSpec | Mapping[str, Any] | None = None, /, overwrite: bool = False,
-                     **kwargs: Any) -> DatasetSpec:  # fmt: skip
+def register_dataset(
+    spec: DatasetSpec | Mapping[str, Any] | None = None, /, overwrite: bool = False, **kwargs: Any
+) -> DatasetSpec:
     """Register a dataset: a :class:`DatasetSpec`, a mapping of its fields, or the fields as keywords.
 
     ``classes`` may also name a bundled class list (e.g. ``"ade20k_150"``). Registering an existing

@@ -8,7 +8,8 @@ uint8, or floating point on the 0..255 scale of the model contract). Conversions
 - Grayscale is repeated into three channels; palette images are expanded; alpha is dropped
   (as ``PIL.Image.convert("RGB")`` does); CMYK is converted with PIL's conversion.
 - 16-bit images are scaled to 8 bits (value // 257), 32-bit integer images too when they hold
-  16-bit data (48-bit RGB files are reduced by Pillow itself, which keeps the high byte: within 1); float arrays and PIL mode ``F`` images are read on the 0..1 scale if their maximum
+  16-bit data (48-bit RGB files are reduced by Pillow itself, which keeps the high byte: within 1); float
+  arrays and PIL mode ``F`` images are read on the 0..1 scale if their maximum
   is <= 1, else on the 0..255 scale (float tensors: always 0..255, the model's scale).
 - Images above ``max_pixels`` are refused before they are decoded (a clear error); the limit is an
   argument. While a file is decoded, Pillow's own decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``,

@@ -33,8 +33,16 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise DataError(str(e)) from None
 
 
-_LABEL_MODES = {"L": np.uint8, "P": np.uint8, "1": np.uint8, "I;16": np.uint16, "I;16L": np.uint16,
-                "I;16B": np.uint16, "I;16N": np.uint16, "I": np.int64}  # fmt: skip
+_LABEL_MODES = {
+    "L": np.uint8,
+    "P": np.uint8,
+    "1": np.uint8,
+    "I;16": np.uint16,
+    "I;16L": np.uint16,
+    "I;16B": np.uint16,
+    "I;16N": np.uint16,
+    "I": np.int64,
+}
 
 
 def read_label(path: str | os.PathLike) -> np.ndarray:

@@ -6,14 +6,16 @@ uint8 RGB image and an ``[H, W]`` integer label (or ``None``), drawing its rando
 
 - :class:`ResizeShortestEdge`: short side from a list ("choice") or an interval ("range"), long
   side capped at ``max_size``, sizes rounded as detectron2 (``int(x + 0.5)``); image bilinear
-  (PIL for uint8, antialiased when downscaling; :func:`resize_image`), label nearest (``torch`` "nearest" on float64, detectron2's path for labels).
+  (PIL for uint8, antialiased when downscaling; :func:`resize_image`), label nearest (``torch`` "nearest" on
+  float64, detectron2's path for labels).
 - :class:`RandomCrop`: detectron2's crop types; with ``single_category_max_area < 1`` up to 10
   windows are tried until no single class (ignore excluded) covers more than that share. The
   ignore value is the training dataset's (the official mapper passes detectron2's
   ``SEM_SEG_HEAD.IGNORE_VALUE``, 255, also for 16-bit datasets; the same for 8-bit labels).
 - :class:`ColorAugSSD`: brightness ±32, then contrast [0.5, 1.5] before or after saturation
   [0.5, 1.5] and hue ±18 (random order), each with p=0.5, on BGR values with OpenCV's 8-bit HSV
-  conversions (ported to NumPy, checked against OpenCV 5.0 on all 2^24 colours), truncating to uint8 as the official transform does.
+  conversions (ported to NumPy, checked against OpenCV 5.0 on all 2^24 colours), truncating to uint8 as the
+  official transform does.
 - :class:`RandomFlip`: horizontal (or vertical) flip with p=0.5.
 - :func:`pad_to_divisible`: pad bottom/right to a multiple of ``INPUT.SIZE_DIVISIBILITY``: image
   with 128, label with the ignore value. The official mapper pads to exactly that size (the crop
@@ -56,8 +58,9 @@ def resize_image(image: np.ndarray, h: int, w: int) -> np.ndarray:
     antialiases); other dtypes through ``torch`` bilinear interpolation with ``align_corners=False``.
     """
     if image.ndim not in (2, 3) or h <= 0 or w <= 0:
-        raise ValueError(f"resize_image needs an [H, W, C] or [H, W] image and a positive size, got "
-                         f"{list(image.shape)} -> {h}x{w}")  # fmt: skip
+        raise ValueError(
+            f"resize_image needs an [H, W, C] or [H, W] image and a positive size, got {list(image.shape)} -> {h}x{w}"
+        )
     if image.shape[:2] == (h, w):
         return image
     if image.dtype == np.uint8:
@@ -96,8 +99,9 @@ def shortest_edge_size(h: int, w: int, short: int, max_size: int = sys.maxsize) 
 class ResizeShortestEdge:
     """Resize so the short side is a sampled length, the long side at most ``max_size``."""
 
-    def __init__(self, short_edge_length: int | Sequence[int], max_size: int = sys.maxsize,
-                 sample_style: str = "range") -> None:  # fmt: skip
+    def __init__(
+        self, short_edge_length: int | Sequence[int], max_size: int = sys.maxsize, sample_style: str = "range"
+    ) -> None:
         if sample_style not in ("range", "choice"):
             raise ValueError(f"sample_style must be 'range' or 'choice', got {sample_style!r}")
         lengths = (
@@ -132,8 +136,13 @@ class RandomCrop:
 
     TYPES = ("relative_range", "relative", "absolute", "absolute_range")
 
-    def __init__(self, crop_type: str, crop_size: Sequence[float], single_category_max_area: float = 1.0,
-                 ignore_value: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        crop_type: str,
+        crop_size: Sequence[float],
+        single_category_max_area: float = 1.0,
+        ignore_value: int | None = None,
+    ) -> None:
         if crop_type not in self.TYPES:
             raise ValueError(f"crop_type must be one of {self.TYPES}, got {crop_type!r}")
         if len(crop_size) != 2:
@@ -177,8 +186,10 @@ class RandomCrop:
         return image, (None if label is None else label[y0 : y0 + ch, x0 : x0 + cw])
 
     def __repr__(self) -> str:
-        return (f"RandomCrop({self.crop_type!r}, {self.crop_size}, single_category_max_area="
-                f"{self.single_category_max_area}, ignore_value={self.ignore_value})")  # fmt: skip
+        return (
+            f"RandomCrop({self.crop_type!r}, {self.crop_size}, single_category_max_area="
+            f"{self.single_category_max_area}, ignore_value={self.ignore_value})"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,8 +248,15 @@ def hsv_to_bgr(hsv: np.ndarray) -> np.ndarray:
 class ColorAugSSD:
     """SSD colour jitter (detectron2's ColorAugSSDTransform) on an RGB uint8 image; labels untouched."""
 
-    def __init__(self, brightness_delta: float = 32, contrast_low: float = 0.5, contrast_high: float = 1.5,
-                 saturation_low: float = 0.5, saturation_high: float = 1.5, hue_delta: int = 18) -> None:  # fmt: skip
+    def __init__(
+        self,
+        brightness_delta: float = 32,
+        contrast_low: float = 0.5,
+        contrast_high: float = 1.5,
+        saturation_low: float = 0.5,
+        saturation_high: float = 1.5,
+        hue_delta: int = 18,
+    ) -> None:
         self.brightness_delta = brightness_delta
         self.contrast = (contrast_low, contrast_high)
         self.saturation = (saturation_low, saturation_high)
@@ -278,8 +296,10 @@ class ColorAugSSD:
         return self.apply(image, rng), label
 
     def __repr__(self) -> str:
-        return f"ColorAugSSD(brightness ±{self.brightness_delta}, contrast {self.contrast}, " \
-               f"saturation {self.saturation}, hue ±{self.hue_delta})"  # fmt: skip
+        return (
+            f"ColorAugSSD(brightness ±{self.brightness_delta}, contrast {self.contrast}, "
+            f"saturation {self.saturation}, hue ±{self.hue_delta})"
+        )
 
 
 class RandomFlip:
@@ -316,8 +336,13 @@ class Compose:
         return f"Compose({self.augmentations})"
 
 
-def pad_to_divisible(image: torch.Tensor, label: torch.Tensor | None, size_divisibility: int,
-                     image_value: float = 128, label_value: int = 255) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+def pad_to_divisible(
+    image: torch.Tensor,
+    label: torch.Tensor | None,
+    size_divisibility: int,
+    image_value: float = 128,
+    label_value: int = 255,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pad ``[C, H, W]`` and ``[H, W]`` bottom/right up to multiples of ``size_divisibility`` (<= 0: no-op)."""
     if size_divisibility <= 0:
         return image, label
@@ -334,11 +359,18 @@ def pad_to_divisible(image: torch.Tensor, label: torch.Tensor | None, size_divis
 
 def build_train_augmentations(cfg: Any, ignore_value: int) -> Compose:
     """The official training augmentations from a config (``INPUT.*``)."""
-    augs: list[Any] = [ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,
-                                          cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)]  # fmt: skip
+    augs: list[Any] = [
+        ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)
+    ]
     if cfg.INPUT.CROP.ENABLED:
-        augs.append(RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE,
-                               cfg.INPUT.CROP.get("SINGLE_CATEGORY_MAX_AREA", 1.0), ignore_value))  # fmt: skip
+        augs.append(
+            RandomCrop(
+                cfg.INPUT.CROP.TYPE,
+                cfg.INPUT.CROP.SIZE,
+                cfg.INPUT.CROP.get("SINGLE_CATEGORY_MAX_AREA", 1.0),
+                ignore_value,
+            )
+        )
     if cfg.INPUT.get("COLOR_AUG_SSD", False):
         augs.append(ColorAugSSD())
     flip = str(cfg.INPUT.get("RANDOM_FLIP", "horizontal")).lower()

@@ -17,7 +17,8 @@ pixels go to the extra index ``N`` and so never count. From it, as detectron2 co
 In a ``torch.distributed`` run the matrices of all processes are summed (``all_reduce``; CPU
 tensors for gloo, the current CUDA device for NCCL) and every process gets the results; only the
 main process writes files. Optional prediction dumping writes ``sem_seg_predictions.json`` (in
-``output_dir``, or ``predictions_file``) as detectron2 does: one entry per image and predicted class with a COCO-style compressed RLE
+``output_dir``, or ``predictions_file``) as detectron2 does: one entry per image and predicted class with a
+COCO-style compressed RLE
 (column-major, pycocotools' string encoding, implemented here; :func:`rle_decode` reads it back)
 and the class's dataset id where the dataset has them (COCO-Stuff, ADE-847).
 """

@@ -124,8 +124,10 @@ def save_results(results: dict[str, Any], output_dir: str | os.PathLike, name: s
     output_dir = os.fspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     safe = safe_name(name)
-    paths = {k: os.path.join(output_dir, f"{safe}{ext}") for k, ext in
-             (("json", ".json"), ("table", ".txt"), ("chart", "_iou.png"))}  # fmt: skip
+    paths = {
+        k: os.path.join(output_dir, f"{safe}{ext}")
+        for k, ext in (("json", ".json"), ("table", ".txt"), ("chart", "_iou.png"))
+    }
     write_json(paths["json"], _finite_or_none(dict(results)))
     with open(paths["table"], "w", encoding="utf-8") as f:
         f.write(f"{name}\n{format_results(results)}")

@@ -9,7 +9,8 @@ end, written atomically as ``OUTPUT_DIR/model_XXXXXXX.pth`` / ``model_final.pth`
 ``last_checkpoint`` naming the newest) hold the model, optimizer, scheduler, scaler, iteration,
 seed, every process's RNG states and the logged metrics' smoothing window, so that ``resume``
 continues the run exactly: the same data, the same random points, the same weights and logged
-losses as a run that was never stopped (given the same number of processes). Evaluation runs every ``TEST.EVAL_PERIOD`` iterations and at the end, with the
+losses as a run that was never stopped (given the same number of processes). Evaluation runs every
+``TEST.EVAL_PERIOD`` iterations and at the end, with the
 RNG states saved and restored around it so it does not change the training stream.
 """
 

@@ -214,8 +214,12 @@ class SANPredictor:
     def _inputs(arrays: list[np.ndarray], out: tuple[int, int], names: list[str]) -> list[dict]:
         """Model inputs at the original size; :class:`SemSegTTA` resizes them (one rule for all)."""
         return [
-            {"image": torch.from_numpy(a if a.flags.writeable else a.copy()).permute(2, 0, 1), "height": out[0],
-             "width": out[1], "vocabulary": names}
+            {
+                "image": torch.from_numpy(a if a.flags.writeable else a.copy()).permute(2, 0, 1),
+                "height": out[0],
+                "width": out[1],
+                "vocabulary": names,
+            }
             for a in arrays
         ]
 

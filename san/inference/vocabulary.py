@@ -88,9 +88,11 @@ def parse_vocabulary(vocabulary: str | Sequence[str]) -> list[str]:
     if empty:
         logger.warning(
             "vocabulary: ignored %d empty entr%s (position%s %s)",
-            len(empty), "y" if len(empty) == 1 else "ies", "" if len(empty) == 1 else "s",
+            len(empty),
+            "y" if len(empty) == 1 else "ies",
+            "" if len(empty) == 1 else "s",
             ", ".join(map(str, empty)),
-        )  # fmt: skip
+        )
     return _dedupe(names)
 
 

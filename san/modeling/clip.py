@@ -95,9 +95,7 @@ class ResidualAttentionBlock(nn.Module):
         self.attn = SelfAttention(dim, num_heads)
         self.ln_2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(
-            OrderedDict(
-                [("c_fc", nn.Linear(dim, hidden)), ("gelu", act_layer()), ("c_proj", nn.Linear(hidden, dim))]
-            )
+            OrderedDict([("c_fc", nn.Linear(dim, hidden)), ("gelu", act_layer()), ("c_proj", nn.Linear(hidden, dim))])
         )
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
@@ -208,8 +206,7 @@ def clip_config_from_dict(cfg: dict, *, name: str = "clip", pretrained: str = ""
         embed_dim = int(cfg["embed_dim"])
     except (KeyError, TypeError):
         raise ValueError(
-            f"CLIP config {name!r} is not an open_clip model config (needs embed_dim, vision_cfg, "
-            "text_cfg)"
+            f"CLIP config {name!r} is not an open_clip model config (needs embed_dim, vision_cfg, text_cfg)"
         ) from None
     bad = [k for k in _UNSUPPORTED_VISION if vision.get(k)] + [
         f"text_cfg.{k}" for k in _UNSUPPORTED_TEXT if text.get(k)

@@ -29,7 +29,14 @@ from torch import Tensor, nn
 
 from .clip import ResidualAttentionBlock
 
-__all__ = ["SOS_ATTENTION", "SOS_TOKEN_FORMATS", "ClipFeatures", "ClipFeatureExtractor", "RecognitionHead", "resize_pos_embed"]
+__all__ = [
+    "SOS_ATTENTION",
+    "SOS_TOKEN_FORMATS",
+    "ClipFeatures",
+    "ClipFeatureExtractor",
+    "RecognitionHead",
+    "resize_pos_embed",
+]
 
 SOS_TOKEN_FORMATS = ("cls_token", "learnable_token", "pos_embedding")
 SOS_ATTENTION = ("sdpa", "manual", "dense")
@@ -140,7 +147,9 @@ def _sos_attention_sdpa(q: Tensor, k_self: Tensor, v_self: Tensor, k: Tensor, v:
     b, h, nq, _ = q.shape
     own = torch.full((nq, nq), float("-inf"), dtype=q.dtype, device=q.device).fill_diagonal_(0.0)
     mask = torch.cat([own.expand(b, h, nq, nq), bias.to(q.dtype).expand(b, h, nq, -1)], dim=-1)  # [B, H, nQ, nQ+L]
-    return F.scaled_dot_product_attention(q, torch.cat([k_self, k], dim=2), torch.cat([v_self, v], dim=2), attn_mask=mask)
+    return F.scaled_dot_product_attention(
+        q, torch.cat([k_self, k], dim=2), torch.cat([v_self, v], dim=2), attn_mask=mask
+    )
 
 
 class RecognitionHead(nn.Module):
@@ -202,7 +211,9 @@ class RecognitionHead(nn.Module):
         for bias in attn_bias:
             b, nh, q, hs, ws = bias.shape
             if nh not in (1, self.num_heads):
-                raise ValueError(f"attention bias has {nh} heads; CLIP has {self.num_heads} (use 1 or {self.num_heads})")
+                raise ValueError(
+                    f"attention bias has {nh} heads; CLIP has {self.num_heads} (use 1 or {self.num_heads})"
+                )
             if q != self.num_sos:
                 raise ValueError(f"attention bias has {q} queries; the recognition head has {self.num_sos} SOS tokens")
             bias = _downsample(bias.reshape(b, nh * q, hs, ws), grid, self.downsample_method)

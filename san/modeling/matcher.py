@@ -114,4 +114,5 @@ class HungarianMatcher(nn.Module):
         return indices
 
     def extra_repr(self) -> str:
-        return f"cost_class={self.cost_class}, cost_mask={self.cost_mask}, cost_dice={self.cost_dice}, num_points={self.num_points}"
+        costs = f"cost_class={self.cost_class}, cost_mask={self.cost_mask}, cost_dice={self.cost_dice}"
+        return f"{costs}, num_points={self.num_points}"

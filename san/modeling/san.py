@@ -50,7 +50,9 @@ __all__ = ["SAN", "pad_images"]
 _UNSET: Any = object()
 
 
-def pad_images(images: Sequence[Tensor], size_divisibility: int, pad_value: float = 0.0) -> tuple[Tensor, list[tuple[int, int]]]:
+def pad_images(
+    images: Sequence[Tensor], size_divisibility: int, pad_value: float = 0.0
+) -> tuple[Tensor, list[tuple[int, int]]]:
     """Batch ``[3, H_i, W_i]`` images by padding bottom/right to a common multiple of the divisor."""
     sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
     h = max(s[0] for s in sizes)
@@ -224,9 +226,7 @@ class SAN(nn.Module):
         """Class logits ``[B, Q, C + 1]`` of mask embeddings ``[B, Q, E]`` against a classifier ``[C + 1, E]``."""
         return torch.einsum("bqe,ce->bqc", mask_embeddings, classifier.to(mask_embeddings.dtype))
 
-    def forward_stages(
-        self, images: Tensor, classifier: Tensor, levels: Sequence[int] | None = None
-    ) -> dict[str, Any]:
+    def forward_stages(self, images: Tensor, classifier: Tensor, levels: Sequence[int] | None = None) -> dict[str, Any]:
         """Every stage of one batch: :meth:`encode_images` plus ``class_logits`` per level
         (``[B, Q, C + 1]`` against ``classifier`` from :meth:`encode_vocabulary`)."""
         out = self.encode_images(images, levels)
@@ -259,10 +259,14 @@ class SAN(nn.Module):
         if self.training:
             if self.criterion is None:
                 raise RuntimeError("SAN was built without a criterion: it cannot compute training losses")
-            if not isinstance(batched_inputs, (list, tuple)) or not batched_inputs or any(
-                not isinstance(x, dict) or "instances" not in x for x in batched_inputs
+            if (
+                not isinstance(batched_inputs, (list, tuple))
+                or not batched_inputs
+                or any(not isinstance(x, dict) or "instances" not in x for x in batched_inputs)
             ):
-                raise ValueError("training inputs need 'instances' targets ({'labels', 'masks'}); call eval() to predict")
+                raise ValueError(
+                    "training inputs need 'instances' targets ({'labels', 'masks'}); call eval() to predict"
+                )
         out, images, sizes = self._run_batch(batched_inputs)
         if self.training:
             outputs = {
@@ -274,7 +278,9 @@ class SAN(nn.Module):
                 ],
             }
             return self.criterion(outputs, self.prepare_targets(batched_inputs, images))
-        return self.postprocess(out["class_logits"][-1], out["mask_logits"][-1], batched_inputs, sizes, images.shape[-2:])
+        return self.postprocess(
+            out["class_logits"][-1], out["mask_logits"][-1], batched_inputs, sizes, images.shape[-2:]
+        )
 
     def postprocess(
         self,

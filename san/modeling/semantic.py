@@ -205,7 +205,8 @@ def semantic_labels(
         image_size: the image's size inside the padded batch.
         padded_size: the padded batch size that masks are first upsampled to (official order).
         out_size: ``(height, width)`` of the output.
-        postprocess_before_inference: resize the mask logits before the class mixture (the official default), or the scores after it.
+        postprocess_before_inference: resize the mask logits before the class mixture (the official
+            default), or the scores after it.
         max_elements: budget of one band's score and mask tensors (elements); default 2^22 on
             CPU, 2^26 on GPUs (fewer, larger launches).
         reduced: opt-in approximation; score all classes at ``k x`` the mask grid first.

@@ -25,6 +25,7 @@ from .mask_decoder import MaskDecoder
 
 __all__ = ["SideViT", "SideAdapterNetwork"]
 
+
 class _PatchEmbed(nn.Module):
     def __init__(self, patch_size: int, dim: int) -> None:
         super().__init__()
@@ -46,7 +47,14 @@ class SideViT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size[0] * self.grid_size[1], width))
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth rule
         self.blocks = nn.ModuleList(
-            Block(width, num_heads, mlp_ratio=4.0, qkv_bias=True, drop_path=dpr[i], norm_layer=partial(nn.LayerNorm, eps=1e-6))
+            Block(
+                width,
+                num_heads,
+                mlp_ratio=4.0,
+                qkv_bias=True,
+                drop_path=dpr[i],
+                norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            )
             for i in range(depth)
         )
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -114,7 +122,9 @@ class SideAdapterNetwork(nn.Module):
         vis = self.fusion_layers[f"layer_{idx}"](x[:, q:], clip.spatial(self.fusion_map[idx]), grid)
         return torch.cat([x[:, :q], vis], dim=1)
 
-    def forward_features(self, image: Tensor, clip: ClipFeatures, levels: Sequence[int] | None = None) -> list[tuple[Tensor, Tensor]]:
+    def forward_features(
+        self, image: Tensor, clip: ClipFeatures, levels: Sequence[int] | None = None
+    ) -> list[tuple[Tensor, Tensor]]:
         """Run the side ViT; return ``(query [B, Q, C], x [B, C, h, w])`` for each supervision block.
 
         Args:

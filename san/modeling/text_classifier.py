@@ -85,8 +85,11 @@ def fit_to_context(
             logger.warning(
                 "class name %r has %d tokens, more than fit CLIP's %d-token context with the prompt templates; "
                 "it was cut to %r",
-                n if len(n) < 80 else n[:77] + "...", len(tokens), context_length, cut,
-            )  # fmt: skip
+                n if len(n) < 80 else n[:77] + "...",
+                len(tokens),
+                context_length,
+                cut,
+            )
             n = cut
         out.append(n)
     return out

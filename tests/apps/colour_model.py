@@ -7,7 +7,8 @@ post-processing) is replaced
 by a hand-made rule: each colour channel is standardised over the (padded) picture, and query
 ``q`` (q = 0, 1, 2) proposes the pixels where channel ``q`` stands out most, voting for class ``q``
 (``q mod C`` when the vocabulary is shorter). So class 0 is "redder than the picture's average",
-1 "greener", 2 "bluer", and the label map follows the picture. Everything around it (resizing, padding, post-processing, ``predict_labels``,
+1 "greener", 2 "bluer", and the label map follows the picture. Everything around it (resizing, padding,
+post-processing, ``predict_labels``,
 TTA, the predictor and the CLI) is the project's real code.
 """
 

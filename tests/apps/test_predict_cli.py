@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 import san
-from san.apps.predict import collect_inputs, output_stems
 from san.apps.cli import main as san_main
+from san.apps.predict import collect_inputs, output_stems
 from san.inference.predictor import SANPredictor
 from san.inference.visualize import render
 
@@ -122,10 +122,27 @@ def test_glob_other_and_16bit_labels(setup: dict, tmp_path: Path, capsys: pytest
     rc = _run(setup, out, "--input", str(setup["dir"] / "good.png"), "--vocabulary", "cat", "--other", "coco-all")
     assert rc == 0
     root = setup["root"]
-    assert san_main(  # overrides right after --input end the input list
-        ["predict", "--config-file", str(root / "tiny.yaml"), "--weights", str(root / "tiny.pth"), "-o", str(out),
-         "--vocabulary", "cat", "--other", "coco-all", "--input", str(setup["dir"] / "good.png"), *OPTS]
-    ) == 0  # fmt: skip
+    assert (
+        san_main(  # overrides right after --input end the input list
+            [
+                "predict",
+                "--config-file",
+                str(root / "tiny.yaml"),
+                "--weights",
+                str(root / "tiny.pth"),
+                "-o",
+                str(out),
+                "--vocabulary",
+                "cat",
+                "--other",
+                "coco-all",
+                "--input",
+                str(setup["dir"] / "good.png"),
+                *OPTS,
+            ]
+        )
+        == 0
+    )
     record = json.loads((out / "good.json").read_text())
     assert record["class_names"] == ["cat", "other"] and record["vocabulary"] == ["cat"]
     assert (record["min_size"], record["max_size"], record["tta"]) == (64, 128, False)

@@ -33,18 +33,34 @@ def test_official_san_defaults():
     assert (s.SIZE_DIVISIBILITY, s.ASYMETRIC_INPUT, s.CLIP_RESOLUTION) == (32, True, 0.5)
     assert s.SEM_SEG_POSTPROCESS_BEFORE_INFERENCE is True
     assert (a.NAME, a.VIT_NAME, a.PRETRAINED, a.IMAGE_SIZE, a.DROP_PATH_RATE) == (
-        "RegionwiseSideAdapterNetwork", "vit_w240n6d8_patch16", False, 640, 0.0,
-    )  # fmt: skip
+        "RegionwiseSideAdapterNetwork",
+        "vit_w240n6d8_patch16",
+        False,
+        640,
+        0.0,
+    )
     assert (a.NUM_QUERIES, a.FUSION_TYPE, a.FUSION_MAP, a.DEEP_SUPERVISION_IDXS) == (
-        100, "add", ["0->0", "3->1", "6->2", "9->3"], [7, 8],
-    )  # fmt: skip
+        100,
+        "add",
+        ["0->0", "3->1", "6->2", "9->3"],
+        [7, 8],
+    )
     b = a.ATTN_BIAS
     assert (b.NUM_HEADS, b.NUM_LAYERS, b.EMBED_CHANNELS, b.MLP_CHANNELS, b.MLP_NUM_LAYERS, b.RESCALE_ATTN_BIAS) == (
-        12, 1, 256, 256, 3, True,
-    )  # fmt: skip
+        12,
+        1,
+        256,
+        256,
+        3,
+        True,
+    )
     assert cfg.SOLVER.WEIGHT_DECAY_EMBED_GROUP == [
-        "absolute_pos_embed", "positional_embedding", "pos_embed", "query_embed", "relative_position_bias_table",
-    ]  # fmt: skip
+        "absolute_pos_embed",
+        "positional_embedding",
+        "pos_embed",
+        "query_embed",
+        "relative_position_bias_table",
+    ]
     assert (cfg.SOLVER.POLY_LR_POWER, cfg.SOLVER.POLY_LR_CONSTANT_ENDING, cfg.INPUT.SIZE_DIVISIBILITY) == (0.9, 0.0, -1)
 
 
@@ -55,18 +71,33 @@ def test_bundled_configs_equal_official_values():
     assert cfg.SOLVER.BACKBONE_MULTIPLIER == 1.0  # the B/16 file overrides the base's 0.1
     assert cfg.INPUT.MIN_SIZE_TRAIN == tuple(int(x * 0.1 * 640) for x in range(5, 16))
     assert (cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_ITER, cfg.SOLVER.LR_SCHEDULER_NAME) == (
-        32, 0.0001, 60000, "WarmupPolyLR",
-    )  # fmt: skip
-    assert (cfg.SOLVER.CLIP_GRADIENTS.ENABLED, cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE, cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE) == (
-        True, "full_model", 0.01,
-    )  # fmt: skip
+        32,
+        0.0001,
+        60000,
+        "WarmupPolyLR",
+    )
+    assert (
+        cfg.SOLVER.CLIP_GRADIENTS.ENABLED,
+        cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE,
+        cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE,
+    ) == (
+        True,
+        "full_model",
+        0.01,
+    )
     assert list(cfg.INPUT.CROP.SIZE) == [640, 640] and cfg.INPUT.SIZE_DIVISIBILITY == 640 and cfg.INPUT.COLOR_AUG_SSD
     assert len(cfg.DATASETS.TEST) == 6 and cfg.WANDB.PROJECT == "oseg_1111"
     large = san.get_cfg()
     large.merge_from_file(get_config_file("san_clip_vit_large_res4_coco.yaml"))
-    assert (large.MODEL.SAN.CLIP_MODEL_NAME, large.MODEL.SAN.CLIP_RESOLUTION, large.MODEL.SAN.FEATURE_LAST_LAYER_IDX) == (
-        "ViT-L-14-336", 0.7, 18,
-    )  # fmt: skip
+    assert (
+        large.MODEL.SAN.CLIP_MODEL_NAME,
+        large.MODEL.SAN.CLIP_RESOLUTION,
+        large.MODEL.SAN.FEATURE_LAST_LAYER_IDX,
+    ) == (
+        "ViT-L-14-336",
+        0.7,
+        18,
+    )
     assert large.MODEL.SIDE_ADAPTER.FUSION_MAP == ["0->0", "6->1", "12->2", "18->3"]
     assert large.MODEL.SIDE_ADAPTER.ATTN_BIAS.NUM_HEADS == 16 and large.SOLVER.BACKBONE_MULTIPLIER == 1.0
 
@@ -140,14 +171,31 @@ def _flat(node) -> dict:
 
 
 # detectron2 0.6: get_cfg()'s MODEL.SEM_SEG_HEAD, and what projects/deeplab's add_deeplab_config adds
-D2_SEM_SEG_HEAD = {"NAME": "SemSegFPNHead", "IN_FEATURES": ["p2", "p3", "p4", "p5"], "IGNORE_VALUE": 255,
-                   "NUM_CLASSES": 54, "CONVS_DIM": 128, "COMMON_STRIDE": 4, "NORM": "GN", "LOSS_WEIGHT": 1.0}  # fmt: skip
-DEEPLAB = {"INPUT.CROP.SINGLE_CATEGORY_MAX_AREA": 1.0, "SOLVER.POLY_LR_POWER": 0.9, "SOLVER.POLY_LR_CONSTANT_ENDING": 0.0,
-           "MODEL.SEM_SEG_HEAD.LOSS_TYPE": "hard_pixel_mining", "MODEL.SEM_SEG_HEAD.PROJECT_FEATURES": ["res2"],
-           "MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS": [48], "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS": 256,
-           "MODEL.SEM_SEG_HEAD.ASPP_DILATIONS": [6, 12, 18], "MODEL.SEM_SEG_HEAD.ASPP_DROPOUT": 0.1,
-           "MODEL.SEM_SEG_HEAD.USE_DEPTHWISE_SEPARABLE_CONV": False, "MODEL.RESNETS.RES4_DILATION": 1,
-           "MODEL.RESNETS.RES5_MULTI_GRID": [1, 2, 4], "MODEL.RESNETS.STEM_TYPE": "deeplab"}  # fmt: skip
+D2_SEM_SEG_HEAD = {
+    "NAME": "SemSegFPNHead",
+    "IN_FEATURES": ["p2", "p3", "p4", "p5"],
+    "IGNORE_VALUE": 255,
+    "NUM_CLASSES": 54,
+    "CONVS_DIM": 128,
+    "COMMON_STRIDE": 4,
+    "NORM": "GN",
+    "LOSS_WEIGHT": 1.0,
+}
+DEEPLAB = {
+    "INPUT.CROP.SINGLE_CATEGORY_MAX_AREA": 1.0,
+    "SOLVER.POLY_LR_POWER": 0.9,
+    "SOLVER.POLY_LR_CONSTANT_ENDING": 0.0,
+    "MODEL.SEM_SEG_HEAD.LOSS_TYPE": "hard_pixel_mining",
+    "MODEL.SEM_SEG_HEAD.PROJECT_FEATURES": ["res2"],
+    "MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS": [48],
+    "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS": 256,
+    "MODEL.SEM_SEG_HEAD.ASPP_DILATIONS": [6, 12, 18],
+    "MODEL.SEM_SEG_HEAD.ASPP_DROPOUT": 0.1,
+    "MODEL.SEM_SEG_HEAD.USE_DEPTHWISE_SEPARABLE_CONV": False,
+    "MODEL.RESNETS.RES4_DILATION": 1,
+    "MODEL.RESNETS.RES5_MULTI_GRID": [1, 2, 4],
+    "MODEL.RESNETS.STEM_TYPE": "deeplab",
+}
 
 
 def test_sem_seg_head_and_deeplab_keys_have_detectron2_defaults():
@@ -178,10 +226,26 @@ def test_every_shared_key_equals_detectron2s_default():
 
 def test_official_deeplab_and_sem_seg_head_overrides_merge(tmp_path):
     cfg = san.get_cfg()
-    cfg.merge_from_list(["MODEL.SEM_SEG_HEAD.IGNORE_VALUE", 65535, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 847,
-                         "MODEL.SEM_SEG_HEAD.LOSS_TYPE", "cross_entropy", "MODEL.SEM_SEG_HEAD.ASPP_DILATIONS", "[3, 6, 9]",
-                         "MODEL.RESNETS.RES5_MULTI_GRID", "[1, 1, 1]", "MODEL.RESNETS.STEM_TYPE", "basic",
-                         "SOLVER.POLY_LR_POWER", 1.0, "INPUT.CROP.SINGLE_CATEGORY_MAX_AREA", 0.75])  # fmt: skip
+    cfg.merge_from_list(
+        [
+            "MODEL.SEM_SEG_HEAD.IGNORE_VALUE",
+            65535,
+            "MODEL.SEM_SEG_HEAD.NUM_CLASSES",
+            847,
+            "MODEL.SEM_SEG_HEAD.LOSS_TYPE",
+            "cross_entropy",
+            "MODEL.SEM_SEG_HEAD.ASPP_DILATIONS",
+            "[3, 6, 9]",
+            "MODEL.RESNETS.RES5_MULTI_GRID",
+            "[1, 1, 1]",
+            "MODEL.RESNETS.STEM_TYPE",
+            "basic",
+            "SOLVER.POLY_LR_POWER",
+            1.0,
+            "INPUT.CROP.SINGLE_CATEGORY_MAX_AREA",
+            0.75,
+        ]
+    )
     h = cfg.MODEL.SEM_SEG_HEAD
     assert (h.IGNORE_VALUE, h.NUM_CLASSES, h.LOSS_TYPE, h.ASPP_DILATIONS) == (65535, 847, "cross_entropy", [3, 6, 9])
     assert (cfg.MODEL.RESNETS.RES5_MULTI_GRID, cfg.MODEL.RESNETS.STEM_TYPE) == ([1, 1, 1], "basic")

@@ -50,16 +50,25 @@ def small_cfg(dataset: str, *overrides: object) -> san.CfgNode:
     cfg.merge_from_file(san.config.get_config_file("san_clip_vit_res4_coco"))
     cfg.merge_from_list(
         [
-            "DATASETS.TRAIN", (dataset,),
-            "SOLVER.IMS_PER_BATCH", 4,
-            "INPUT.MIN_SIZE_TRAIN", (24, 32, 40),
-            "INPUT.MAX_SIZE_TRAIN", 160,
-            "INPUT.CROP.SIZE", (32, 32),
-            "INPUT.SIZE_DIVISIBILITY", 32,
-            "INPUT.MIN_SIZE_TEST", 20,
-            "INPUT.MAX_SIZE_TEST", 100,
-            "DATALOADER.NUM_WORKERS", 0,
+            "DATASETS.TRAIN",
+            (dataset,),
+            "SOLVER.IMS_PER_BATCH",
+            4,
+            "INPUT.MIN_SIZE_TRAIN",
+            (24, 32, 40),
+            "INPUT.MAX_SIZE_TRAIN",
+            160,
+            "INPUT.CROP.SIZE",
+            (32, 32),
+            "INPUT.SIZE_DIVISIBILITY",
+            32,
+            "INPUT.MIN_SIZE_TEST",
+            20,
+            "INPUT.MAX_SIZE_TEST",
+            100,
+            "DATALOADER.NUM_WORKERS",
+            0,
             *overrides,
         ]
-    )  # fmt: skip
+    )
     return cfg

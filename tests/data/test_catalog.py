@@ -23,14 +23,22 @@ from san.data.catalog import (
 OFFICIAL = {
     "coco_2017_train_stuff_sem_seg": (171, 255, "coco/train2017", "coco/stuffthingmaps_detectron2/train2017"),
     "coco_2017_test_stuff_sem_seg": (171, 255, "coco/val2017", "coco/stuffthingmaps_detectron2/val2017"),
-    "ade20k_sem_seg_val": (150, 255, "ADEChallengeData2016/images/validation",
-                           "ADEChallengeData2016/annotations_detectron2/validation"),
-    "ade20k_full_sem_seg_val": (847, 65535, "ADE20K_2021_17_01/images_detectron2/validation",
-                                "ADE20K_2021_17_01/annotations_detectron2/validation"),
+    "ade20k_sem_seg_val": (
+        150,
+        255,
+        "ADEChallengeData2016/images/validation",
+        "ADEChallengeData2016/annotations_detectron2/validation",
+    ),
+    "ade20k_full_sem_seg_val": (
+        847,
+        65535,
+        "ADE20K_2021_17_01/images_detectron2/validation",
+        "ADE20K_2021_17_01/annotations_detectron2/validation",
+    ),
     "pcontext_sem_seg_val": (59, 255, "pcontext/val/image", "pcontext/val/label"),
     "pcontext_full_sem_seg_val": (459, 65535, "pcontext_full/val/image", "pcontext_full/val/label"),
     "voc_sem_seg_val": (20, 255, "VOC2012/JPEGImages", "VOC2012/annotations_detectron2/val"),
-}  # fmt: skip
+}
 
 
 @pytest.fixture
@@ -109,8 +117,13 @@ def test_missing_data_errors_name_the_path_and_the_fix(tmp_path):
 def test_register_in_a_few_lines(cleanup, tmp_path):
     cleanup.append("my_set")
     _write(tmp_path, "images", "labels", ["p", "q"])
-    spec = register_dataset(name="my_set", image_dir=str(tmp_path / "images"), gt_dir=str(tmp_path / "labels"),
-                            classes=["road", "car"], ignore_label=255)  # fmt: skip
+    spec = register_dataset(
+        name="my_set",
+        image_dir=str(tmp_path / "images"),
+        gt_dir=str(tmp_path / "labels"),
+        classes=["road", "car"],
+        ignore_label=255,
+    )
     assert get_dataset("my_set") is spec and "my_set" in list_datasets()
     assert len(spec.list_samples("/elsewhere")) == 2  # absolute dirs ignore the root
     with pytest.raises(ValueError, match="already registered.*overwrite=True"):

@@ -99,9 +99,9 @@ def test_rgba_and_palette_png_drop_alpha(tmp_path: Path) -> None:
     pal.putdata([0, 1, 1, 0, 0, 1])
     pal.save(tmp_path / "pal.png", transparency=0)
     np.testing.assert_array_equal(
-        read_image(tmp_path / "pal.png"), np.array([[[10, 20, 30], [200, 100, 0], [200, 100, 0]],
-                                                    [[10, 20, 30], [10, 20, 30], [200, 100, 0]]])
-    )  # fmt: skip
+        read_image(tmp_path / "pal.png"),
+        np.array([[[10, 20, 30], [200, 100, 0], [200, 100, 0]], [[10, 20, 30], [10, 20, 30], [200, 100, 0]]]),
+    )
 
 
 def test_16_bit_pngs(tmp_path: Path) -> None:

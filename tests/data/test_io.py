@@ -10,8 +10,9 @@ from PIL import Image
 from san.data.io import DataError, read_image, read_label, write_label
 
 
-@pytest.mark.parametrize(("ext", "dtype", "high"), [(".png", np.uint8, 256), (".png", np.uint16, 65536),
-                                                    (".tif", np.uint16, 65536)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("ext", "dtype", "high"), [(".png", np.uint8, 256), (".png", np.uint16, 65536), (".tif", np.uint16, 65536)]
+)
 def test_labels_round_trip_exactly(tmp_path, ext, dtype, high):
     a = np.random.default_rng(0).integers(0, high, (13, 21)).astype(dtype)
     a[0, 0] = high - 1  # the ignore value (255 / 65535) survives

@@ -40,8 +40,17 @@ def test_train_mapper_output_contract(tiny_dataset, seed):
 
 
 def test_train_mapper_pads_image_with_128_and_label_with_ignore(tiny_dataset):
-    cfg = small_cfg(tiny_dataset, "INPUT.MIN_SIZE_TRAIN", (20,), "INPUT.CROP.ENABLED", False,
-                    "INPUT.COLOR_AUG_SSD", False, "INPUT.RANDOM_FLIP", "none")  # fmt: skip
+    cfg = small_cfg(
+        tiny_dataset,
+        "INPUT.MIN_SIZE_TRAIN",
+        (20,),
+        "INPUT.CROP.ENABLED",
+        False,
+        "INPUT.COLOR_AUG_SSD",
+        False,
+        "INPUT.RANDOM_FLIP",
+        "none",
+    )
     record = get_dataset(tiny_dataset).list_samples()[0]
     out = SemanticTrainMapper(cfg)(dict(record), rng=np.random.default_rng(0))
     assert out["image"].shape == (3, 32, 32)  # 20 x 25 padded to multiples of 32
@@ -51,8 +60,19 @@ def test_train_mapper_pads_image_with_128_and_label_with_ignore(tiny_dataset):
 
 
 def test_train_mapper_without_augmentation_keeps_pixels(tiny_dataset):
-    cfg = small_cfg(tiny_dataset, "INPUT.MIN_SIZE_TRAIN", (40,), "INPUT.CROP.ENABLED", False,
-                    "INPUT.COLOR_AUG_SSD", False, "INPUT.RANDOM_FLIP", "none", "INPUT.SIZE_DIVISIBILITY", -1)  # fmt: skip
+    cfg = small_cfg(
+        tiny_dataset,
+        "INPUT.MIN_SIZE_TRAIN",
+        (40,),
+        "INPUT.CROP.ENABLED",
+        False,
+        "INPUT.COLOR_AUG_SSD",
+        False,
+        "INPUT.RANDOM_FLIP",
+        "none",
+        "INPUT.SIZE_DIVISIBILITY",
+        -1,
+    )
     record = get_dataset(tiny_dataset).list_samples()[1]
     out = SemanticTrainMapper(cfg)(dict(record))
     assert np.array_equal(out["image"].permute(1, 2, 0).numpy(), read_image(record["file_name"]))
@@ -61,8 +81,14 @@ def test_train_mapper_without_augmentation_keeps_pixels(tiny_dataset):
 
 def test_sixteen_bit_dataset_ignores_65535(tmp_path):
     write_dataset(tmp_path, n=2, ignore=65535)
-    register_dataset(name="san_test_u16", image_dir=str(tmp_path / "img"), gt_dir=str(tmp_path / "gt"),
-                     classes=["a", "b", "c"], ignore_label=65535, gt_ext=".tif")  # fmt: skip
+    register_dataset(
+        name="san_test_u16",
+        image_dir=str(tmp_path / "img"),
+        gt_dir=str(tmp_path / "gt"),
+        classes=["a", "b", "c"],
+        ignore_label=65535,
+        gt_ext=".tif",
+    )
     try:
         cfg = small_cfg("san_test_u16", "INPUT.MIN_SIZE_TRAIN", (24,))
         out = SemanticTrainMapper(cfg)(get_dataset("san_test_u16").list_samples()[0], rng=np.random.default_rng(2))

@@ -11,11 +11,11 @@ import pytest
 import scipy.io
 from PIL import Image
 
+from san.apps.prepare_data import main
 from san.assets import read_classes, read_dataset_ids
 from san.data.catalog import get_dataset
 from san.data.io import read_label
-from san.apps.prepare_data import main
-from san.data.prepare import PC59_IDS, PrepareError, PrepareOptions, prepare, safe_load_index
+from san.data.prepare import PC59_IDS, PrepareError, prepare, safe_load_index
 from san.data.transforms import resize_label
 
 
@@ -83,20 +83,26 @@ def test_ade20k_847(tmp_path):
         _jpg(folder / name, h, w)
         class_maps[name] = rng.choice([wall, building, other], size=(h, w))
         _png(folder / name.replace(".jpg", "_seg.png"), _ade_seg(class_maps[name]))
-    index = {"folder": [f"ADE20K_2021_17_01/images/ADE/{s}" for s in folders.values()], "filename": list(folders),
-             "objectPresence": np.zeros((3, 2), np.int64), "objectnames": ["wall", "building", "x"]}  # fmt: skip
+    index = {
+        "folder": [f"ADE20K_2021_17_01/images/ADE/{s}" for s in folders.values()],
+        "filename": list(folders),
+        "objectPresence": np.zeros((3, 2), np.int64),
+        "objectnames": ["wall", "building", "x"],
+    }
     with open(raw / "index_ade20k.pkl", "wb") as f:
         pickle.dump(index, f)
     prepare("ade20k_847", str(raw), str(root))
     base = root / "ADE20K_2021_17_01"
     small = read_label(base / "annotations_detectron2/training/ADE_train_00000001.tif")
-    expected = np.select([class_maps["ADE_train_00000001.jpg"] == wall, class_maps["ADE_train_00000001.jpg"] == building],
-                         [0, 1], 65535)  # fmt: skip
+    expected = np.select(
+        [class_maps["ADE_train_00000001.jpg"] == wall, class_maps["ADE_train_00000001.jpg"] == building], [0, 1], 65535
+    )
     assert small.dtype == np.uint16 and np.array_equal(small, expected)
     big = read_label(base / "annotations_detectron2/validation/ADE_val_00000001.tif")
     assert big.shape == (512, 597)  # short side 600 > 512 -> 512, long side round(700 / 600 * 512)
-    full = np.select([class_maps["ADE_val_00000001.jpg"] == wall, class_maps["ADE_val_00000001.jpg"] == building],
-                     [0, 1], 65535).astype(np.uint16)  # fmt: skip
+    full = np.select(
+        [class_maps["ADE_val_00000001.jpg"] == wall, class_maps["ADE_val_00000001.jpg"] == building], [0, 1], 65535
+    ).astype(np.uint16)
     assert np.array_equal(big, resize_label(full, 512, 597))  # nearest
     with Image.open(base / "images_detectron2/validation/ADE_val_00000001.jpg") as img:
         assert img.size == (597, 512)

@@ -30,8 +30,14 @@ def toy_root(tmp_path_factory):
     old = os.environ.get("DETECTRON2_DATASETS")
     os.environ["DETECTRON2_DATASETS"] = root
     for split in ("train", "val"):
-        register_dataset(name=f"toy_{split}", image_dir=f"toy/images/{split}", gt_dir=f"toy/labels/{split}",
-                         classes=CLASSES, ignore_label=255, overwrite=True)  # fmt: skip
+        register_dataset(
+            name=f"toy_{split}",
+            image_dir=f"toy/images/{split}",
+            gt_dir=f"toy/labels/{split}",
+            classes=CLASSES,
+            ignore_label=255,
+            overwrite=True,
+        )
     yield root
     for split in ("train", "val"):
         unregister_dataset(f"toy_{split}")

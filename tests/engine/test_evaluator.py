@@ -100,8 +100,15 @@ def test_rle_is_pycocotools_compressed_format():
 
 
 def test_dumped_predictions_and_saved_results(tmp_path):
-    ev = SemSegEvaluator(3, 255, list("abc"), dataset_name="toy/val", output_dir=tmp_path,
-                         dataset_ids=[10, 20, 30], dump_predictions=True)  # fmt: skip
+    ev = SemSegEvaluator(
+        3,
+        255,
+        list("abc"),
+        dataset_name="toy/val",
+        output_dir=tmp_path,
+        dataset_ids=[10, 20, 30],
+        dump_predictions=True,
+    )
     pred = [[0, 2], [2, 2]]
     ev.process([{"file_name": "p.jpg", "sem_seg": torch.tensor([[0, 1], [255, 2]])}], [{"sem_seg": _scores(pred, 3)}])
     results = ev.evaluate()

@@ -20,9 +20,17 @@ COMPARED = ("total_loss", "loss_ce", "loss_mask", "loss_dice", "lr")
 
 def _command(tmp) -> list[str]:
     """``python -m san train`` on the toy dataset: 12 iterations, checkpoints every 4, every iteration logged."""
-    cfg = toy_cfg(str(tmp), "unused", **{"SOLVER.MAX_ITER": MAX_ITER, "SOLVER.CHECKPOINT_PERIOD": PERIOD,
-                                         "TEST.EVAL_PERIOD": 0, "SAN_ENGINE.LOG_PERIOD": 1,
-                                         "SAN_ENGINE.METRICS_WINDOW": 6})  # fmt: skip
+    cfg = toy_cfg(
+        str(tmp),
+        "unused",
+        **{
+            "SOLVER.MAX_ITER": MAX_ITER,
+            "SOLVER.CHECKPOINT_PERIOD": PERIOD,
+            "TEST.EVAL_PERIOD": 0,
+            "SAN_ENGINE.LOG_PERIOD": 1,
+            "SAN_ENGINE.METRICS_WINDOW": 6,
+        },
+    )
     (tmp / "toy.yaml").write_text(cfg.dump())
     yaml = datasets_yaml(str(tmp / "toy_datasets.yaml"))
     return [sys.executable, "-m", "san", "train", "--config-file", str(tmp / "toy.yaml"), "--datasets-yaml", yaml]

@@ -171,7 +171,8 @@ def test_official_b16_optimizer_covers_the_released_trainable_parameters():
     # the release's optimizer table: 8.37M trainable (side adapter 8,219,058 + CLIP pos. embedding + bg_embed)
     assert sum(g["params"][0].numel() for g in groups) == 8_219_058 + 197 * 768 + 512
     no_decay = sorted(g["param_name"] for g in groups if g["weight_decay"] == 0)
-    # 8 side blocks x (norm1, norm2) x (weight, bias), pos_embed, query_embed, query_pos_embed, CLIP positional_embedding
+    # 8 side blocks x (norm1, norm2) x (weight, bias), pos_embed, query_embed, query_pos_embed, CLIP
+    # positional_embedding
     assert len(no_decay) == 8 * 2 * 2 + 4
     assert not any("fusion_layers" in n for n in no_decay)
     assert {g["lr"] for g in groups} == {1e-4}  # the B/16 config sets BACKBONE_MULTIPLIER back to 1.0

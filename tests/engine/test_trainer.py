@@ -15,15 +15,14 @@ import os
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import san
+from san.apps.train import build_parser
+from san.apps.train import main as train_main
 from san.data.io import read_label
 from san.engine.evaluator import rle_decode
 from san.engine.inference import evaluate
 from san.engine.trainer import Trainer, last_checkpoint_path
-from san.apps.train import build_parser
-from san.apps.train import main as train_main
 
 from ..conftest import tiny_cfg
 from .toy import CLASSES, datasets_yaml, final, metrics, toy_cfg

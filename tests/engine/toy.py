@@ -38,10 +38,15 @@ def write_toy_split(root: str, split: str, n: int, seed: int) -> None:
 def datasets_yaml(path: str) -> str:
     """Write the YAML (JSON) that registers toy_train/toy_val in a ``san train`` process; returns ``path``."""
     entries = [
-        {"name": f"toy_{s}", "image_dir": f"toy/images/{s}", "gt_dir": f"toy/labels/{s}", "classes": CLASSES,
-         "ignore_label": 255}
+        {
+            "name": f"toy_{s}",
+            "image_dir": f"toy/images/{s}",
+            "gt_dir": f"toy/labels/{s}",
+            "classes": CLASSES,
+            "ignore_label": 255,
+        }
         for s in ("train", "val")
-    ]  # fmt: skip
+    ]
     with open(path, "w", encoding="utf-8") as f:
         json.dump({"datasets": entries}, f)  # JSON is YAML
     return path
@@ -52,19 +57,61 @@ def toy_cfg(tmp: str, out: str, **extra) -> san.CfgNode:
     cfg = tiny_cfg(tmp, num_classes=len(CLASSES))
     cfg.merge_from_list(
         [
-            "OUTPUT_DIR", out, "SEED", 7, "MODEL.DEVICE", "cpu",
-            "DATASETS.TRAIN", ("toy_train",), "DATASETS.TEST", ("toy_val",),
-            "INPUT.FORMAT", "RGB", "INPUT.MIN_SIZE_TRAIN", (64, 80, 96), "INPUT.MAX_SIZE_TRAIN", 160,
-            "INPUT.CROP.ENABLED", True, "INPUT.CROP.TYPE", "absolute", "INPUT.CROP.SIZE", (64, 64),
-            "INPUT.SIZE_DIVISIBILITY", 64, "INPUT.COLOR_AUG_SSD", True,
-            "INPUT.MIN_SIZE_TEST", 64, "INPUT.MAX_SIZE_TEST", 128, "DATALOADER.NUM_WORKERS", 0,
-            "SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", 10, "SOLVER.BASE_LR", 2e-3,
-            "SOLVER.LR_SCHEDULER_NAME", "WarmupPolyLR", "SOLVER.WARMUP_ITERS", 0,
-            "SOLVER.CLIP_GRADIENTS.ENABLED", True, "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "full_model",
-            "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", 1.0, "SOLVER.CHECKPOINT_PERIOD", 4, "TEST.EVAL_PERIOD", 5,
+            "OUTPUT_DIR",
+            out,
+            "SEED",
+            7,
+            "MODEL.DEVICE",
+            "cpu",
+            "DATASETS.TRAIN",
+            ("toy_train",),
+            "DATASETS.TEST",
+            ("toy_val",),
+            "INPUT.FORMAT",
+            "RGB",
+            "INPUT.MIN_SIZE_TRAIN",
+            (64, 80, 96),
+            "INPUT.MAX_SIZE_TRAIN",
+            160,
+            "INPUT.CROP.ENABLED",
+            True,
+            "INPUT.CROP.TYPE",
+            "absolute",
+            "INPUT.CROP.SIZE",
+            (64, 64),
+            "INPUT.SIZE_DIVISIBILITY",
+            64,
+            "INPUT.COLOR_AUG_SSD",
+            True,
+            "INPUT.MIN_SIZE_TEST",
+            64,
+            "INPUT.MAX_SIZE_TEST",
+            128,
+            "DATALOADER.NUM_WORKERS",
+            0,
+            "SOLVER.IMS_PER_BATCH",
+            2,
+            "SOLVER.MAX_ITER",
+            10,
+            "SOLVER.BASE_LR",
+            2e-3,
+            "SOLVER.LR_SCHEDULER_NAME",
+            "WarmupPolyLR",
+            "SOLVER.WARMUP_ITERS",
+            0,
+            "SOLVER.CLIP_GRADIENTS.ENABLED",
+            True,
+            "SOLVER.CLIP_GRADIENTS.CLIP_TYPE",
+            "full_model",
+            "SOLVER.CLIP_GRADIENTS.CLIP_VALUE",
+            1.0,
+            "SOLVER.CHECKPOINT_PERIOD",
+            4,
+            "TEST.EVAL_PERIOD",
+            5,
             *[x for kv in extra.items() for x in kv],
         ]
-    )  # fmt: skip
+    )
     return cfg
 
 

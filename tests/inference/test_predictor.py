@@ -10,9 +10,9 @@ from PIL import Image
 
 import san
 from san.data.images import ImageError
-from san.model_zoo import WeightsError
 from san.data.transforms import shortest_edge_size
 from san.inference.predictor import SANPredictor
+from san.model_zoo import WeightsError
 
 from ..apps.colour_model import colour_predict, dominant_channel, use_colour_model
 from ..conftest import tiny_cfg

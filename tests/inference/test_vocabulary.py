@@ -11,7 +11,6 @@ from open_clip.tokenizer import SimpleTokenizer
 import san
 from san.assets import read_classes
 from san.inference.predictor import SANPredictor
-from san.modeling.text_classifier import fit_to_context
 from san.inference.vocabulary import (
     OTHER,
     build_vocabulary,
@@ -19,6 +18,7 @@ from san.inference.vocabulary import (
     parse_vocabulary,
     read_vocabulary_file,
 )
+from san.modeling.text_classifier import fit_to_context
 
 from ..conftest import tiny_cfg
 

@@ -147,10 +147,21 @@ def test_mapper_follows_the_official_semantic_mapper(tmp_path):
         MetadataCatalog.get(name).set(stuff_classes=[str(i) for i in range(8)], ignore_label=65535)
     cfg = d2_cfg(
         tmp_path,
-        "DATASETS.TRAIN", (name,),
-        "INPUT.MIN_SIZE_TRAIN", (48,), "INPUT.MAX_SIZE_TRAIN", 1000, "INPUT.CROP.SIZE", (32, 32),
-        "INPUT.COLOR_AUG_SSD", False, "INPUT.SIZE_DIVISIBILITY", 64, "MODEL.SEM_SEG_HEAD.IGNORE_VALUE", 65535,
-    )  # fmt: skip
+        "DATASETS.TRAIN",
+        (name,),
+        "INPUT.MIN_SIZE_TRAIN",
+        (48,),
+        "INPUT.MAX_SIZE_TRAIN",
+        1000,
+        "INPUT.CROP.SIZE",
+        (32, 32),
+        "INPUT.COLOR_AUG_SSD",
+        False,
+        "INPUT.SIZE_DIVISIBILITY",
+        64,
+        "MODEL.SEM_SEG_HEAD.IGNORE_VALUE",
+        65535,
+    )
     mapper = sd2.MaskFormerSemanticDatasetMapper(cfg, True)
     out = mapper(
         {

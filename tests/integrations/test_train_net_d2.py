@@ -25,11 +25,40 @@ COCO_TRAIN, COCO_TEST = "coco_2017_train_stuff_sem_seg", "coco_2017_test_stuff_s
 
 def run_train_net(root: Path, out: Path, tmp_path: Path, *args: str, opts: tuple = ()) -> subprocess.CompletedProcess:
     tiny = tiny_overrides(tmp_path, num_classes=171)
-    overrides = [*tiny, "MODEL.DEVICE", "cpu", "SOLVER.AMP.ENABLED", False, "SOLVER.IMS_PER_BATCH", 2,
-                 "SOLVER.CHECKPOINT_PERIOD", 1, "INPUT.MIN_SIZE_TRAIN", (64,), "INPUT.MAX_SIZE_TRAIN", 128,
-                 "INPUT.CROP.SIZE", (64, 64), "INPUT.SIZE_DIVISIBILITY", 64, "INPUT.MIN_SIZE_TEST", 64,
-                 "INPUT.MAX_SIZE_TEST", 128, "DATALOADER.NUM_WORKERS", 0, "DATASETS.TEST", (COCO_TEST,),
-                 "TEST.EVAL_PERIOD", 0, "SEED", 0, "OUTPUT_DIR", str(out), *opts]  # fmt: skip
+    overrides = [
+        *tiny,
+        "MODEL.DEVICE",
+        "cpu",
+        "SOLVER.AMP.ENABLED",
+        False,
+        "SOLVER.IMS_PER_BATCH",
+        2,
+        "SOLVER.CHECKPOINT_PERIOD",
+        1,
+        "INPUT.MIN_SIZE_TRAIN",
+        (64,),
+        "INPUT.MAX_SIZE_TRAIN",
+        128,
+        "INPUT.CROP.SIZE",
+        (64, 64),
+        "INPUT.SIZE_DIVISIBILITY",
+        64,
+        "INPUT.MIN_SIZE_TEST",
+        64,
+        "INPUT.MAX_SIZE_TEST",
+        128,
+        "DATALOADER.NUM_WORKERS",
+        0,
+        "DATASETS.TEST",
+        (COCO_TEST,),
+        "TEST.EVAL_PERIOD",
+        0,
+        "SEED",
+        0,
+        "OUTPUT_DIR",
+        str(out),
+        *opts,
+    ]
     config = san.config.get_config_file("san_clip_vit_res4_coco")  # the official YAML, unchanged
     cmd = [sys.executable, str(SCRIPT), "--config-file", config, "--num-gpus", "1", *args, *map(str, overrides)]
     env = {**os.environ, "DETECTRON2_DATASETS": str(root), "OMP_NUM_THREADS": "1"}

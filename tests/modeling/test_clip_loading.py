@@ -17,12 +17,24 @@ from ..conftest import TINY_CLIP, tiny_cfg
 
 def test_official_names_resolve_with_the_right_activation():
     b16 = resolve_clip_config("ViT-B/16", "openai")
-    assert (b16.vision_width, b16.vision_layers, b16.vision_heads, b16.patch_size, b16.grid_size) == (768, 12, 12, 16, 14)
+    assert (b16.vision_width, b16.vision_layers, b16.vision_heads, b16.patch_size, b16.grid_size) == (
+        768,
+        12,
+        12,
+        16,
+        14,
+    )
     assert (b16.text_width, b16.text_layers, b16.embed_dim) == (512, 12, 512)
     assert b16.quick_gelu and b16.act_layer is QuickGELU  # OpenAI weights were trained with QuickGELU
     assert not resolve_clip_config("ViT-B/16", "").quick_gelu
     l14 = resolve_clip_config("ViT-L-14-336", "openai")
-    assert (l14.vision_width, l14.vision_layers, l14.vision_heads, l14.patch_size, l14.grid_size) == (1024, 24, 16, 14, 24)
+    assert (l14.vision_width, l14.vision_layers, l14.vision_heads, l14.patch_size, l14.grid_size) == (
+        1024,
+        24,
+        16,
+        14,
+        24,
+    )
     assert l14.quick_gelu and l14.embed_dim == 768
 
 
@@ -50,8 +62,12 @@ def test_local_clip_weights_file_is_loaded(tmp_path):
     cfg.MODEL.SAN.CLIP_PRETRAINED_NAME = str(weights)
     model = san.build_model(cfg)
     sd = reference.state_dict()
-    assert torch.equal(model.clip_visual_extractor.resblocks[1].mlp.c_fc.weight, sd["visual.transformer.resblocks.1.mlp.c_fc.weight"])
-    assert torch.equal(model.clip_rec_head.resblocks[0].attn.in_proj_weight, sd["visual.transformer.resblocks.2.attn.in_proj_weight"])
+    assert torch.equal(
+        model.clip_visual_extractor.resblocks[1].mlp.c_fc.weight, sd["visual.transformer.resblocks.1.mlp.c_fc.weight"]
+    )
+    assert torch.equal(
+        model.clip_rec_head.resblocks[0].attn.in_proj_weight, sd["visual.transformer.resblocks.2.attn.in_proj_weight"]
+    )
     assert torch.equal(model.clip_rec_head.proj, sd["visual.proj"])
     assert torch.equal(model.ov_classifier.token_embedding.weight, sd["token_embedding.weight"])
     assert isinstance(model.clip_visual_extractor.resblocks[0].mlp.gelu, nn.GELU)
@@ -65,7 +81,9 @@ def test_local_clip_weights_file_is_loaded(tmp_path):
 
 def test_weights_that_do_not_fit_are_refused(tmp_path):
     other = open_clip.model.CLIP(
-        embed_dim=32, vision_cfg={**TINY_CLIP["vision_cfg"], "width": 96, "head_width": 48}, text_cfg=TINY_CLIP["text_cfg"]
+        embed_dim=32,
+        vision_cfg={**TINY_CLIP["vision_cfg"], "width": 96, "head_width": 48},
+        text_cfg=TINY_CLIP["text_cfg"],
     )
     weights = tmp_path / "wrong.pt"
     torch.save(other.state_dict(), weights)

@@ -123,10 +123,16 @@ def test_loss_helpers_match_their_formulas():
 
 def test_deep_supervision_keys_and_weights():
     assert loss_weights(2.0, 5.0, 5.0, 3) == {
-        "loss_ce": 2.0, "loss_mask": 5.0, "loss_dice": 5.0,
-        "loss_ce_0": 2.0, "loss_mask_0": 5.0, "loss_dice_0": 5.0,
-        "loss_ce_1": 2.0, "loss_mask_1": 5.0, "loss_dice_1": 5.0,
-    }  # fmt: skip
+        "loss_ce": 2.0,
+        "loss_mask": 5.0,
+        "loss_dice": 5.0,
+        "loss_ce_0": 2.0,
+        "loss_mask_0": 5.0,
+        "loss_dice_0": 5.0,
+        "loss_ce_1": 2.0,
+        "loss_mask_1": 5.0,
+        "loss_dice_1": 5.0,
+    }
     crit = SetCriterion(2, HungarianMatcher(2, 5, 5, num_points=16), loss_weights(2, 5, 5, 3), 0.1, num_points=16)
     level = lambda: {"class_logits": torch.randn(2, 5, 3), "mask_logits": torch.randn(2, 5, 4, 4)}  # noqa: E731
     outputs = {**level(), "aux_outputs": [level(), level()]}
@@ -146,7 +152,9 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="unknown losses"):
         SetCriterion(2, HungarianMatcher(), {}, 0.1, losses=("boxes",))
     crit = make_criterion([([0], [0])], num_classes=5)
-    with pytest.raises(ValueError, match="num_classes=5: the criterion's class count must be the training vocabulary's size"):
+    with pytest.raises(
+        ValueError, match="num_classes=5: the criterion's class count must be the training vocabulary's size"
+    ):
         crit(
             {"class_logits": torch.zeros(1, 2, 3), "mask_logits": torch.zeros(1, 2, 2, 2)},
             [{"labels": torch.tensor([0]), "masks": torch.ones(1, 2, 2)}],
@@ -156,8 +164,13 @@ def test_bad_arguments_are_refused():
 def test_forward_applies_each_terms_own_weight_and_refuses_unweighted_terms():
     """Distinct class/mask/dice weights (the official 2/5/5 would hide a swap of the last two)."""
     pred = torch.tensor([[[2.0, -1.0], [0.0, 3.0]], [[-2.0, 1.0], [0.5, 0.0]]])
-    outputs = {"class_logits": torch.randn(1, 2, 3, generator=torch.Generator().manual_seed(0)), "mask_logits": pred[None]}
-    targets = [{"labels": torch.tensor([0, 1]), "masks": torch.tensor([[[1.0, 0.0], [1.0, 1.0]], [[0.0, 0.0], [0.0, 1.0]]])}]
+    outputs = {
+        "class_logits": torch.randn(1, 2, 3, generator=torch.Generator().manual_seed(0)),
+        "mask_logits": pred[None],
+    }
+    targets = [
+        {"labels": torch.tensor([0, 1]), "masks": torch.tensor([[[1.0, 0.0], [1.0, 1.0]], [[0.0, 0.0], [0.0, 1.0]]])}
+    ]
     crit = make_criterion([([0, 1], [1, 0])])
     crit.weight_dict = {"loss_ce": 0.5, "loss_mask": 3.0, "loss_dice": 7.0}
     raw = crit.unweighted_losses(outputs, targets)
@@ -206,9 +219,12 @@ def test_tiny_model_loss_dict_has_every_weighted_key(tmp_path):
     masks = torch.zeros(2, 64, 64, dtype=torch.bool)
     masks[0, :32], masks[1, 32:] = True, True
     inputs = [
-        {"image": torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8), "vocabulary": ["a", "b", "c"],
-         "instances": {"labels": torch.tensor([0, 2]), "masks": masks}}
-    ]  # fmt: skip
+        {
+            "image": torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8),
+            "vocabulary": ["a", "b", "c"],
+            "instances": {"labels": torch.tensor([0, 2]), "masks": masks},
+        }
+    ]
     losses = model(inputs)
     assert set(losses) == set(model.criterion.weight_dict)
     sum(losses.values()).backward()

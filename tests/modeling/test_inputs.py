@@ -79,7 +79,12 @@ def test_bad_vocabularies(tiny_model, vocabulary, error, match):
 
 def test_one_vocabulary_per_batch(tiny_model):
     with pytest.raises(ValueError, match="different vocabulary"):
-        tiny_model([{"image": torch.zeros(3, 32, 32), "vocabulary": ["a"]}, {"image": torch.zeros(3, 32, 32), "vocabulary": ["b"]}])
+        tiny_model(
+            [
+                {"image": torch.zeros(3, 32, 32), "vocabulary": ["a"]},
+                {"image": torch.zeros(3, 32, 32), "vocabulary": ["b"]},
+            ]
+        )
     with pytest.raises(ValueError, match="non-empty list"):
         tiny_model([])
 
@@ -91,7 +96,11 @@ def test_one_vocabulary_per_batch(tiny_model):
         ("MODEL.SAN.CLIP_MODEL_NAME", "/nonexistent/clip.json", "not found"),
         ("MODEL.SIDE_ADAPTER.VIT_NAME", "vit_huge", "vit_w<width>n<heads>d<depth>_patch<size>"),
         ("MODEL.SIDE_ADAPTER.FUSION_MAP", ["0-0"], "clipIdx->sideIdx"),
-        ("MODEL.SIDE_ADAPTER.FUSION_MAP", ["3->1"], "beyond feature_last_layer_idx=2 .*MODEL.SAN.FEATURE_LAST_LAYER_IDX"),
+        (
+            "MODEL.SIDE_ADAPTER.FUSION_MAP",
+            ["3->1"],
+            "beyond feature_last_layer_idx=2 .*MODEL.SAN.FEATURE_LAST_LAYER_IDX",
+        ),
         ("MODEL.SAN.FEATURE_LAST_LAYER_IDX", 4, "must lie in 1..3"),
         ("MODEL.SIDE_ADAPTER.ATTN_BIAS.NUM_HEADS", 3, "heads"),
         ("MODEL.SAN.CLIP_TEMPLATE_SET", "fancy", "unknown prompt set 'fancy'"),

@@ -101,13 +101,19 @@ def test_zero_bias_single_sos_reproduces_clip_class_token(tmp_path):
     sd = clip_state_dict_to_san(clip_model.state_dict(), split)
     cfg = san.modeling.clip.clip_config_from_dict(TINY_CLIP)
     extractor = ClipFeatureExtractor(
-        width=cfg.vision_width, num_layers=split, num_heads=cfg.vision_heads, patch_size=cfg.patch_size,
+        width=cfg.vision_width,
+        num_layers=split,
+        num_heads=cfg.vision_heads,
+        patch_size=cfg.patch_size,
         grid_size=cfg.grid_size,
-    )  # fmt: skip
+    )
     head = RecognitionHead(
-        width=cfg.vision_width, num_layers=cfg.vision_layers - split, num_heads=cfg.vision_heads,
-        output_dim=cfg.embed_dim, num_sos=1,
-    )  # fmt: skip
+        width=cfg.vision_width,
+        num_layers=cfg.vision_layers - split,
+        num_heads=cfg.vision_heads,
+        output_dim=cfg.embed_dim,
+        num_sos=1,
+    )
     for prefix, module in (("clip_visual_extractor.", extractor), ("clip_rec_head.", head)):
         module.load_state_dict({k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)})
     image = torch.randn(2, 3, 224, 224)

@@ -36,7 +36,12 @@ def tasks(raw: str, root: str, options: PrepareOptions) -> dict[str, list[Task]]
         dst = os.path.join(root, "coco", "stuffthingmaps_detectron2", split)
         files = sorted(f for f in os.listdir(os.path.join(maps, split)) if f.endswith(".png"))
         out[split] = [
-            Task("coco_stuff", os.path.join(maps, split, f), os.path.join(dst, f), os.path.join(root, "coco", split, f[:-4] + ".jpg"))
+            Task(
+                "coco_stuff",
+                os.path.join(maps, split, f),
+                os.path.join(dst, f),
+                os.path.join(root, "coco", split, f[:-4] + ".jpg"),
+            )
             for f in files
         ]
     return out

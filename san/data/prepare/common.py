@@ -127,4 +127,6 @@ def verify(task: Task, ignore: int, num_classes: int) -> None:
         with Image.open(image_path) as img:
             w, h = img.size  # header only
         if (h, w) != label.shape:
-            raise DataError(f"{task.label_dst} is {label.shape[1]}x{label.shape[0]} but its image {image_path} is {w}x{h}")
+            raise DataError(
+                f"{task.label_dst} is {label.shape[1]}x{label.shape[0]} but its image {image_path} is {w}x{h}"
+            )

@@ -16,11 +16,11 @@ from san.data.io import DataError
 from .common import PrepareError, PrepareOptions, Task, lut, need_dir
 
 # the 59 PASCAL-Context classes as ids of the 459-class LabelMap, ascending (= contiguous order);
-# kept as a table (fmt: skip): one id per line would not read better
+# a table (fmt: skip below): one id per line would not read better
 PC59_IDS = (
-    2, 9, 18, 19, 22, 23, 25, 31, 33, 34, 44, 45, 46, 59, 65, 68, 72, 80, 85, 98, 104, 105, 113, 115, 144,
-    158, 159, 162, 187, 189, 207, 220, 232, 258, 259, 260, 284, 295, 296, 308, 324, 326, 347, 349, 354, 355,
-    360, 366, 368, 397, 415, 416, 420, 424, 427, 440, 445, 454, 458,
+    2, 9, 18, 19, 22, 23, 25, 31, 33, 34, 44, 45, 46, 59, 65, 68, 72, 80, 85, 98,
+    104, 105, 113, 115, 144, 158, 159, 162, 187, 189, 207, 220, 232, 258, 259, 260, 284, 295, 296, 308,
+    324, 326, 347, 349, 354, 355, 360, 366, 368, 397, 415, 416, 420, 424, 427, 440, 445, 454, 458,
 )  # fmt: skip
 
 IGNORE_59, NUM_59 = 255, 59
@@ -35,7 +35,9 @@ def _labelmap(path: str) -> np.ndarray:
     except Exception as e:  # scipy raises several types for bad files
         raise DataError(f"{path}: cannot read the .mat file: {e}") from None
     if "LabelMap" not in mat:
-        raise DataError(f"{path}: no 'LabelMap' in the .mat file (keys: {sorted(k for k in mat if not k.startswith('__'))})")
+        raise DataError(
+            f"{path}: no 'LabelMap' in the .mat file (keys: {sorted(k for k in mat if not k.startswith('__'))})"
+        )
     return np.asarray(mat["LabelMap"]).astype(np.int64)
 
 

@@ -35,7 +35,12 @@ def tasks(raw: str, root: str, options: PrepareOptions) -> dict[str, list[Task]]
     for split in ("train", "val"):
         dst = os.path.join(root, "VOC2012", "annotations_detectron2", split)
         out[split] = [
-            Task("voc", os.path.join(labels, f"{i}.png"), os.path.join(dst, f"{i}.png"), os.path.join(root, "VOC2012", "JPEGImages", f"{i}.jpg"))
+            Task(
+                "voc",
+                os.path.join(labels, f"{i}.png"),
+                os.path.join(dst, f"{i}.png"),
+                os.path.join(root, "VOC2012", "JPEGImages", f"{i}.jpg"),
+            )
             for i in _split(raw, split)
         ]
     return out

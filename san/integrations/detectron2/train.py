@@ -31,11 +31,11 @@ from detectron2.evaluation import DatasetEvaluator, SemSegEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from san.data.mapper import check_rgb_format
+
 from .checkpoint import SANCheckpointer
 from .config import add_san_config
 from .datasets import register_all_datasets
-from san.data.mapper import check_rgb_format
-
 from .mapper import MaskFormerSemanticDatasetMapper
 from .solver import build_lr_scheduler, build_optimizer
 from .tta import SemanticSegmentorWithTTA
