@@ -158,17 +158,20 @@ def _evaluate_only(cfg: Any, resume: bool) -> dict[str, Any]:
 def _main_worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch.distributed as dist
 
+    from san.checkpoint import CheckpointError
     from san.config import ConfigError
     from san.engine.trainer import Trainer
+    from san.model_zoo import WeightsError
 
+    # what a user can fix (config, files, weights): one line, not a traceback
+    fixable = (FileNotFoundError, ConfigError, CheckpointError, WeightsError)
     try:
         cfg = setup(args)
-    except (FileNotFoundError, ConfigError) as e:
-        raise SystemExit(f"san train: {e}") from None
-    try:
         if args.eval_only:
             return _evaluate_only(cfg, args.resume)
         return Trainer(cfg, resume=args.resume).train()
+    except fixable as e:
+        raise SystemExit(f"san train: {e}") from None
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

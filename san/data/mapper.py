@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from san.config import ConfigError
+
 from .catalog import DatasetSpec, get_dataset
 from .io import DataError, read_image, read_label
 from .transforms import Compose, build_train_augmentations, pad_to_divisible, resize_image, shortest_edge_size
@@ -40,7 +42,7 @@ logger = logging.getLogger(__name__)
 def check_rgb_format(cfg: Any) -> None:
     """SAN normalises with CLIP's RGB statistics: refuse ``INPUT.FORMAT`` other than RGB."""
     if cfg.INPUT.FORMAT != "RGB":
-        raise ValueError(
+        raise ConfigError(
             f"SAN expects RGB images but INPUT.FORMAT is {cfg.INPUT.FORMAT!r}; set INPUT.FORMAT RGB (the official "
             "configs do)"
         )

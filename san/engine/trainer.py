@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from san.build import build_model
 from san.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from san.config import ConfigError
 from san.data.loader import build_train_loader
 from san.devices import autocast, precision_dtype, precision_name
 
@@ -92,7 +93,7 @@ def _check_training_classes(cfg: Any) -> None:
     counts = {name: get_dataset(name).num_classes for name in cfg.DATASETS.TRAIN}
     wrong = {name: n for name, n in counts.items() if n != cfg.MODEL.SAN.NUM_CLASSES}
     if wrong:
-        raise ValueError(
+        raise ConfigError(
             f"MODEL.SAN.NUM_CLASSES is {cfg.MODEL.SAN.NUM_CLASSES} but the training set(s) have "
             + ", ".join(f"{name}: {n} classes" for name, n in wrong.items())
             + f"; set MODEL.SAN.NUM_CLASSES {next(iter(wrong.values()))}"

@@ -251,16 +251,20 @@ def test_color_aug_ssd_matches_detectron2s_opencv_transform():
     from san.integrations.detectron2.color_aug import ColorAugSSD, bgr_to_hsv, hsv_to_bgr
 
     rng = np.random.default_rng(0)
-    colours = rng.integers(0, 256, (256, 512, 3), dtype=np.uint8)
-    assert np.array_equal(bgr_to_hsv(colours), cv2.cvtColor(colours, cv2.COLOR_BGR2HSV))
-    hsv = colours.copy()
-    hsv[..., 0] %= 180
-    assert np.array_equal(hsv_to_bgr(hsv), cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR))
-    for seed in range(8):
-        random.seed(seed)
-        ours = ColorAugSSD("RGB").apply_image(colours)
-        random.seed(seed)
-        assert np.array_equal(ours, ColorAugSSDTransform("RGB").apply_image(colours)), seed
+    # 512 wide: whole SIMD blocks only; 500 wide: every row ends in OpenCV's scalar tail (500 % 32 = 20),
+    # where san and detectron2's path must agree on every pixel too
+    for width in (512, 500):
+        colours = rng.integers(0, 256, (256, width, 3), dtype=np.uint8)
+        assert np.array_equal(bgr_to_hsv(colours), cv2.cvtColor(colours, cv2.COLOR_BGR2HSV))
+        hsv = colours.copy()
+        hsv[..., 0] %= 180
+        assert np.array_equal(hsv_to_bgr(hsv), cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)), width
+        for seed in range(8):
+            for fmt in ("RGB", "BGR"):
+                random.seed(seed)
+                ours = ColorAugSSD(fmt).apply_image(colours)
+                random.seed(seed)
+                assert np.array_equal(ours, ColorAugSSDTransform(fmt).apply_image(colours)), (width, seed, fmt)
 
 
 def test_tta_averages_the_flipped_views(tmp_path):
