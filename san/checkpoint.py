@@ -29,6 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from san.files import FileFormatError, atomic_path, file_size, read_safetensors
+from san.model_zoo import resolve_weights
+from san.modeling.clip import is_torchscript, open_clip_name
 
 logger = logging.getLogger(__name__)
 
@@ -169,8 +171,6 @@ def load_checkpoint(
     load and the report says what did not.
     """
     if isinstance(weights, (str, os.PathLike)):
-        from san.model_zoo import resolve_weights
-
         weights = resolve_weights(weights)
     model = getattr(model, "module", model)  # DistributedDataParallel
     own = model.state_dict()
@@ -271,8 +271,6 @@ def read_clip_weights(model_name: str, pretrained: str) -> dict[str, Tensor]:
     OpenAI's original ``.pt`` is read with ``torch.jit.load``, which restores tensors, not Python
     objects. Tags are fetched by open_clip: the only CLIP download of the package.
     """
-    from san.modeling.clip import is_torchscript, open_clip_name
-
     if os.path.isfile(pretrained):
         if zipfile.is_zipfile(pretrained) and is_torchscript(pretrained):
             sd = torch.jit.load(pretrained, map_location="cpu").state_dict()

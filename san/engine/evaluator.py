@@ -33,6 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from san.data.catalog import get_dataset
+from san.data.io import read_label
+
 from .results import format_results, rle_decode, rle_encode, save_results, write_json
 
 __all__ = ["SemSegEvaluator", "format_results", "rle_decode", "rle_encode", "save_results"]
@@ -92,8 +95,6 @@ class SemSegEvaluator:
     @classmethod
     def from_dataset(cls, name: str, **kwargs: Any) -> SemSegEvaluator:
         """An evaluator for a registered dataset (classes, ignore value and dataset ids from the catalog)."""
-        from san.data.catalog import get_dataset
-
         spec = get_dataset(name)
         kwargs.setdefault("dataset_ids", spec.dataset_ids)
         return cls(spec.num_classes, spec.ignore_label, spec.classes, dataset_name=name, **kwargs)
@@ -161,8 +162,6 @@ class SemSegEvaluator:
             gt = gt.cpu().numpy() if isinstance(gt, torch.Tensor) else np.asarray(gt)
             source = name
         elif inp.get("sem_seg_file_name"):
-            from san.data.io import read_label
-
             source = inp["sem_seg_file_name"]
             gt = read_label(source)
         else:

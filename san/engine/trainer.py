@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from san.build import build_model
 from san.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from san.config import ConfigError
+from san.data.catalog import get_dataset
 from san.data.loader import build_train_loader
 from san.devices import autocast, precision_dtype, precision_name
 
@@ -88,8 +89,6 @@ def last_checkpoint_path(output_dir: str) -> str | None:
 def _check_training_classes(cfg: Any) -> None:
     """``MODEL.SAN.NUM_CLASSES`` must be the class count of every ``DATASETS.TRAIN`` set (checked before
     any model is built: the criterion's no-object index depends on it)."""
-    from san.data.catalog import get_dataset
-
     counts = {name: get_dataset(name).num_classes for name in cfg.DATASETS.TRAIN}
     wrong = {name: n for name, n in counts.items() if n != cfg.MODEL.SAN.NUM_CLASSES}
     if wrong:
