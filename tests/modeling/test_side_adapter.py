@@ -17,11 +17,11 @@ def test_full_precision_side_adapter_ignores_autocast(tiny_model: san.SAN) -> No
         ref_masks, ref_biases = side(images, clip)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             half_masks, _ = side(images, clip)
-            side.full_precision = True
+            side.set_full_precision(True)
             try:
                 full_masks, full_biases = side(images, clip)
             finally:
-                side.full_precision = False
+                side.set_full_precision(False)
     assert half_masks[0].dtype == torch.bfloat16 and not torch.allclose(half_masks[0].float(), ref_masks[0], atol=1e-4)
     assert full_masks[0].dtype == torch.float32 and torch.equal(full_masks[0], ref_masks[0])
     assert all(torch.equal(a, b) for a, b in zip(full_biases[0], ref_biases[0]))
