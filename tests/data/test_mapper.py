@@ -90,10 +90,20 @@ def test_sixteen_bit_dataset_ignores_65535(tmp_path):
         gt_ext=".tif",
     )
     try:
-        cfg = small_cfg("san_test_u16", "INPUT.MIN_SIZE_TRAIN", (24,))
-        out = SemanticTrainMapper(cfg)(get_dataset("san_test_u16").list_samples()[0], rng=np.random.default_rng(2))
-        assert (out["sem_seg"] == 65535).any() and out["sem_seg"].shape == (32, 32)
+        cfg = small_cfg("san_test_u16", "INPUT.MIN_SIZE_TRAIN", (24,), "INPUT.SIZE_DIVISIBILITY", 48)
+        record = get_dataset("san_test_u16").list_samples()[0]
+        out = SemanticTrainMapper(cfg)(record, rng=np.random.default_rng(2))
+        cfg.INPUT.SIZE_DIVISIBILITY = -1
+        bare = SemanticTrainMapper(cfg)(record, rng=np.random.default_rng(2))  # the same augmentation, unpadded
+        h, w = bare["sem_seg"].shape
+        assert out["sem_seg"].shape == (48, 48) and (h, w) != (48, 48)
+        assert torch.equal(out["sem_seg"][:h, :w], bare["sem_seg"])
+        pad = torch.ones(48, 48, dtype=torch.bool)
+        pad[:h, :w] = False
+        assert (out["sem_seg"][pad] == 65535).all()  # 16-bit labels are padded with their own ignore value
+        assert (out["image"][:, pad] == 128).all()
         _check_instances(out, 65535)
+        assert out["instances"]["labels"].max() < 3  # no instance for the ignore value or the padding
     finally:
         unregister_dataset("san_test_u16")
 

@@ -88,7 +88,6 @@ def test_category_area_constraint_is_honoured():
     label[56:] = 255
     constrained = RandomCrop("absolute", (32, 32), 0.75, 255)
     plain = RandomCrop("absolute", (32, 32), 1.0, 255)
-    image = np.zeros((64, 64, 3), np.uint8)
     hits = {"c": 0, "p": 0}
     for seed in range(100):
         for key, crop in (("c", constrained), ("p", plain)):
@@ -96,13 +95,44 @@ def test_category_area_constraint_is_honoured():
             assert (ch, cw) == (32, 32)
             hits[key] += _ok(label[y0 : y0 + ch, x0 : x0 + cw], 0.75, 255)
     assert hits["c"] >= 95 and hits["p"] <= 40, hits  # 10 tries vs one window
-    # the ignore value does not count: 70% ignore, two classes of 15% each -> the first window is accepted
-    lab = np.full((10, 10), 255, np.int64)
-    lab[:, :3] = np.repeat([[0], [1]], 5, axis=0)
-    rng, ref = np.random.default_rng(3), np.random.default_rng(3)
-    RandomCrop("absolute", (10, 10), 0.6, 255)(image[:10, :10], lab, rng)
-    ref.integers(1), ref.integers(1)  # exactly one window drawn
-    assert rng.random() == ref.random()
+
+
+class _CountingRng:
+    """A numpy Generator that counts the windows a crop draws (two ``integers`` calls per window)."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng, self.calls = np.random.default_rng(seed), 0
+
+    def integers(self, *args, **kwargs):
+        self.calls += 1
+        return self.rng.integers(*args, **kwargs)
+
+    def random(self, *args):
+        return self.rng.random(*args)
+
+
+@pytest.mark.parametrize(
+    ("case", "max_area", "windows"),
+    [
+        ("one class everywhere", 0.75, 10),  # every window fails: 10 tries, then the last one is kept
+        ("one class everywhere", 1.0, 1),  # no constraint: one window
+        ("two classes in every window", 0.75, 1),
+        ("70% ignore, two classes of 15%", 0.6, 1),  # the ignore value does not count
+    ],
+)
+def test_category_area_rule_counted_by_its_window_draws(case, max_area, windows):
+    label = np.zeros((40, 40), np.int64)
+    size = (20, 20)
+    if case == "two classes in every window":
+        label[:, ::2] = 1  # stripes: every 20 x 20 window holds half of each
+    elif case.startswith("70%"):  # the whole image as the window: 50% of the non-ignore pixels per class
+        label[:, 12:] = 255
+        label[:, 6:12] = 1
+        size = (40, 40)
+    crop = RandomCrop("absolute", size, max_area, 255)
+    rng = _CountingRng(0)
+    crop.window(label, 40, 40, rng)
+    assert rng.calls == 2 * windows, case
 
 
 def test_padding_values_and_sizes():

@@ -57,7 +57,10 @@ def test_two_gloo_processes_under_torchrun_match_one_process_on_the_same_global_
     assert ddp["weights"][0] == ddp["weights"][1]  # the same initial weights everywhere
     assert set(ddp["grads"]) == set(grads) and len(grads) > 50
     for name, g in grads.items():
-        torch.testing.assert_close(ddp["grads"][name], g, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+        # float32 sums in another order differ by ~1e-7 of a tensor's norm (measured: at most 3.7e-7 here);
+        # 1e-5 of the norm leaves a margin of 27x and still catches any real difference
+        err = (ddp["grads"][name] - g).norm().item()
+        assert err <= 1e-5 * g.norm().item() + 1e-12, f"{name}: |diff| {err:.3g} vs |g| {g.norm().item():.3g}"
     # the mask losses (sums / global num_masks) average to the one-process values; CE too (2 masks per image)
     for k, v in losses.items():
         assert ddp["losses"][k] == pytest.approx(v, rel=1e-5), k

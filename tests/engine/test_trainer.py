@@ -220,3 +220,37 @@ def test_evaluate_needs_test_datasets(tmp_path):
     cfg = tiny_cfg(tmp_path)
     with pytest.raises(ValueError, match="DATASETS.TEST is empty"):
         evaluate(torch.nn.Identity(), cfg)
+
+
+def test_one_step_clips_the_global_norm_over_every_trainable_parameter(tmp_path):
+    """SOLVER.CLIP_GRADIENTS full_model: the optimizer steps on gradients whose global norm is the clip
+    value, over exactly the trainable parameters, each scaled by the same factor."""
+    from .ddp_worker import fixed_points, global_batch
+
+    clip = 1e-4
+    cfg = tiny_cfg(tmp_path)
+    opts = {"MODEL.DEVICE": "cpu", "SEED": 3, "SOLVER.IMS_PER_BATCH": 4, "OUTPUT_DIR": str(tmp_path / "o")}
+    opts.update({"SOLVER.CLIP_GRADIENTS.ENABLED": True, "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": "full_model"})
+    cfg.merge_from_list([x for kv in {**opts, "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": clip}.items() for x in kv])
+    trainer = Trainer(cfg)
+    crit = trainer.model.criterion
+    crit.rand_points = crit.matcher.rand_points = fixed_points
+    trainer.forward_backward(global_batch())
+    raw = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    seen = {}
+    real_step = trainer.optimizer.step
+
+    def step(*args, **kwargs):
+        seen.update((n, p.grad.clone()) for n, p in trainer.model.named_parameters() if p.grad is not None)
+        return real_step(*args, **kwargs)
+
+    trainer.optimizer.step = step
+    trainer.run_step(global_batch())
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert set(seen) == set(raw) == trainable
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in seen.values()]))
+    raw_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in raw.values()]))
+    assert raw_norm > 100 * clip and norm.item() == pytest.approx(clip, rel=1e-4)
+    factor = clip / raw_norm.item()
+    for name, g in seen.items():
+        torch.testing.assert_close(g, raw[name] * factor, rtol=1e-4, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}")

@@ -138,3 +138,19 @@ def test_train_mode_stages_per_level_and_forward_needs_targets(tiny_model):
     tiny_model.criterion = None
     with pytest.raises(RuntimeError, match="without a criterion"):
         tiny_model([{"image": torch.rand(3, 64, 64) * 255, "vocabulary": VOCAB, "instances": {}}])
+
+
+def test_train_mode_levels_equal_eval_mode_level_by_level(tiny_model):
+    """Training decodes every deep-supervision level; the last one is exactly what inference decodes."""
+    images, _ = tiny_model.preprocess([{"image": torch.rand(3, 64, 96) * 255}])
+    with torch.no_grad():
+        classifier = tiny_model.encode_vocabulary(VOCAB)
+        train = tiny_model.train().forward_stages(images, classifier)
+        tiny_model.eval()
+        infer = tiny_model.forward_stages(images, classifier)
+        each = [tiny_model.forward_stages(images, classifier, levels=[i]) for i in (3, 4)]
+    for key in ("mask_logits", "class_logits", "mask_embeddings"):
+        assert len(train[key]) == 2 and len(infer[key]) == 1
+        torch.testing.assert_close(train[key][-1], infer[key][0], rtol=1e-5, atol=1e-5)  # float noise only
+        for level, alone in zip(train[key], each):  # SOS tokens of one level never see the other's
+            torch.testing.assert_close(level, alone[key][0], rtol=0, atol=1e-5)

@@ -46,7 +46,8 @@ def test_cost_matrix_equals_hand_computed_costs():
     logits = torch.tensor([[0.5, -1.0, 2.0]])  # one query, two classes + no-object
     pred = torch.tensor([[[2.0, -1.0], [0.0, 3.0]]])  # [Q=1, 2, 2] mask logits
     target = torch.tensor([[[1.0, 0.0], [1.0, 1.0]]])  # [K=1, 2, 2]
-    matcher = HungarianMatcher(cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points=4)
+    # distinct weights: the official 2/5/5 would hide a swap of the mask and dice costs
+    matcher = HungarianMatcher(cost_class=2.0, cost_mask=3.0, cost_dice=7.0, num_points=4)
     matcher.rand_points = fixed_points(2, 2)
     cost = matcher.cost_matrix(logits, pred, torch.tensor([0]), target)
     ex = [math.exp(v) for v in (0.5, -1.0, 2.0)]
@@ -57,7 +58,8 @@ def test_cost_matrix_equals_hand_computed_costs():
     t = [1, 0, 1, 1]
     dice = 1 - (2 * sum(s * y for s, y in zip(sig, t)) + 1) / (sum(sig) + sum(t) + 1)
     assert cost.shape == (1, 1)
-    assert cost.item() == pytest.approx(2.0 * -p_class + 5.0 * bce + 5.0 * dice, rel=1e-6)
+    assert abs(bce - dice) > 0.1  # so a swap of the two weights shows
+    assert cost.item() == pytest.approx(2.0 * -p_class + 3.0 * bce + 7.0 * dice, rel=1e-6)
 
 
 def _random_problem(q: int, k: int, seed: int):
