@@ -41,6 +41,8 @@ setup(
         "pillow",
         "huggingface_hub",
         "tqdm",
+        "safetensors",
+        "fonttools",  # character maps of the legend fonts
     ],
     extras_require={
         "train": ["scipy", "tensorboard", "tifffile", "matplotlib"],

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import re
+import socket
 import urllib.parse
 from dataclasses import dataclass
 
@@ -89,7 +90,7 @@ def sha256sum(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 def _offline_hint(filename: str, url: str) -> str:
     return (
-        f"If this machine is offline, download {url} elsewhere and pass the local file: "
+        f"Download {url} elsewhere and pass the local file: "
         f"`san predict --weights /path/to/{filename} ...` (Python: "
         f"SANPredictor.from_pretrained(..., weights='/path/to/{filename}'))."
     )
@@ -123,7 +124,21 @@ def _verify_lfs_blob(path: str, info: ModelInfo) -> None:
         pass
 
 
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _reachable(host: str, port: int = 443, timeout: float = 5.0) -> bool:
+    """Whether a TCP connection to ``host`` opens within ``timeout`` (a name that does not resolve fails at once)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _download_hub(info: ModelInfo, cache_dir: str | None) -> str:
+    """The cached file, else a download; fails at once when the Hub cannot be reached."""
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
@@ -131,14 +146,32 @@ def _download_hub(info: ModelInfo, cache_dir: str | None) -> str:
             "huggingface_hub is needed to download official weights (pip install huggingface_hub). "
             + _offline_hint(info.filename, info.url)
         ) from None
-    try:
-        path = hf_hub_download(info.repo_id, info.filename, cache_dir=cache_dir)
-    except Exception as e:  # offline, DNS, HTTP errors, gated repo, disk full ...
-        raise WeightsError(
-            f"could not download {info.filename} from huggingface.co/{info.repo_id} "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
-            + _offline_hint(info.filename, info.url)
-        ) from e
+    try:  # a cached file needs no network (the official files never change)
+        path = hf_hub_download(info.repo_id, info.filename, cache_dir=cache_dir, local_files_only=True)
+    except Exception:  # not cached (huggingface_hub raises several types)
+        path = None
+    if path is None:
+        if _hub_offline():
+            raise WeightsError(
+                f"{info.filename} is not in the Hugging Face cache and HF_HUB_OFFLINE is set, so it cannot be "
+                "downloaded. " + _offline_hint(info.filename, info.url)
+            )
+        host = (
+            urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+        )
+        if not _reachable(host):
+            raise WeightsError(
+                f"cannot reach {host} to download {info.filename} (offline?). Set HF_HUB_OFFLINE=1 to use only "
+                "the local cache without trying the network. " + _offline_hint(info.filename, info.url)
+            )
+        try:
+            path = hf_hub_download(info.repo_id, info.filename, cache_dir=cache_dir)
+        except Exception as e:  # DNS, HTTP errors, gated repo, disk full ...
+            raise WeightsError(
+                f"could not download {info.filename} from huggingface.co/{info.repo_id} "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+                + _offline_hint(info.filename, info.url)
+            ) from e
     _verify_lfs_blob(path, info)
     return path
 

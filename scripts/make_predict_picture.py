@@ -1,17 +1,17 @@
-"""Make the README's ``san predict`` picture: skimage's astronaut through the CLI.
+"""Make the README's picture of what ``san predict`` writes: the overlay and the legend of one photo.
 
-Official weights cannot be downloaded where this runs, so the model is the tiny random SAN of the
-tests (seeded); the picture shows what the command writes (overlay + legend), not a real
-segmentation. With the official weights run instead:
+No trained weights can be downloaded where this runs, so the network is replaced by the hand-written
+colour rule of the tests (``tests/apps/colour_model.py``: each pixel is labelled by its dominant colour
+channel); everything else (resizing, post-processing, the CLI, the pictures) is san's own code. The
+picture shows the format of the outputs, not what SAN predicts. With the official weights run
 ``san predict --input astronaut.png --vocabulary "person, flag, rocket, sky, ..." --weights san-vit-b-16``.
 
-Usage: ``python scripts/make_predict_picture.py [--seed 2] [--out docs/images/predict_astronaut.png]``
+Usage: ``python scripts/make_predict_picture.py [--out docs/images/predict_format.png]``
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -24,46 +24,36 @@ import san
 from san.apps.cli import main as san_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.apps.colour_model import colour_predict  # noqa: E402
 from tests.conftest import tiny_cfg  # noqa: E402
 
-VOCABULARY = "astronaut|person, american flag, space shuttle|rocket, sky, plant, wall"
+VOCABULARY = "class 0, class 1, class 2"  # neutral names: the labels come from a colour rule
 
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="docs/images/predict_astronaut.png")
+    p.add_argument("--out", default="docs/images/predict_format.png")
     args = p.parse_args()
+    san.SAN.forward_stages = colour_predict  # the stand-in for the network (see the module docstring)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         cfg = tiny_cfg(d)
         (d / "tiny.yaml").write_text(cfg.dump())
-        torch.manual_seed(args.seed)
-        san.save_checkpoint(san.build_model(cfg), d / "tiny-random.pth")
-        Image.fromarray(skimage.data.astronaut()).resize((384, 384), Image.LANCZOS).save(
-            d / "astronaut.png"
-        )  # < 300 KB out
-        rc = san_main(
-            [
-                "predict",
-                "--input",
-                str(d / "astronaut.png"),
-                "--vocabulary",
-                VOCABULARY,
-                "--weights",
-                str(d / "tiny-random.pth"),
-                "--config-file",
-                str(d / "tiny.yaml"),
-                "-o",
-                str(d / "out"),
-                "INPUT.MIN_SIZE_TEST",
-                "384",
-            ]
-        )
+        torch.manual_seed(0)
+        san.save_checkpoint(san.build_model(cfg), d / "tiny.pth")
+        Image.fromarray(skimage.data.astronaut()).resize((320, 320), Image.LANCZOS).save(d / "astronaut.png")
+        argv = ["predict", "--input", str(d / "astronaut.png"), "--vocabulary", VOCABULARY, "--weights"]
+        argv += [str(d / "tiny.pth"), "--config-file", str(d / "tiny.yaml"), "-o", str(d / "out")]
+        rc = san_main([*argv, "INPUT.MIN_SIZE_TEST", "320"])
         if rc:
             return rc
+        overlay = Image.open(d / "out" / "astronaut_overlay.png").convert("RGB")
+        key = Image.open(d / "out" / "astronaut_legend.png").convert("RGB")
+        sheet = Image.new("RGB", (overlay.width + key.width + 8, max(overlay.height, key.height)), (255, 255, 255))
+        sheet.paste(overlay, (0, 0))
+        sheet.paste(key, (overlay.width + 8, 0))
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(d / "out" / "astronaut_overlay.png", args.out)
+        sheet.save(args.out, optimize=True)
         print((d / "out" / "astronaut.json").read_text())
     return 0
 

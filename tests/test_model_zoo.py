@@ -27,18 +27,38 @@ def test_official_names_and_aliases() -> None:
     assert get_model_info("resnet50") is None
 
 
-def test_offline_error_says_how_to_pass_a_local_file(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_offline_fails_fast_and_says_how_to_pass_a_local_file(monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub
 
-    def offline(*args, **kwargs):
-        raise huggingface_hub.errors.LocalEntryNotFoundError("Cannot find the requested files in the local cache")
+    import san.model_zoo
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
-    with pytest.raises(WeightsError) as e:
+    calls = []
+
+    def hub(*args, **kwargs):
+        calls.append(kwargs.get("local_files_only", False))
+        if kwargs.get("local_files_only"):
+            raise huggingface_hub.errors.LocalEntryNotFoundError("Cannot find the requested files in the local cache")
+        raise ConnectionError("503 Service Unavailable")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub)
+    # HF_HUB_OFFLINE: the cache only, no network attempt at all
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsError, match="not in the Hugging Face cache and HF_HUB_OFFLINE is set") as e:
         resolve_weights("san-vit-b-16")
-    msg = str(e.value)
-    assert "LocalEntryNotFoundError" in msg and "--weights /path/to/san_vit_b_16.pth" in msg
-    assert MODELS["san-vit-b-16"].url in msg
+    assert calls == [True] and "--weights /path/to/san_vit_b_16.pth" in str(e.value)
+    assert MODELS["san-vit-b-16"].url in str(e.value)
+    # no network: one quick connection check, then the hint (no retries)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(san.model_zoo, "_reachable", lambda host, port=443, timeout=5.0: False)
+    calls.clear()
+    with pytest.raises(WeightsError, match="cannot reach huggingface.co .*Set HF_HUB_OFFLINE=1"):
+        resolve_weights("san-vit-b-16")
+    assert calls == [True]
+    # reachable but failing: the Hub's own error, with the hint
+    monkeypatch.setattr(san.model_zoo, "_reachable", lambda host, port=443, timeout=5.0: True)
+    with pytest.raises(WeightsError, match="ConnectionError: 503.*--weights /path/to/san_vit_b_16.pth"):
+        resolve_weights("san-vit-b-16")
+    assert calls == [True, True, False]
 
 
 def _fake_hub_cache(tmp_path: Path, content: bytes, name: str | None = None) -> Path:

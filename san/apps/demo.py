@@ -5,7 +5,7 @@ Like the official Hugging Face Space (``app.py``): a model choice, the vocabular
 and a legend. Warnings about the vocabulary (duplicates dropped, empty entries ignored, names cut
 to fit CLIP's context) are shown on the page, in a message box and as a pop-up, not only in the
 server log. Models load on first use and one stays in memory at a time. Needs ``pip install
-san-seg[demo]`` (gradio).
+-e ".[demo]"`` (gradio) in a clone.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import gradio  # noqa: F401
     except ImportError:
-        print("san demo needs gradio: pip install 'san-seg[demo]' (or pip install gradio)", file=sys.stderr)
+        print("san demo needs gradio: pip install -e '.[demo]' in the clone (or pip install gradio)", file=sys.stderr)
         return 2
     from san.inference.predictor import SANPredictor
     from san.model_zoo import get_model_info

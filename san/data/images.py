@@ -11,6 +11,8 @@ uint8, or floating point on the 0..255 scale of the model contract). Conversions
   16-bit data (48-bit RGB files are reduced by Pillow itself, which keeps the high byte: within 1); float
   arrays and PIL mode ``F`` images are read on the 0..1 scale if their maximum
   is <= 1, else on the 0..255 scale (float tensors: always 0..255, the model's scale).
+- Files with several frames (animated GIF, multi-page TIFF) give their first frame, with a warning
+  that names the file and the frame count.
 - Images above ``max_pixels`` are refused before they are decoded (a clear error); the limit is an
   argument. While a file is decoded, Pillow's own decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``,
   about 89 MP, refusing above twice that) is raised to ``max_pixels`` when that is higher, and put back
@@ -19,6 +21,7 @@ uint8, or floating point on the 0..255 scale of the model contract). Conversions
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import warnings
@@ -33,6 +36,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 __all__ = ["DEFAULT_MAX_PIXELS", "ImageError", "read_image", "to_rgb_array"]
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 megapixels
+
+logger = logging.getLogger(__name__)
 
 
 class ImageError(ValueError):
@@ -122,6 +127,9 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         try:
             with Image.open(path) as img:
                 _check_size(*img.size, max_pixels, path)
+                frames = getattr(img, "n_frames", 1)
+                if frames > 1:  # animated GIF/WebP/PNG, multi-page TIFF: the first frame, said out loud
+                    logger.warning("%s has %d frames (pages); using the first one", path, frames)
                 img.load()
                 return _pil_to_array(img, path)
         except ImageError:

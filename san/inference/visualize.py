@@ -2,13 +2,13 @@
 
 ``palette(n)`` gives the same colours for the same class index in every run (the official demo
 reseeded numpy's global random state). ``overlay`` blends class colours into the photo at its own
-size; ``legend`` lists the classes present with their pixel share; ``render`` puts the two side
-by side (what ``san predict`` writes). The class called ``"other"`` (distractor pixels) is drawn
-in grey and left almost transparent, as the official demo left it uncoloured.
+size; ``legend`` lists the classes present with their pixel share, each name in a font that has
+its characters (:mod:`san.inference.fonts`). The class called ``"other"`` (distractor pixels) is
+drawn in grey and left almost transparent, as the official demo left it uncoloured.
 
 Memory: blending is integer arithmetic (weights in 1/256 steps, uint16 intermediates) over bands of
-about a million pixels, so drawing an ``H x W`` image needs its ``H x W x 3`` uint8 result (``render``
-writes the bands straight into the PIL canvas) plus a few megabytes, not float copies of the photo.
+about a million pixels, so drawing an ``H x W`` image needs its ``H x W x 3`` uint8 result plus a
+few megabytes, not float copies of the photo.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ import colorsys
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
+from .fonts import font_for
 from .vocabulary import OTHER
 
-__all__ = ["legend", "overlay", "palette", "pixel_fractions", "render"]
+__all__ = ["legend", "overlay", "palette", "pixel_fractions"]
 
 _OTHER_COLOR = (128, 128, 128)
 _BAND_PIXELS = 1 << 20
@@ -109,45 +110,30 @@ def overlay(image: np.ndarray, labels: np.ndarray, class_names: Sequence[str], a
     return out
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: one bitmap size
-        return ImageFont.load_default()
-
-
 def legend(
     fractions: dict[str, float], class_names: Sequence[str], height: int | None = None, font_size: int = 14
 ) -> Image.Image:
-    """A white panel listing ``fractions`` (class -> share) with colour swatches, largest first."""
+    """A white panel listing ``fractions`` (class -> share) with colour swatches, largest first.
+
+    With ``height``, lines that do not fit are summed up in a last line ``... N more``.
+    """
     cols = _colors(class_names)
     index = {n: i for i, n in enumerate(class_names)}
-    font = _font(font_size)
     row = font_size + 8
     lines = [(f"{name}  {100 * f:.1f}%", tuple(int(c) for c in cols[index[name]])) for name, f in fractions.items()]
-    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    text_w = max((draw.textlength(t, font=font) for t, _ in lines), default=0)
-    width = int(text_w) + row + 24
     shown = lines
     if height is not None and len(lines) * row + 16 > height:
         keep = max(1, (height - 16) // row - 1)
-        shown = [*lines[:keep], (f"... {len(lines) - keep} more", (255, 255, 255))]
+        if keep < len(lines):
+            shown = [*lines[:keep], (f"... {len(lines) - keep} more", (255, 255, 255))]
+    fonts = [font_for(text, font_size) for text, _ in shown]
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = max((draw.textlength(t, font=f) for (t, _), f in zip(shown, fonts)), default=0)
+    width = int(text_w) + row + 24
     panel = Image.new("RGB", (width, max(height or 0, len(shown) * row + 16)), (255, 255, 255))
     d = ImageDraw.Draw(panel)
-    for k, (text, color) in enumerate(shown):
+    for k, ((text, color), font) in enumerate(zip(shown, fonts)):
         y = 8 + k * row
         d.rectangle([8, y + 2, 8 + row - 6, y + row - 4], fill=color, outline=(0, 0, 0))
         d.text((8 + row, y + 1), text, fill=(0, 0, 0), font=font)
     return panel
-
-
-def render(image: np.ndarray, labels: np.ndarray, class_names: Sequence[str], alpha: float = 0.55) -> Image.Image:
-    """The overlay with a legend of the classes present to its right."""
-    h, w = labels.shape
-    font_size = int(np.clip(h / 40, 12, 28))
-    panel = legend(pixel_fractions(labels, class_names), class_names, height=h, font_size=font_size)
-    canvas = Image.new("RGB", (w + panel.width, max(h, panel.height)), (255, 255, 255))
-    for y0, band in _overlay_bands(image, labels, class_names, alpha):
-        canvas.paste(Image.fromarray(band), (0, y0))
-    canvas.paste(panel, (w, 0))
-    return canvas

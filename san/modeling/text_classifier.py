@@ -22,12 +22,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import time
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from .clip import ResidualAttentionBlock
 from .text_cache import TextEmbeddingCache
@@ -231,14 +231,15 @@ class TextClassifier(nn.Module):
         order = torch.argsort(lengths, descending=True)
         out = torch.empty(len(prompts), self.text_projection.shape[1], device=device)
         n_chunks = -(-len(prompts) // self.batch_size)
-        t0 = time.monotonic()
-        for k, start in enumerate(range(0, len(prompts), self.batch_size)):
-            if k and n_chunks > 4:
-                eta = (time.monotonic() - t0) / k * (n_chunks - k)
-                logger.info("encoding prompts: chunk %d/%d, ETA %.0f s", k + 1, n_chunks, eta)
-            idx = order[start : start + self.batch_size]
-            t = int(lengths[idx].max())
-            out[idx.to(device)] = self.encode_tokens(tokens[idx, :t].to(device)).float()
+        # a progress bar for long vocabularies (thousands of names), none for short ones
+        with tqdm(
+            total=len(prompts), desc="encoding class names", unit="prompt", disable=n_chunks <= 4, leave=False
+        ) as bar:
+            for start in range(0, len(prompts), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                t = int(lengths[idx].max())
+                out[idx.to(device)] = self.encode_tokens(tokens[idx, :t].to(device)).float()
+                bar.update(len(idx))
         return out
 
     @torch.no_grad()

@@ -17,9 +17,9 @@ from PIL import Image
 
 import san
 from san.apps.cli import main as san_main
-from san.apps.predict import collect_inputs, output_stems
+from san.inference.outputs import collect_inputs, output_stems
 from san.inference.predictor import SANPredictor
-from san.inference.visualize import render
+from san.inference.visualize import legend, overlay
 
 from ..conftest import tiny_cfg
 from ..data.test_images import UPRIGHT
@@ -76,7 +76,7 @@ def test_mixed_folder(
     assert "notes.jpg: not an image file" in err
     good = ["good_png", "good_jpg", "gray", "rgba", "cmyk", "deep16", "rotated"]
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{s}{suffix}" for s in good for suffix in ("_labels.png", "_overlay.png", ".json")
+        f"{s}{suffix}" for s in good for suffix in ("_labels.png", "_overlay.png", "_legend.png", ".json")
     )  # nothing for the bad files, no temporary files left
     pred = setup["predictor"]
     photo, gray = setup["photo"], setup["gray"]
@@ -99,8 +99,12 @@ def test_mixed_folder(
         assert labels.shape == image.shape[:2], stem  # EXIF rotation respected
         want = pred.predict(image, VOC)
         np.testing.assert_array_equal(labels, want.labels, err_msg=stem)
-        overlay = np.asarray(Image.open(out / f"{stem}_overlay.png").convert("RGB"))
-        np.testing.assert_array_equal(overlay, np.asarray(render(image, want.labels, want.class_names)), stem)
+        drawn = np.asarray(Image.open(out / f"{stem}_overlay.png").convert("RGB"))
+        assert drawn.shape == image.shape  # at the photo's size
+        np.testing.assert_array_equal(drawn, overlay(image, want.labels, want.class_names), stem)
+        key = np.asarray(Image.open(out / f"{stem}_legend.png").convert("RGB"))
+        size = int(np.clip(image.shape[0] / 40, 12, 28))
+        np.testing.assert_array_equal(key, np.asarray(legend(want.pixel_fractions(), want.class_names, font_size=size)))
         record = json.loads((out / f"{stem}.json").read_text())
         assert record["vocabulary"] == ["cat", "grass, lawn", "sky", "wall"]
         assert record["class_names"] == record["vocabulary"]
@@ -191,28 +195,38 @@ def test_runtime_failure_of_one_image_does_not_stop_the_batch(
     assert _run(setup, out, "--input", *files, "--vocabulary", VOC) == 1
     err = capsys.readouterr().err
     assert f"{files[0]}: RuntimeError: CUDA out of memory" in err and f"{files[2]}: RuntimeError" in err
-    assert sorted(p.name for p in out.iterdir()) == ["rotated.json", "rotated_labels.png", "rotated_overlay.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "rotated.json",
+        "rotated_labels.png",
+        "rotated_legend.png",
+        "rotated_overlay.png",
+    ]
 
 
 def test_memory_error_of_one_image_does_not_stop_the_batch(
     setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import san.inference.visualize
+    import san.inference.outputs
 
-    real = san.inference.visualize.render
+    real = san.inference.outputs.overlay
 
     def hungry(image, *args, **kwargs):
         if image.shape[0] == 60:
             raise MemoryError
         return real(image, *args, **kwargs)
 
-    monkeypatch.setattr(san.inference.visualize, "render", hungry)
+    monkeypatch.setattr(san.inference.outputs, "overlay", hungry)
     out = tmp_path / "out"
     files = [str(setup["dir"] / n) for n in ("good.png", "rotated.jpg")]
     assert _run(setup, out, "--input", *files, "--vocabulary", VOC) == 1
     err = capsys.readouterr().err
     assert f"FAILED {files[0]} (90x60): out of memory; downscale the image, or lower --max-pixels" in err
-    assert sorted(p.name for p in out.iterdir()) == ["rotated.json", "rotated_labels.png", "rotated_overlay.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "rotated.json",
+        "rotated_labels.png",
+        "rotated_legend.png",
+        "rotated_overlay.png",
+    ]
 
 
 def test_outputs_are_all_or_none(
