@@ -24,7 +24,7 @@ import san
 from san.apps.cli import main as san_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.apps.colour_model import colour_predict  # noqa: E402
+from tests.apps.colour_model import colour_classify, colour_encode  # noqa: E402
 from tests.conftest import tiny_cfg  # noqa: E402
 
 VOCABULARY = "class 0, class 1, class 2"  # neutral names: the labels come from a colour rule
@@ -34,7 +34,8 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="docs/images/predict_format.png")
     args = p.parse_args()
-    san.SAN.forward_stages = colour_predict  # the stand-in for the network (see the module docstring)
+    san.SAN.encode_images = colour_encode  # the stand-in for the network (see the module docstring)
+    san.SAN.classify = staticmethod(colour_classify)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         cfg = tiny_cfg(d)

@@ -15,6 +15,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 if not SHARED.is_dir():  # a checkout beside ../shared, or $SAN_SHARED_DIR
     SHARED = Path(os.environ.get("SAN_SHARED_DIR", SHARED))
 GOLDEN = SHARED / "golden" / "san_tiny_official.pt"
+GOLDEN_V2 = SHARED / "golden" / "san_tiny_official_v2.pt"
 
 TINY_CLIP = {
     "embed_dim": 32,
@@ -77,6 +78,22 @@ def golden() -> dict:
     if not GOLDEN.is_file():
         pytest.skip(f"golden outputs not found at {GOLDEN} (they live in the project's shared/ folder)")
     return torch.load(GOLDEN, weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def golden_v2_model(tmp_path_factory) -> san.SAN:
+    """The official tiny model of ``san_tiny_official_v2.pt`` (calibrated weights: labels vary over an
+    image), for tests that need varied labels from real SAN weights."""
+    if not GOLDEN_V2.is_file():
+        pytest.skip(f"golden outputs not found at {GOLDEN_V2} (they live in the project's shared/ folder)")
+    golden = torch.load(GOLDEN_V2, weights_only=True)
+    path = tmp_path_factory.mktemp("golden_v2") / "san-tiny-clip.json"
+    path.write_text(json.dumps(golden["open_clip_model_config"]))
+    overrides = list(golden["san_config_overrides"])
+    overrides[overrides.index("MODEL.SAN.CLIP_MODEL_NAME") + 1] = str(path)
+    cfg = san.get_cfg()
+    cfg.merge_from_list([*overrides, "MODEL.SAN.CLIP_PRETRAINED_NAME", ""])
+    return san.build_model(cfg, golden["state_dict"]).eval()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -38,7 +38,9 @@ from san.data.images import DEFAULT_MAX_PIXELS, ImageError, to_rgb_array
 from san.data.transforms import shortest_edge_size
 from san.devices import autocast, check_precision, precision_name, resolve_device
 from san.model_zoo import get_model_info
+from san.modeling.semantic import semantic_labels
 
+from .encoding import EncodedView, EncodingError, ImageEncoding
 from .tta import SemSegTTA
 from .visualize import pixel_fractions
 from .vocabulary import Vocabulary, build_vocabulary
@@ -190,68 +192,142 @@ class SANPredictor:
         All images are decoded first: one that cannot be read raises :class:`ImageError` naming
         its position (``images[i]``) and, for files, its path."""
         voc = self.vocabulary(vocabulary, other)
+        arrays = self._decode_all(images)
+        results: list[Prediction | None] = [None] * len(arrays)
+        for chunk in self._same_size_chunks(arrays, batch_size):
+            for i, enc in zip(chunk, self._encode([arrays[i] for i in chunk])):
+                results[i] = self._classify(enc, voc, return_scores)
+        return results  # type: ignore[return-value]
+
+    def _decode_all(self, images: Sequence[Any]) -> list[np.ndarray]:
         arrays = []
         for i, im in enumerate(images):
             try:
                 arrays.append(to_rgb_array(im, self.max_pixels))
             except ImageError as e:
                 raise ImageError(f"images[{i}]: {e}") from e
-        results: list[Prediction | None] = [None] * len(arrays)
+        return arrays
+
+    @staticmethod
+    def _same_size_chunks(arrays: list[np.ndarray], batch_size: int) -> list[list[int]]:
+        """Indices of same-size images, at most ``batch_size`` per chunk."""
         groups: dict[tuple[int, int], list[int]] = {}
         for i, a in enumerate(arrays):
             groups.setdefault(a.shape[:2], []).append(i)
-        for idx in groups.values():
-            for start in range(0, len(idx), max(1, batch_size)):
-                chunk = idx[start : start + max(1, batch_size)]
-                for i, pred in zip(chunk, self._run([arrays[i] for i in chunk], voc, return_scores)):
-                    results[i] = pred
-        return results  # type: ignore[return-value]
+        step = max(1, batch_size)
+        return [idx[k : k + step] for idx in groups.values() for k in range(0, len(idx), step)]
 
     def _score_bytes(self, n_classes: int, h: int, w: int) -> int:
         return (self.model.side_adapter_network.num_queries + n_classes) * h * w * 4
 
-    @staticmethod
-    def _inputs(arrays: list[np.ndarray], out: tuple[int, int], names: list[str]) -> list[dict]:
-        """Model inputs at the original size; :class:`SemSegTTA` resizes them (one rule for all)."""
-        return [
-            {
-                "image": torch.from_numpy(a if a.flags.writeable else a.copy()).permute(2, 0, 1),
-                "height": out[0],
-                "width": out[1],
-                "vocabulary": names,
-            }
-            for a in arrays
-        ]
+    def _views(self) -> SemSegTTA:
+        """The test-time views: the TTA sizes and flips, or the one plain test-time resize."""
+        if self.tta:
+            return SemSegTTA(self.model, self.tta_min_sizes, self.tta_max_size, self.tta_flip)
+        return SemSegTTA(self.model, (self.min_size,), self.max_size, flip=False)
+
+    # -- encode once, classify with any vocabulary --------------------------------------------------
+    def encode(self, image: Any) -> ImageEncoding:
+        """The vocabulary-free image path of SAN on one image (path, PIL image, array or tensor):
+        mask proposals and mask embeddings of every test-time view; label it with :meth:`classify`."""
+        return self.encode_batch([image])[0]
+
+    def encode_batch(self, images: Sequence[Any], *, batch_size: int = 1) -> list[ImageEncoding]:
+        """:meth:`encode` for several images; same-size images share a forward pass (never padded
+        together, so each encoding equals the image's own)."""
+        arrays = self._decode_all(images)
+        out: list[ImageEncoding | None] = [None] * len(arrays)
+        for chunk in self._same_size_chunks(arrays, batch_size):
+            for i, enc in zip(chunk, self._encode([arrays[i] for i in chunk])):
+                out[i] = enc
+        return out  # type: ignore[return-value]
 
     @torch.no_grad()
-    def _run(self, arrays: list[np.ndarray], voc: Vocabulary, return_scores: bool) -> list[Prediction]:
-        names = voc.names
+    def _encode(self, arrays: list[np.ndarray]) -> list[ImageEncoding]:
+        """Encodings of same-size images (one batch per test-time view)."""
         h, w = arrays[0].shape[:2]
+        tta = self._views()
+        per_image = [tta.views(x) for x in self._inputs(arrays, (h, w))]
+        fingerprint = self.model.image_fingerprint()
+        encodings = [ImageEncoding([], (h, w), fingerprint) for _ in arrays]
+        levels = self.model.side_adapter_network.deep_supervision_idxs[-1:]
+        with autocast(self.device, self.precision):
+            for k in range(tta.num_views):
+                images, sizes = self.model.preprocess([views[k][0] for views in per_image])
+                out = self.model.encode_images(images, levels)
+                for i, enc in enumerate(encodings):
+                    masks, embeddings = out["mask_logits"][-1][i], out["mask_embeddings"][-1][i]
+                    enc.views.append(
+                        EncodedView(masks, embeddings, sizes[i], tuple(images.shape[-2:]), per_image[i][k][1])
+                    )
+        return encodings
+
+    def classify(
+        self,
+        encoding: ImageEncoding,
+        vocabulary: str | Sequence[str] | Vocabulary,
+        *,
+        other: str = "none",
+        return_scores: bool = False,
+    ) -> Prediction:
+        """Label an :meth:`encode` result with a vocabulary: the :class:`Prediction` that
+        :meth:`predict` gives for the image, at the cost of the text classifier and the label map."""
+        if encoding.fingerprint != self.model.image_fingerprint():
+            raise EncodingError(
+                f"this encoding was made by other weights (image fingerprint {encoding.fingerprint}, this model "
+                f"{self.model.image_fingerprint()}): encode the image again with this model"
+            )
+        if len(encoding.views) != self._views().num_views:
+            raise EncodingError(
+                f"the encoding holds {len(encoding.views)} test-time view(s), this predictor uses "
+                f"{self._views().num_views} (TTA {'on' if self.tta else 'off'}): encode again with these settings"
+            )
+        return self._classify(encoding.to(self.device), self.vocabulary(vocabulary, other), return_scores)
+
+    @torch.no_grad()
+    def _classify(self, encoding: ImageEncoding, voc: Vocabulary, return_scores: bool) -> Prediction:
+        names, (h, w) = voc.names, encoding.output_size
         fits = self._score_bytes(len(names), h, w) <= self.max_score_bytes
         if return_scores and not fits:
             raise ValueError(
                 f"scores for {len(names)} classes at {w}x{h} need more than max_score_bytes="
                 f"{self.max_score_bytes / 2**30:.1f} GiB; ask for labels only, use a smaller image or raise the budget"
             )
-        if self.tta:
-            views = SemSegTTA(self.model, self.tta_min_sizes, self.tta_max_size, self.tta_flip)
-        else:
-            views = SemSegTTA(self.model, (self.min_size,), self.max_size, flip=False)
+        model = self.model
         with autocast(self.device, self.precision):
-            if not self.tta and not return_scores:
-                inputs = [v[0] for x in self._inputs(arrays, (h, w), names) for v in views.views(x)]
-                outs = self.model.predict_labels(inputs, with_scores=False)
-                return [self._result(o["labels"], None, voc) for o in outs]
+            classifier = model.encode_vocabulary(names)
+            logits = [model.classify(v.mask_embeddings[None], classifier)[0] for v in encoding.views]
+            if len(encoding.views) == 1 and not return_scores:  # the label path: no [C, H, W] volume
+                v = encoding.views[0]
+                before = model.sem_seg_postprocess_before_inference
+                labels, _ = semantic_labels(
+                    logits[0],
+                    v.mask_logits,
+                    v.image_size,
+                    v.padded_size,
+                    (h, w),
+                    postprocess_before_inference=before,
+                    with_scores=False,
+                )
+                return self._result(labels, None, voc)
             out = (h, w) if fits else shortest_edge_size(h, w, self.min_size, self.max_size)
-            results = views(self._inputs(arrays, out, names))
-        preds = []
-        for r in results:
-            scores = r["sem_seg"]
-            if fits:
-                preds.append(self._result(scores.argmax(0), scores if return_scores else None, voc))
-            else:
-                preds.append(self._result(self._upsampled_argmax(scores, h, w), None, voc))
-        return preds
+            total = None
+            for v, cls in zip(encoding.views, logits):  # as SemSegTTA: flips undone, scores averaged
+                sem = model.postprocess(
+                    cls[None], v.mask_logits[None], [{"height": out[0], "width": out[1]}], [v.image_size], v.padded_size
+                )[0]["sem_seg"].float()
+                sem = sem.flip(-1) if v.flipped else sem
+                total = sem if total is None else total + sem
+        scores = total / len(encoding.views)
+        if fits:
+            return self._result(scores.argmax(0), scores if return_scores else None, voc)
+        return self._result(self._upsampled_argmax(scores, h, w), None, voc)
+
+    @staticmethod
+    def _inputs(arrays: list[np.ndarray], out: tuple[int, int]) -> list[dict]:
+        """Model inputs at the original size; :class:`SemSegTTA` resizes them (one rule for all)."""
+        images = [torch.from_numpy(a if a.flags.writeable else a.copy()).permute(2, 0, 1) for a in arrays]
+        return [{"image": im, "height": out[0], "width": out[1]} for im in images]
 
     def _upsampled_argmax(self, scores: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """``interpolate(scores, (h, w)).argmax(0)`` a few classes at a time (bounded memory)."""

@@ -31,6 +31,7 @@ W/16 side grid.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -128,6 +129,7 @@ class SAN(nn.Module):
         self.sem_seg_postprocess_before_inference = sem_seg_postprocess_before_inference
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
+        self._image_fingerprint: str | None = None
 
     @property
     def device(self) -> torch.device:
@@ -137,6 +139,27 @@ class SAN(nn.Module):
     def rec_layer(self) -> int:
         """CLIP layer index whose tokens enter the recognition head (the extractor's depth)."""
         return len(self.clip_visual_extractor.resblocks)
+
+    def image_fingerprint(self) -> str:
+        """Hex digest of everything the image path depends on: the weights of the CLIP feature
+        extractor, the side adapter and the recognition head, and the preprocessing settings. Two
+        models with the same fingerprint encode every image identically (text weights do not count:
+        they only meet the image at :meth:`classify`). Computed once; reset when weights load."""
+        if self._image_fingerprint is None:
+            h = hashlib.sha256()
+            h.update(repr((self.clip_resolution, self.asymmetric_input, self.size_divisibility)).encode())
+            h.update(repr((self.pixel_mean.flatten().tolist(), self.pixel_std.flatten().tolist())).encode())
+            for prefix in ("clip_visual_extractor", "side_adapter_network", "clip_rec_head"):
+                for name, t in getattr(self, prefix).state_dict().items():
+                    t = t.detach().to("cpu", torch.float32).contiguous()
+                    h.update(f"{prefix}.{name}{tuple(t.shape)}".encode())
+                    h.update(t.numpy().tobytes())
+            self._image_fingerprint = h.hexdigest()[:24]
+        return self._image_fingerprint
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:  # torch hook: new weights, new fingerprint
+        self._image_fingerprint = None
+        super()._load_from_state_dict(*args, **kwargs)
 
     def init_kwargs(self) -> dict[str, Any]:
         """The constructor arguments that rebuild this model (its sub-modules shared, not copied)."""

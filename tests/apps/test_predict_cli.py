@@ -23,7 +23,7 @@ from san.inference.visualize import legend, overlay
 
 from ..conftest import tiny_cfg
 from ..data.test_images import UPRIGHT
-from .colour_model import colour_predict, use_colour_model
+from .colour_model import colour_classify, colour_encode, use_colour_model
 
 OPTS = ["INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128"]
 VOC = "cat, grass|lawn, sky, wall"
@@ -262,11 +262,12 @@ def test_tta_and_precision_reach_the_model(
 ) -> None:
     calls = []
 
-    def spy(self, images, classifier, levels=None):
+    def spy(self, images, levels=None):
         calls.append((tuple(images.shape[-2:]), torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
-        return colour_predict(self, images, classifier, levels)
+        return colour_encode(self, images, levels)
 
-    monkeypatch.setattr(san.SAN, "forward_stages", spy)
+    monkeypatch.setattr(san.SAN, "encode_images", spy)
+    monkeypatch.setattr(san.SAN, "classify", staticmethod(colour_classify))
     good = str(setup["dir"] / "good.png")
     aug = ["TEST.AUG.MIN_SIZES", "(48, 96)", "TEST.AUG.MAX_SIZE", "256", "TEST.AUG.FLIP", "True"]
     assert _run(setup, tmp_path / "tta", "--input", good, "--vocabulary", VOC, "--tta", *aug) == 0

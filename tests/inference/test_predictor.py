@@ -14,7 +14,7 @@ from san.data.transforms import shortest_edge_size
 from san.inference.predictor import SANPredictor
 from san.model_zoo import WeightsError
 
-from ..apps.colour_model import colour_predict, dominant_channel, use_colour_model
+from ..apps.colour_model import colour_classify, colour_encode, dominant_channel, use_colour_model
 from ..conftest import tiny_cfg
 from ..data.test_images import UPRIGHT
 
@@ -249,11 +249,12 @@ def test_device_and_precision_are_checked_and_used(
             SANPredictor(predictor.model, device="cuda")
     seen = []
 
-    def spy(self, images, classifier, levels=None):
+    def spy(self, images, levels=None):
         seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), images.device.type))
-        return colour_predict(self, images, classifier, levels)
+        return colour_encode(self, images, levels)
 
-    monkeypatch.setattr(san.SAN, "forward_stages", spy)
+    monkeypatch.setattr(san.SAN, "encode_images", spy)
+    monkeypatch.setattr(san.SAN, "classify", staticmethod(colour_classify))
     for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
         seen.clear()
         SANPredictor(predictor.model, device="cpu", precision=precision, min_size=64).predict(photo, VOC)

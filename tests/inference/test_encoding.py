@@ -1,0 +1,151 @@
+"""Segment once, ask any vocabulary: ``classify(encode(x), v)`` against SAN's own batch runner
+(``SAN.predict_labels`` for labels, ``SAN.forward`` for scores), with the official tiny weights whose
+labels vary; the encoding file round trip; encodings of other weights or settings are refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from san.data.transforms import shortest_edge_size
+from san.inference.encoding import EncodingError, ImageEncoding
+from san.inference.predictor import SANPredictor
+from san.inference.tta import resize_chw
+
+from ..conftest import GOLDEN_V2
+
+VOCABULARIES = [
+    ["cat", "dog", "grass", "sky", "traffic light"],
+    ["sky", "road"],
+    ["a photo of a tree", "water", "building", "person", "car", "snow", "sand"],
+]
+
+
+@pytest.fixture(scope="module")
+def photos(golden_v2_model) -> list[np.ndarray]:
+    """The golden images (on which the calibrated weights give several classes) and a crop of one."""
+    golden = torch.load(GOLDEN_V2, weights_only=True)
+    arrays = [im.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy().copy() for im in golden["images"]]
+    return [*arrays, arrays[0][40:, 30:].copy()]
+
+
+def _reference(model, photo: np.ndarray, names: list[str], min_size: int, max_size: int, precision: str):
+    """Labels and scores of SAN's own batch runner on the test-time resized photo."""
+    from san.devices import autocast
+
+    h, w = photo.shape[:2]
+    image = resize_chw(torch.from_numpy(photo).permute(2, 0, 1), shortest_edge_size(h, w, min_size, max_size))
+    x = {"image": image, "height": h, "width": w, "vocabulary": names}
+    with torch.no_grad(), autocast("cpu", precision):
+        labels = model.predict_labels([x], with_scores=False)[0]["labels"]
+        scores = model([x])[0]["sem_seg"].float()
+    return labels.numpy(), scores.numpy()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_classify_of_an_encoding_equals_sans_own_path(golden_v2_model, photos, precision):
+    predictor = SANPredictor(golden_v2_model, device="cpu", precision=precision, min_size=250, max_size=1000)
+    varied = 0
+    for photo in photos:
+        encoding = predictor.encode(photo)
+        for names in VOCABULARIES:
+            labels, scores = _reference(golden_v2_model, photo, names, 250, 1000, precision)
+            got = predictor.classify(encoding, names)
+            np.testing.assert_array_equal(got.labels, labels)
+            with_scores = predictor.classify(encoding, names, return_scores=True)
+            np.testing.assert_allclose(with_scores.scores, scores, rtol=0, atol=1e-6)
+            np.testing.assert_array_equal(predictor.predict(photo, names).labels, got.labels)
+            varied += len(np.unique(labels)) > 1
+    assert varied >= 3  # some label maps hold several classes (the scores of every class are compared anyway)
+
+
+def test_classify_equals_sans_own_path_on_varied_labels(tiny_model, monkeypatch):
+    """With the colour rule (labels follow the picture), also through the bounded-memory path."""
+    from ..apps.colour_model import use_colour_model
+
+    use_colour_model(monkeypatch)
+    data = pytest.importorskip("skimage.data")
+    photo = data.astronaut()[::4, ::4].copy()  # [128, 128, 3]
+    for budget in (1 << 30, 1 << 16):  # score maps at the image size, or at the inference size then upsampled
+        predictor = SANPredictor(tiny_model, device="cpu", min_size=64, max_size=128, max_score_bytes=budget)
+        got = predictor.classify(predictor.encode(photo), ["red", "green", "blue"])
+        labels, scores = _reference(tiny_model, photo, ["red", "green", "blue"], 64, 128, "fp32")
+        assert len(np.unique(labels)) == 3
+        if budget > 1 << 20:
+            np.testing.assert_array_equal(got.labels, labels)
+        else:  # the upsampled arg-max of scores at the inference size
+            assert np.mean(got.labels == labels) > 0.95
+
+
+def test_classify_with_tta_averages_the_encoded_views(golden_v2_model, photos):
+    predictor = SANPredictor(golden_v2_model, device="cpu", min_size=160, tta=True, tta_min_sizes=(96, 160),
+                             tta_max_size=320)  # fmt: skip
+    photo, names = photos[0], VOCABULARIES[0]
+    encoding = predictor.encode(photo)
+    assert [v.flipped for v in encoding.views] == [False, True, False, True]
+    h, w = photo.shape[:2]
+    total = 0
+    for short in (96, 160):  # the views by hand: resized, flipped, predicted, flipped back, averaged
+        image = resize_chw(torch.from_numpy(photo).permute(2, 0, 1), shortest_edge_size(h, w, short, 320))
+        for flip in (False, True):
+            x = {"image": image.flip(-1) if flip else image, "height": h, "width": w, "vocabulary": names}
+            with torch.no_grad():
+                s = golden_v2_model([x])[0]["sem_seg"]
+            total = total + (s.flip(-1) if flip else s)
+    want = (total / 4).numpy()
+    got = predictor.classify(encoding, names, return_scores=True)
+    np.testing.assert_allclose(got.scores, want, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(got.labels, want.argmax(0))
+
+
+def test_save_load_round_trip_and_half_storage(golden_v2_model, photos, tmp_path):
+    predictor = SANPredictor(golden_v2_model, device="cpu", min_size=250, max_size=1000)
+    encoding = predictor.encode(photos[2])
+    encoding.save(tmp_path / "e.safetensors")
+    loaded = ImageEncoding.load(tmp_path / "e.safetensors")
+    assert loaded.output_size == encoding.output_size and loaded.fingerprint == encoding.fingerprint
+    for a, b in zip(loaded.views, encoding.views):
+        assert torch.equal(a.mask_logits, b.mask_logits) and torch.equal(a.mask_embeddings, b.mask_embeddings)
+        assert (a.image_size, a.padded_size, a.flipped) == (b.image_size, b.padded_size, b.flipped)
+    for names in VOCABULARIES:
+        np.testing.assert_array_equal(
+            predictor.classify(loaded, names).labels, predictor.classify(encoding, names).labels
+        )
+    encoding.save(tmp_path / "h.safetensors", half=True)
+    assert (tmp_path / "h.safetensors").stat().st_size < 0.6 * (tmp_path / "e.safetensors").stat().st_size
+    half = ImageEncoding.load(tmp_path / "h.safetensors")
+    agree = np.mean(
+        predictor.classify(half, VOCABULARIES[0]).labels == predictor.classify(encoding, VOCABULARIES[0]).labels
+    )
+    assert agree > 0.99  # float16 storage: nearly every label (measured in scripts/benchmark.py)
+
+
+def test_foreign_and_mismatched_encodings_are_refused(golden_v2_model, tiny_model, photos, tmp_path):
+    predictor = SANPredictor(golden_v2_model, device="cpu", min_size=250, max_size=1000)
+    encoding = predictor.encode(photos[0])
+    other = SANPredictor(tiny_model, device="cpu", min_size=250, max_size=1000)
+    with pytest.raises(EncodingError, match="made by other weights .*encode the image again"):
+        other.classify(encoding, ["cat"])
+    tta = SANPredictor(golden_v2_model, device="cpu", min_size=160, tta=True, tta_min_sizes=(96,), tta_max_size=320)
+    with pytest.raises(EncodingError, match="holds 1 test-time view.*uses 2"):
+        tta.classify(encoding, ["cat"])
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(EncodingError, match="truncated or not a safetensors file"):
+        ImageEncoding.load(tmp_path / "junk.safetensors")
+    from san.files import write_safetensors
+
+    write_safetensors(tmp_path / "foreign.safetensors", {"x": torch.zeros(2)}, {"format": "something-else"})
+    with pytest.raises(EncodingError, match="not a san image encoding"):
+        ImageEncoding.load(tmp_path / "foreign.safetensors")
+    # new weights loaded into the same model: a new fingerprint
+    before = golden_v2_model.image_fingerprint()
+    sd = {k: v.clone() for k, v in golden_v2_model.state_dict().items()}
+    golden_v2_model.load_state_dict(
+        {**sd, "side_adapter_network.query_embed": sd["side_adapter_network.query_embed"] + 1}
+    )
+    try:
+        assert golden_v2_model.image_fingerprint() != before
+    finally:
+        golden_v2_model.load_state_dict(sd)
+    assert golden_v2_model.image_fingerprint() == before
