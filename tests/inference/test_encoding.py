@@ -79,8 +79,8 @@ def test_classify_equals_sans_own_path_on_varied_labels(tiny_model, monkeypatch)
 
 
 def test_classify_with_tta_averages_the_encoded_views(golden_v2_model, photos):
-    predictor = SANPredictor(golden_v2_model, device="cpu", min_size=160, tta=True, tta_min_sizes=(96, 160),
-                             tta_max_size=320)  # fmt: skip
+    tta = {"tta": True, "tta_min_sizes": (96, 160), "tta_max_size": 320}
+    predictor = SANPredictor(golden_v2_model, device="cpu", min_size=160, **tta)
     photo, names = photos[0], VOCABULARIES[0]
     encoding = predictor.encode(photo)
     assert [v.flipped for v in encoding.views] == [False, True, False, True]
