@@ -32,6 +32,7 @@ __all__ = [
     "WeightsError",
     "expected_sha256",
     "get_model_info",
+    "is_available",
     "resolve_weights",
     "sha256sum",
 ]
@@ -137,6 +138,30 @@ def _reachable(host: str, port: int = 443, timeout: float = 5.0) -> bool:
         return False
 
 
+def _cached_hub_file(info: ModelInfo, cache_dir: str | None) -> str | None:
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return hf_hub_download(info.repo_id, info.filename, cache_dir=cache_dir, local_files_only=True)
+    except Exception:  # not cached, or huggingface_hub missing (it raises several types)
+        return None
+
+
+def _hub_host() -> str:
+    return urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+
+
+def is_available(name: str, cache_dir: str | None = None) -> bool:
+    """Whether the official model ``name`` can be had now: in the local cache, or the Hub reachable
+    (and ``HF_HUB_OFFLINE`` unset). Takes at most a few seconds (one connection attempt)."""
+    info = get_model_info(name)
+    if info is None:
+        return False
+    if _cached_hub_file(info, cache_dir) is not None:
+        return True
+    return not _hub_offline() and _reachable(_hub_host())
+
+
 def _download_hub(info: ModelInfo, cache_dir: str | None) -> str:
     """The cached file, else a download; fails at once when the Hub cannot be reached."""
     try:
@@ -146,10 +171,7 @@ def _download_hub(info: ModelInfo, cache_dir: str | None) -> str:
             "huggingface_hub is needed to download official weights (pip install huggingface_hub). "
             + _offline_hint(info.filename, info.url)
         ) from None
-    try:  # a cached file needs no network (the official files never change)
-        path = hf_hub_download(info.repo_id, info.filename, cache_dir=cache_dir, local_files_only=True)
-    except Exception:  # not cached (huggingface_hub raises several types)
-        path = None
+    path = _cached_hub_file(info, cache_dir)  # a cached file needs no network (the official files never change)
     if path is None:
         if _hub_offline():
             raise WeightsError(

@@ -2,21 +2,35 @@
 
 Like the official Hugging Face Space (``app.py``): a model choice, the vocabulary expansion
 ("other": COCO-Stuff distractors, on by default as in the Space), an overlay at the input's size
-and a legend. Warnings about the vocabulary (duplicates dropped, empty entries ignored, names cut
-to fit CLIP's context) are shown on the page, in a message box and as a pop-up, not only in the
-server log. Models load on first use and one stays in memory at a time. Needs ``pip install
--e ".[demo]"`` (gradio) in a clone.
+and a legend. What is particular to san:
+
+- segment once, ask anything: the image is encoded once (:meth:`SANPredictor.encode`); typing
+  another vocabulary re-labels it without running the image path again, and the page says how long
+  each step took;
+- uploads are decoded by san itself, so a text file named ``.png``, a truncated or empty file or a
+  20000 x 20000 PNG gets san's own message, on the page and in the API response;
+- warnings about the vocabulary (duplicates dropped, empty entries ignored, names cut to fit CLIP's
+  context) are shown on the page, in a message box and as a pop-up;
+- official models that are not downloaded while the machine is offline are listed as unavailable;
+  choosing one says so at once and keeps the loaded model. Models load on first use and one stays in
+  memory at a time.
+
+Needs ``pip install -e ".[demo]"`` (gradio) in a clone.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import sys
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 
@@ -25,21 +39,46 @@ from san.model_zoo import MODELS
 logger = logging.getLogger("san.demo")
 
 DEFAULT_VOCABULARY = "person, sky, grass, tree, building, road, car, dog, cat"
+_KEPT_ENCODINGS = 4  # recent images whose encodings are kept, per model
+
+
+class ModelUnavailable(RuntimeError):
+    """A model cannot be loaded here (not downloaded and offline, or broken weights)."""
 
 
 class _Models:
-    """Builds predictors by name on demand, keeping only the last one."""
+    """Builds predictors by name on demand, keeping the last one that loaded (a failed load keeps it)."""
 
-    def __init__(self, factory: Callable[[str], object]) -> None:
+    def __init__(self, factory: Callable[[str], Any]) -> None:
         self.factory = factory
         self.name: str | None = None
-        self.predictor = None
+        self.predictor: Any = None
+        self.lock = threading.Lock()
 
-    def get(self, name: str):
-        if name != self.name:
-            self.predictor, self.name = None, None
-            self.predictor, self.name = self.factory(name), name
-        return self.predictor
+    def get(self, name: str) -> Any:
+        with self.lock:
+            if name != self.name:
+                predictor = self.factory(name)  # raises before anything is replaced
+                self.predictor, self.name = predictor, name
+            return self.predictor
+
+
+class _Encodings:
+    """The encodings of the last few images of one model, keyed by their pixels."""
+
+    def __init__(self) -> None:
+        self.items: OrderedDict[tuple, Any] = OrderedDict()
+
+    def get(self, key: tuple, make: Callable[[], Any]) -> tuple[Any, bool]:
+        """``(encoding, reused)``."""
+        if key in self.items:
+            self.items.move_to_end(key)
+            return self.items[key], True
+        value = make()
+        self.items[key] = value
+        while len(self.items) > _KEPT_ENCODINGS:
+            self.items.popitem(last=False)
+        return value, False
 
 
 class _ThreadWarnings(logging.Handler):
@@ -67,13 +106,11 @@ def collect_warnings(logger_name: str = "san") -> Iterator[list[str]]:
         target.removeHandler(handler)
 
 
-def segment(predictor, image: np.ndarray, vocabulary: str, other: str, alpha: float = 0.55):
-    """(overlay at the input size, legend picture, {class: fraction}) for one uploaded image."""
-    from san.data.images import to_rgb_array
+def segment(predictor: Any, encoding: Any, rgb: np.ndarray, vocabulary: str, other: str, alpha: float = 0.55):
+    """(overlay at the input size, legend picture, {class: fraction}) of an encoded image."""
     from san.inference.visualize import legend, overlay
 
-    rgb = to_rgb_array(image)  # grayscale / RGBA uploads -> RGB uint8
-    pred = predictor.predict(rgb, vocabulary, other=other)
+    pred = predictor.classify(encoding, vocabulary, other=other)
     fractions = pred.pixel_fractions()
     return (
         overlay(rgb, pred.labels, pred.class_names, alpha),
@@ -82,35 +119,83 @@ def segment(predictor, image: np.ndarray, vocabulary: str, other: str, alpha: fl
     )
 
 
-def build_demo(factory: Callable[[str], object], model_names: list[str], title: str = "SAN: segment anything you name"):
+def _tolerant(preprocess: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """An image input's preprocessing that hands san the uploaded file even when PIL cannot open it,
+    so that san's own decoder says what is wrong with it (gradio's error would be generic)."""
+
+    def run(payload: Any) -> Any:
+        try:
+            return preprocess(payload)
+        except Exception:
+            return None if payload is None else payload.path
+
+    return run
+
+
+def model_choices(names: list[str], available: Callable[[str], bool]) -> list[tuple[str, str]]:
+    """``(label, value)`` of the model menu; unavailable models say so in their label."""
+    return [(name if available(name) else f"{name} (not downloaded; offline)", name) for name in names]
+
+
+def build_demo(
+    factory: Callable[[str], Any],
+    model_names: list[str],
+    title: str = "SAN: segment anything you name",
+    available: Callable[[str], bool] = lambda name: True,
+    max_pixels: int | None = None,
+):
     """The Gradio Blocks app; ``factory(name)`` returns a :class:`san.SANPredictor`."""
     import gradio as gr
 
-    models = _Models(factory)
+    from san.data.images import DEFAULT_MAX_PIXELS, ImageError, read_image
 
-    def run(image, vocabulary, other, model_name):
-        if image is None:
+    models = _Models(factory)
+    encodings: dict[str, _Encodings] = {}
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+
+    def run(image_path: str | None, vocabulary: str, other: str, model_name: str):
+        if not image_path:
             raise gr.Error("upload an image first")
         try:
             with collect_warnings() as notes:
+                if not available(model_name):
+                    raise ModelUnavailable(
+                        f"{model_name} is not downloaded and this machine is offline; the loaded model stays. "
+                        "Choose another model, or start the demo with --weights pointing at a local checkpoint."
+                    )
                 predictor = models.get(model_name)
-                result = segment(predictor, image, vocabulary or "", other)
-        except (ValueError, TypeError, RuntimeError, OSError, MemoryError) as e:
+                rgb = read_image(image_path, limit)
+                key = (rgb.shape, hashlib.blake2b(rgb.tobytes(), digest_size=16).hexdigest())  # the same picture
+                t0 = time.perf_counter()
+                encoding, reused = encodings.setdefault(model_name, _Encodings()).get(
+                    key, lambda: predictor.encode(rgb)
+                )
+                t1 = time.perf_counter()
+                result = segment(predictor, encoding, rgb, vocabulary or "", other)
+                t2 = time.perf_counter()
+        except ImageError as e:
+            raise gr.Error(f"cannot use this upload: {e}") from None
+        except (ModelUnavailable, ValueError, TypeError, RuntimeError, OSError, MemoryError) as e:
             raise gr.Error(str(e) or type(e).__name__) from None
         for note in notes:
             gr.Warning(note)
-        return (*result, "\n".join(f"Warning: {n}" for n in notes) or "No warnings.")
+        step = "image encoding reused" if reused else f"image encoded in {t1 - t0:.2f} s"
+        timing = f"{step}; labelled with {len(result[2])} class(es) present in {t2 - t1:.2f} s"
+        return (*result, "\n".join([timing, *(f"Warning: {n}" for n in notes)]))
 
     with gr.Blocks(title="SAN demo") as demo:
         gr.Markdown(
             f"# {title}\nOpen-vocabulary semantic segmentation with the Side Adapter Network (Xu et al., CVPR 2023). "
-            "Separate class names with commas; `road|route` is one class with synonyms."
+            "Separate class names with commas; `road|route` is one class with synonyms. Changing only the names "
+            "re-labels the image without encoding it again."
         )
         with gr.Row():
-            image = gr.Image(type="numpy", label="Image", elem_id="input_image", image_mode="RGB")
+            image = gr.Image(type="filepath", label="Image", elem_id="input_image", image_mode=None)
+            image.preprocess = _tolerant(image.preprocess)
             result = gr.Image(type="numpy", label="Segmentation", elem_id="output_image", format="png")
         with gr.Row():
-            model = gr.Dropdown(model_names, value=model_names[0], label="Model", elem_id="model")
+            choices = model_choices(model_names, available)
+            model = gr.Dropdown(choices, value=model_names[0], label="Model", elem_id="model")
             other = gr.Dropdown(
                 ["coco-all", "coco-stuff", "none"],
                 value="coco-all",
@@ -123,7 +208,7 @@ def build_demo(factory: Callable[[str], object], model_names: list[str], title: 
         with gr.Row():
             key = gr.Image(type="numpy", label="Legend", elem_id="legend", format="png")
             shares = gr.Label(label="Pixel share", elem_id="fractions")
-        button.click(run, [image, vocabulary, other, model], [result, key, shares, status])
+        button.click(run, [image, vocabulary, other, model], [result, key, shares, status], api_name="segment")
     return demo
 
 
@@ -151,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         print("san demo needs gradio: pip install -e '.[demo]' in the clone (or pip install gradio)", file=sys.stderr)
         return 2
     from san.inference.predictor import SANPredictor
-    from san.model_zoo import get_model_info
+    from san.model_zoo import get_model_info, is_available
 
     names = list(MODELS)
     custom = None
@@ -162,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         first = get_model_info(args.weights).name
         names.remove(first)
         names.insert(0, first)
+    offline = {name: not is_available(name) for name in names if name in MODELS}  # checked once, at start
 
     def factory(name: str) -> SANPredictor:
         kw = {"device": args.device, "precision": args.precision, "opts": args.opts}
@@ -171,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         return SANPredictor.from_pretrained(name, **kw)
 
-    build_demo(factory, names).launch(server_name=args.host, server_port=args.port, share=args.share)
+    app = build_demo(factory, names, available=lambda name: not offline.get(name, False))
+    app.launch(server_name=args.host, server_port=args.port, share=args.share)
     return 0
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import warnings
 from collections.abc import Iterator
@@ -44,14 +45,22 @@ class ImageError(ValueError):
     """An image cannot be read or converted; the message says what was wrong."""
 
 
+def _pixels(n: int) -> str:
+    return f"{n / 1e6:.1f} megapixels" if n >= 100_000 else f"{n} pixels"
+
+
+def _too_large(what: str, size: str, max_pixels: int) -> ImageError:
+    return ImageError(
+        f"{what}: the image is {size}, above the limit of {_pixels(max_pixels)}; downscale it first or raise the "
+        "limit (max_pixels / --max-pixels)"
+    )
+
+
 def _check_size(width: int, height: int, max_pixels: int | None, what: str) -> None:
     if width < 1 or height < 1:
         raise ImageError(f"{what}: the image is empty ({width}x{height})")
     if max_pixels is not None and width * height > max_pixels:
-        raise ImageError(
-            f"{what}: the image is {width}x{height} = {width * height / 1e6:.1f} megapixels, above the limit of "
-            f"{max_pixels / 1e6:.1f} MP; downscale it first or raise the limit (max_pixels / --max-pixels)"
-        )
+        raise _too_large(what, f"{width}x{height} = {_pixels(width * height)}", max_pixels)
 
 
 _LIMIT_LOCK = threading.Lock()
@@ -137,6 +146,9 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         except UnidentifiedImageError:
             raise ImageError(f"{path}: not an image file (PIL cannot identify its format)") from None
         except Image.DecompressionBombError as e:
+            found = re.search(r"\((\d+) pixels\)", str(e))
+            if found and max_pixels is not None and int(found.group(1)) > max_pixels:  # Pillow's check came first
+                raise _too_large(path, _pixels(int(found.group(1))), max_pixels) from None
             limit = "no limit" if max_pixels is None else f"the limit of {max_pixels / 1e6:.1f} MP"
             raise ImageError(
                 f"{path}: Pillow refused it as a possible decompression bomb ({e}); with {limit}, if you trust "

@@ -73,6 +73,23 @@ def _fetch_image(src: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
+class _Counted:
+    """A predictor whose image-path calls are counted (the demo must not re-encode for a new vocabulary)."""
+
+    def __init__(self, predictor: SANPredictor) -> None:
+        self.predictor, self.encodes, self.built = predictor, 0, 0
+
+    def factory(self, name: str) -> SANPredictor:
+        if name == "offline-model":  # never reached: the demo refuses it before building
+            raise AssertionError("an unavailable model was built")
+        self.built += 1
+        return self.predictor
+
+    def encode(self, image):
+        self.encodes += 1
+        return SANPredictor.encode(self.predictor, image)
+
+
 @pytest.fixture
 def demo_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -81,11 +98,13 @@ def demo_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     use_colour_model(monkeypatch)  # labels that follow the photo, so the legend names several classes
     torch.manual_seed(0)
     predictor = SANPredictor(san.build_model(tiny_cfg(tmp_path)), device="cpu", min_size=256, max_size=512)
+    counted = _Counted(predictor)
+    monkeypatch.setattr(predictor, "encode", counted.encode)
     port = _free_port()
-    demo = build_demo(lambda name: predictor, ["tiny-random"])
+    demo = build_demo(counted.factory, ["tiny-random", "offline-model"], available=lambda n: n != "offline-model")
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
-        yield f"http://127.0.0.1:{port}/", predictor
+        yield f"http://127.0.0.1:{port}/", predictor, counted
     finally:
         demo.close()
 
@@ -99,7 +118,7 @@ def test_demo_in_headless_chromium(demo_url, tmp_path: Path) -> None:
 
     skimage_data = pytest.importorskip("skimage.data")
     chromium, driver_path = _browser()
-    url, predictor = demo_url
+    url, predictor, counted = demo_url
     photo = skimage_data.astronaut()  # [512, 512, 3] uint8
     photo_path = tmp_path / "astronaut.png"
     Image.fromarray(photo).save(photo_path)
@@ -140,12 +159,32 @@ def test_demo_in_headless_chromium(demo_url, tmp_path: Path) -> None:
         t0 = time.time()
         while not img.get_attribute("src") and time.time() - t0 < 30:
             time.sleep(0.2)
-        result = _fetch_image(img.get_attribute("src"))
+        img_src = img.get_attribute("src")
+        result = _fetch_image(img_src)
         legend_src = driver.find_element(By.CSS_SELECTOR, "#legend img").get_attribute("src")
         wait.until(lambda d: "%" in d.find_element(By.CSS_SELECTOR, "#fractions").text)
         shares_text = driver.find_element(By.CSS_SELECTOR, "#fractions").text
         wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#status textarea").get_attribute("value"))
         status = driver.find_element(By.CSS_SELECTOR, "#status textarea").get_attribute("value")
+        # only the names change: the same image is re-labelled without being encoded again
+        box.clear()
+        box.send_keys("flag, astronaut, sky")  # three classes: the third query now wins its own
+        driver.find_element(By.CSS_SELECTOR, "#submit").click()
+        wait.until(
+            lambda d: "encoding reused" in d.find_element(By.CSS_SELECTOR, "#status textarea").get_attribute("value")
+        )
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#output_image img").get_attribute("src") != img_src)
+        relabelled = _fetch_image(driver.find_element(By.CSS_SELECTOR, "#output_image img").get_attribute("src"))
+        # a file that is not an image: san's own message on the page
+        junk = tmp_path / "notes.png"
+        junk.write_text("this is not an image")
+        driver.find_element(By.CSS_SELECTOR, "#input_image button[aria-label='Clear']").click() if driver.find_elements(
+            By.CSS_SELECTOR, "#input_image button[aria-label='Clear']"
+        ) else None
+        driver.find_element(By.CSS_SELECTOR, "#input_image input[type=file]").send_keys(str(junk))
+        time.sleep(1.0)
+        driver.find_element(By.CSS_SELECTOR, "#submit").click()
+        wait.until(lambda d: "not an image file" in d.page_source)
     finally:
         driver.quit()
 
@@ -162,6 +201,61 @@ def test_demo_in_headless_chromium(demo_url, tmp_path: Path) -> None:
     legend = _fetch_image(legend_src)
     assert legend.shape[1] > 20 and (legend < 250).any()  # a legend with swatches and text
     assert "duplicate" in status and "'Astronaut'" in status and "ignored 1 empty entry" in status, status
+    assert status.startswith("image encoded in ") and " s; labelled with " in status  # each step timed
+    assert counted.encodes == 1  # two vocabularies, one encoding of the image
+    again = predictor.predict(photo, "flag, astronaut, sky", other="none")
+    np.testing.assert_array_equal(relabelled, overlay(photo, again.labels, again.class_names))
+
+
+def _api(url: str):
+    from gradio_client import Client
+
+    return Client(url, verbose=False)
+
+
+def test_bad_uploads_get_sans_message_in_the_api_and_the_server_stays_up(demo_url, tmp_path: Path) -> None:
+    from gradio_client import handle_file
+
+    url, predictor, counted = demo_url
+    good = tmp_path / "good.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(good)
+    (tmp_path / "text.png").write_text("this is not an image")
+    (tmp_path / "cut.png").write_bytes(good.read_bytes()[:200])
+    (tmp_path / "empty.png").write_bytes(b"")
+    Image.new("1", (20000, 20000)).save(tmp_path / "huge.png")  # 400 megapixels, a small file
+    client = _api(url)
+    expected = {
+        "text.png": "not an image file",
+        "cut.png": "truncated or corrupt",
+        "empty.png": "not an image file",
+        "huge.png": "400.0 megapixels, above the limit of 100.0 megapixels",
+    }
+    for name, message in expected.items():
+        with pytest.raises(Exception) as err:
+            client.predict(handle_file(str(tmp_path / name)), "a, b", "none", "tiny-random", api_name="/segment")
+        assert "cannot use this upload" in str(err.value) and message in str(err.value), (name, str(err.value))
+    result = client.predict(handle_file(str(good)), "a, b", "none", "tiny-random", api_name="/segment")
+    assert "image encoded in" in result[-1]  # still serving
+
+
+def test_an_offline_model_is_refused_at_once_and_the_loaded_one_kept(demo_url, tmp_path: Path) -> None:
+    from gradio_client import handle_file
+
+    from san.apps.demo import model_choices
+
+    url, predictor, counted = demo_url
+    good = tmp_path / "good.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(good)
+    client = _api(url)
+    client.predict(handle_file(str(good)), "a", "none", "tiny-random", api_name="/segment")
+    with pytest.raises(
+        Exception, match="offline-model is not downloaded and this machine is offline; the loaded model"
+    ):
+        client.predict(handle_file(str(good)), "a", "none", "offline-model", api_name="/segment")
+    result = client.predict(handle_file(str(good)), "a, b", "none", "tiny-random", api_name="/segment")
+    assert counted.built == 1 and "image encoding reused" in result[-1]  # the loaded model (and its work) kept
+    labels = model_choices(["tiny-random", "offline-model"], lambda n: n != "offline-model")
+    assert labels == [("tiny-random", "tiny-random"), ("offline-model (not downloaded; offline)", "offline-model")]
 
 
 def test_demo_command_builds_the_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -172,7 +266,7 @@ def test_demo_command_builds_the_app(tmp_path: Path, monkeypatch: pytest.MonkeyP
     san.save_checkpoint(san.build_model(cfg), tmp_path / "tiny.pth")
     seen = {}
 
-    def fake_build(factory, names):
+    def fake_build(factory, names, **kw):
         seen["names"], seen["predictor"] = names, factory(names[0])
         return type("App", (), {"launch": lambda self, **kw: seen.update(kw)})()
 

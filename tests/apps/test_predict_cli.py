@@ -165,7 +165,7 @@ def test_usage_errors(setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture
     assert "checkpoint not found: " in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # nothing created before the model loads
     assert _run(setup, tmp_path / "o", "--input", good, "--vocabulary", "cat", "--max-pixels", "1000") == 1
-    assert "good.png: the image is 90x60 = 0.0 megapixels, above the limit of 0.0 MP" in capsys.readouterr().err
+    assert "good.png: the image is 90x60 = 5400 pixels, above the limit of 1000 pixels" in capsys.readouterr().err
     assert not list((tmp_path / "o").iterdir())
     assert san_main(["predict", "--input", good, "--vocabulary", "cat", "MODEL.SAN.NUM_CLASSES"]) == 2
     assert "KEY VALUE pairs" in capsys.readouterr().err

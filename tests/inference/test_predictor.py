@@ -118,7 +118,7 @@ def test_score_budget_and_pixel_limit(predictor: SANPredictor, photo: np.ndarray
     want = F.interpolate(scores[None], size=(40, 50), mode="bilinear", align_corners=False)[0].argmax(0)
     assert torch.equal(predictor._upsampled_argmax(scores, 40, 50), want)  # class-chunked == all at once
     predictor.max_pixels = 75 * 113 - 1
-    with pytest.raises(ImageError, match="megapixels, above the limit"):
+    with pytest.raises(ImageError, match="113x75 = 8475 pixels, above the limit of 8474 pixels"):
         predictor.predict(photo, VOC)
 
 
