@@ -107,7 +107,8 @@ class SemSegEvaluator:
         self._predictions: list[dict[str, Any]] = []
 
     def process(self, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
-        """Add a batch: ``outputs[i]["sem_seg"]`` scores ``[N, H, W]`` vs the ground truth of ``inputs[i]``.
+        """Add a batch: ``outputs[i]["sem_seg"]`` scores ``[N, H, W]`` (or ``outputs[i]["labels"]``, a label
+        map ``[H, W]``, as ``SAN.predict_labels`` gives it) vs the ground truth of ``inputs[i]``.
 
         The ground truth is ``inputs[i]["sem_seg"]`` (``[H, W]``) when present, else read from
         ``inputs[i]["sem_seg_file_name"]``.
@@ -136,9 +137,9 @@ class SemSegEvaluator:
                 self._predictions.extend(self._encode(pred, inp.get("file_name", name)))
 
     def _prediction(self, out: dict[str, Any], name: str) -> np.ndarray:
-        if "sem_seg" not in out:
-            raise KeyError(f"{name}: the model output has no 'sem_seg'")
-        scores = out["sem_seg"]
+        if "sem_seg" not in out and "labels" not in out:
+            raise KeyError(f"{name}: the model output has neither 'sem_seg' (scores) nor 'labels' (a label map)")
+        scores = out["labels"] if "labels" in out else out["sem_seg"]
         scores = scores if isinstance(scores, torch.Tensor) else torch.as_tensor(np.asarray(scores))
         if scores.dim() == 2 and not scores.is_floating_point():
             pred = scores.to("cpu", torch.int64)

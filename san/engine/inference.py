@@ -60,14 +60,18 @@ def print_csv_format(results: dict[str, Any]) -> None:
         logger.info("copypaste: %s", ",".join(f"{v:.4f}" for _, v in head))
 
 
-def _inference_on_dataset(model: nn.Module, loader: Any, evaluator: Any, name: str) -> dict[str, Any]:
+def _inference_on_dataset(
+    model: nn.Module, loader: Any, evaluator: Any, name: str, label_path: bool = True
+) -> dict[str, Any]:
+    # the metrics need only the arg-max: the exact label path never forms the [C, H, W] scores
+    run = model.predict_labels if label_path and hasattr(model, "predict_labels") else model
     evaluator.reset()
     total = len(loader) if hasattr(loader, "__len__") else None
     start = last_log = time.perf_counter()
     n = 0
     with torch.no_grad():
         for inputs in loader:
-            outputs = model(inputs)
+            outputs = run(inputs, with_scores=False) if run is not model else model(inputs)
             evaluator.process(inputs, outputs)
             n += 1
             now = time.perf_counter()
@@ -87,6 +91,7 @@ def evaluate(
     output_dir: str | None = None,
     tta: bool = False,
     dump_predictions: bool | None = None,
+    label_path: bool = True,
 ) -> OrderedDict:
     """Evaluate ``model`` on ``dataset_names`` (default ``DATASETS.TEST``), every process its shard.
 
@@ -94,6 +99,8 @@ def evaluate(
     to ``output_dir`` (default ``OUTPUT_DIR/inference``, ``inference_TTA`` with ``tta``).
     ``dump_predictions`` (default ``SAN_ENGINE.DUMP_PREDICTIONS``) also writes each dataset's
     predictions to ``<output_dir>/<dataset>/sem_seg_predictions.json`` (detectron2's format).
+    ``label_path`` (default) runs ``SAN.predict_labels``: the same arg-max as the score maps of
+    ``SAN.forward`` (so the same metrics) without forming them; with TTA the scores are averaged.
     """
     names = list(cfg.DATASETS.TEST if dataset_names is None else dataset_names)
     if not names:
@@ -119,7 +126,7 @@ def evaluate(
                 name, distributed=True, output_dir=out_dir, dump_predictions=bool(dump), predictions_file=dump
             )
             logger.info("evaluating %s%s on %d process(es)", name, " with TTA" if tta else "", world)
-            res = _inference_on_dataset(model, loader, evaluator, name)
+            res = _inference_on_dataset(model, loader, evaluator, name, label_path=label_path and not tta)
             results[name] = res
             if comm.is_main_process():
                 logger.info("evaluation results for %s:\n%s", name, format_results(res))

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from .clip import OPENAI_MEAN, OPENAI_STD
 from .clip_adapter import ClipFeatureExtractor, RecognitionHead
-from .semantic import sem_seg_postprocess, semantic_inference, semantic_labels
+from .semantic import resize_mask_logits, sem_seg_postprocess, semantic_inference, semantic_labels
 from .side_adapter import SideAdapterNetwork
 from .text_classifier import TextClassifier
 
@@ -313,15 +313,21 @@ class SAN(nn.Module):
         sizes: Sequence[tuple[int, int]],
         padded_size: Sequence[int],
     ) -> list[dict[str, Tensor]]:
-        """Semantic maps ``[C, height, width]`` per image from class logits ``[B, Q, C+1]`` and mask logits."""
-        masks = F.interpolate(mask_logits, size=tuple(padded_size), mode="bilinear", align_corners=False)
+        """Semantic maps ``[C, height, width]`` per image from class logits ``[B, Q, C+1]`` and mask logits.
+
+        The official order (``sem_seg_postprocess_before_inference``): masks resized to the output,
+        then the class mixture, with the two bilinear resizes done as one exact separable step
+        (:func:`~san.modeling.semantic.resize_mask_logits`); else the mixture at the padded size, then
+        the scores resized.
+        """
         results = []
-        for cls, mask, x, size in zip(class_logits, masks, batched_inputs, sizes):
+        for cls, mask, x, size in zip(class_logits, mask_logits, batched_inputs, sizes):
             height, width = int(x.get("height", size[0])), int(x.get("width", size[1]))
             if self.sem_seg_postprocess_before_inference:
-                mask = sem_seg_postprocess(mask, size, height, width)
+                mask = resize_mask_logits(mask, size, tuple(padded_size), (height, width))
                 r = semantic_inference(cls.to(mask.dtype), mask)
             else:
+                mask = F.interpolate(mask[None], size=tuple(padded_size), mode="bilinear", align_corners=False)[0]
                 r = sem_seg_postprocess(semantic_inference(cls, mask), size, height, width)
             results.append({"sem_seg": r})
         return results

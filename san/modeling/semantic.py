@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["resize_matrix", "sem_seg_postprocess", "semantic_inference", "semantic_labels"]
+__all__ = ["resize_mask_logits", "resize_matrix", "sem_seg_postprocess", "semantic_inference", "semantic_labels"]
 
 
 def sem_seg_postprocess(result: Tensor, image_size: tuple[int, int], height: int, width: int) -> Tensor:
@@ -85,6 +85,22 @@ def _resize_last(x: Tensor, taps: tuple[Tensor, Tensor]) -> Tensor:
     """Resize the last dimension of ``x`` with :func:`_taps` output (exact sparse matmul)."""
     idx, weights = taps
     return (x[..., idx] * weights).sum(dim=-1)  # [..., n_out]
+
+
+def resize_mask_logits(
+    mask_logits: Tensor, image_size: tuple[int, int], padded_size: tuple[int, int], out_size: tuple[int, int]
+) -> Tensor:
+    """``[Q, h, w]`` mask logits resized as the official post-processing does (bilinear up to the padded
+    input, cropped to the image, bilinear to the output) in one exact separable step -> ``[Q, H, W]``.
+
+    Equal to :func:`sem_seg_postprocess` of the upsampled masks up to float rounding, without the
+    ``[Q, H_pad, W_pad]`` intermediate.
+    """
+    dtype, device = mask_logits.dtype, mask_logits.device
+    (h, w), (hp, wp), (h0, w0), (ho, wo) = mask_logits.shape[-2:], padded_size, image_size, out_size
+    cols = _resize_last(mask_logits, _chain_taps("both", w, wp, w0, wo, dtype, device))  # [Q, h, W]
+    rows = _resize_last(cols.transpose(-1, -2), _chain_taps("both", h, hp, h0, ho, dtype, device))  # [Q, W, H]
+    return rows.transpose(-1, -2).contiguous()
 
 
 def _band_rows(n_rows: int, per_row: int, max_elements: int) -> int:

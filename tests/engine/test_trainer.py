@@ -254,3 +254,22 @@ def test_one_step_clips_the_global_norm_over_every_trainable_parameter(tmp_path)
     factor = clip / raw_norm.item()
     for name, g in seen.items():
         torch.testing.assert_close(g, raw[name] * factor, rtol=1e-4, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_evaluation_on_the_label_path_gives_the_score_maps_confusion_matrix(uninterrupted, toy_root, tmp_path):
+    """The evaluator's default label path (SAN.predict_labels) and the full [C, H, W] score maps of
+    SAN.forward give the same confusion matrix on the toy validation set."""
+    from san.data.loader import build_test_loader
+    from san.engine.evaluator import SemSegEvaluator
+    from san.engine.inference import _inference_on_dataset
+
+    cfg = toy_cfg(str(tmp_path), str(tmp_path / "o"))
+    model = san.build_model(cfg, os.path.join(uninterrupted, "model_final.pth")).eval()
+    matrices = []
+    for label_path in (True, False):
+        evaluator = SemSegEvaluator.from_dataset("toy_val", distributed=False, boundary_iou=False)
+        loader = build_test_loader(cfg, "toy_val")
+        _inference_on_dataset(model, loader, evaluator, "toy_val", label_path=label_path)
+        matrices.append(evaluator.conf_matrix.copy())
+    assert matrices[0].sum() > 0 and (matrices[0].diagonal()[:-1] > 0).sum() >= 2  # several classes predicted right
+    np.testing.assert_array_equal(matrices[0], matrices[1])

@@ -12,7 +12,13 @@ import torch
 import torch.nn.functional as F
 
 import san
-from san.modeling.semantic import resize_matrix, sem_seg_postprocess, semantic_inference, semantic_labels
+from san.modeling.semantic import (
+    resize_mask_logits,
+    resize_matrix,
+    sem_seg_postprocess,
+    semantic_inference,
+    semantic_labels,
+)
 from san.modeling.text_classifier import TextClassifier
 
 NAMES = ["cat", "dog", "traffic light", "a very long class name with many many words in it", "sky"]
@@ -243,3 +249,20 @@ def test_semantic_labels_rejects_bad_shapes():
         semantic_labels(torch.zeros(3, 4), torch.zeros(2, 5, 5), (5, 5), (5, 5), (5, 5))
     with pytest.raises(ValueError, match="positive integer"):
         semantic_labels(torch.zeros(2, 4), torch.zeros(2, 5, 5), (5, 5), (5, 5), (5, 5), reduced=0)
+
+
+# (mask grid, padded input, image in it, output): upsampling to a larger output, and the official
+# ADE case of a 640 x 853 inference image shown at 480 x 640
+SIZES = [((7, 9), (112, 144), (100, 130), (150, 201)), ((40, 54), (640, 864), (640, 853), (480, 640))]
+
+
+@pytest.mark.parametrize(("grid", "padded", "image", "out"), SIZES)
+def test_separable_mask_resize_equals_the_two_interpolations(grid, padded, image, out):
+    """SAN.postprocess's one-step resize = the official upsample-to-padded, crop, resize (float rounding)."""
+    torch.manual_seed(0)
+    masks = torch.randn(5, *grid) * 4
+    up = F.interpolate(masks[None], size=padded, mode="bilinear", align_corners=False)[0]
+    want = sem_seg_postprocess(up, image, *out)
+    got = resize_mask_logits(masks, image, padded, out)
+    assert got.shape == want.shape == (5, *out)
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
