@@ -158,6 +158,9 @@ def add_san_config(cfg: Any) -> None:
     cfg.SOLVER.BACKBONE_MULTIPLIER = 1.0
     cfg.SOLVER.CLIP_MULTIPLIER = 1.0
     cfg.SOLVER.TEST_IMS_PER_BATCH = 1
+    # san's trainer (not an official key): micro-batches per process and iteration. The run is then the
+    # run of processes x ACCUMULATION_STEPS processes, each with IMS_PER_BATCH / that many images
+    cfg.SOLVER.ACCUMULATION_STEPS = 1
     # san's trainer (not an official key): autocast dtype under SOLVER.AMP.ENABLED, float16 or bfloat16
     cfg.SOLVER.AMP.PRECISION = "float16"
 

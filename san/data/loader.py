@@ -69,16 +69,27 @@ class TrainStream:
 
 
 class _BatchPositions(torch.utils.data.Sampler):
-    """Infinite batches of stream positions of one rank, from iteration ``start_iter`` on."""
+    """Infinite batches of stream positions of one rank, from iteration ``start_iter`` on.
 
-    def __init__(self, batch_size: int, rank: int, world_size: int, start_iter: int) -> None:
+    With ``accumulation`` K, rank ``r`` stands for the K virtual ranks ``r * K + k`` of a run with
+    ``world_size * K`` processes: its batch of an iteration is their K micro-batches, one after the
+    other, each of ``batch_size`` positions taken as that virtual rank would take them.
+    """
+
+    def __init__(self, batch_size: int, rank: int, world_size: int, start_iter: int, accumulation: int = 1) -> None:
         self.batch_size, self.rank, self.world_size, self.start_iter = batch_size, rank, world_size, start_iter
+        self.accumulation = accumulation
 
     def __iter__(self) -> Iterator[list[int]]:
-        it = self.start_iter
+        it, k_all = self.start_iter, self.accumulation
+        virtual_world = self.world_size * k_all
         while True:
             first = it * self.batch_size
-            yield [(first + j) * self.world_size + self.rank for j in range(self.batch_size)]
+            yield [
+                (first + j) * virtual_world + self.rank * k_all + k
+                for k in range(k_all)
+                for j in range(self.batch_size)
+            ]
             it += 1
 
 
@@ -121,10 +132,13 @@ def build_train_loader(
     start_iter: int = 0,
     mapper: Callable | None = None,
     records: list[dict[str, Any]] | None = None,
+    accumulation: int = 1,
 ) -> Iterator[list[dict[str, Any]]]:
     """Infinite iterator of this rank's batches (lists of mapped dicts) from iteration ``start_iter``.
 
-    Per-rank batch = ``SOLVER.IMS_PER_BATCH // world_size``; ``DATALOADER.NUM_WORKERS`` worker
+    Per-rank batch = ``SOLVER.IMS_PER_BATCH // world_size``: with ``accumulation`` K, K micro-batches
+    of ``IMS_PER_BATCH // (world_size * K)`` images in a row, each the batch of one process of a
+    ``world_size * K``-process run (:class:`_BatchPositions`); ``DATALOADER.NUM_WORKERS`` worker
     processes (0: in this process). ``seed`` defaults to ``cfg.SEED`` (random when negative; then
     shared across ranks when torch.distributed is initialised). A custom ``mapper`` is called as
     ``mapper(record, rng=numpy.random.Generator)`` and must draw its randomness from ``rng``.
@@ -132,9 +146,11 @@ def build_train_loader(
     total = int(cfg.SOLVER.IMS_PER_BATCH)
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"invalid rank {rank} for world size {world_size}")
-    if total < world_size or total % world_size:
+    virtual = world_size * int(accumulation)
+    if accumulation < 1 or total < virtual or total % virtual:
         raise ValueError(
-            f"SOLVER.IMS_PER_BATCH ({total}) must be a positive multiple of the number of processes ({world_size})"
+            f"SOLVER.IMS_PER_BATCH ({total}) must be a positive multiple of processes x accumulation steps "
+            f"({world_size} x {accumulation})"
         )
     if start_iter < 0:
         raise ValueError(f"start_iter must be >= 0, got {start_iter}")
@@ -143,7 +159,7 @@ def build_train_loader(
     mapper = mapper if mapper is not None else SemanticTrainMapper(cfg)
     loader = DataLoader(
         _TrainDataset(records, stream, mapper),
-        batch_sampler=_BatchPositions(total // world_size, rank, world_size, start_iter),
+        batch_sampler=_BatchPositions(total // virtual, rank, world_size, start_iter, accumulation),
         num_workers=int(cfg.DATALOADER.NUM_WORKERS),
         collate_fn=_as_list,
         persistent_workers=False,

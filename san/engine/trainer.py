@@ -2,7 +2,13 @@
 
 One process per device (``torchrun``, or ``san train --num-gpus N``), each seeing
 ``SOLVER.IMS_PER_BATCH / world_size`` images per iteration; gradients are averaged by
-``DistributedDataParallel``. Every iteration: forward under autocast (fp16 with a ``GradScaler``,
+``DistributedDataParallel``. With ``SOLVER.ACCUMULATION_STEPS`` K, each process runs its share as K
+micro-batches, and the run *is* the run of ``world_size x K`` processes: each micro-batch holds the
+images of one of those processes (same order, same augmentation), draws its random points from that
+process's RNG stream, normalises the mask losses by the target count of the whole iteration (known
+from the targets before any forward) and contributes 1/K of its gradient, so that the gradients are
+averaged over all ``world_size x K`` micro-batches; clipping, the optimizer step and the schedule
+happen once per iteration. Every iteration: forward under autocast (fp16 with a ``GradScaler``,
 or bf16 without; ``SOLVER.AMP.*``), backward, un-scale, clip (``SOLVER.CLIP_GRADIENTS``), AdamW
 step, ``WarmupPolyLR`` step. Checkpoints (every ``SOLVER.CHECKPOINT_PERIOD`` iterations and at the
 end, written atomically as ``OUTPUT_DIR/model_XXXXXXX.pth`` / ``model_final.pth`` with
@@ -20,6 +26,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -38,7 +45,7 @@ from .events import EventWriter, format_eta
 from .inference import evaluate, flatten_results
 from .optim import build_gradient_clipper, build_lr_scheduler, build_optimizer
 
-__all__ = ["Trainer", "resolve_device", "resolve_precision", "last_checkpoint_path"]
+__all__ = ["Trainer", "check_batch", "last_checkpoint_path", "resolve_device", "resolve_precision"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +93,32 @@ def last_checkpoint_path(output_dir: str) -> str | None:
     return path
 
 
+def check_batch(cfg: Any, world_size: int) -> int:
+    """The accumulation steps K of ``SOLVER.ACCUMULATION_STEPS``, after checking (before any model is
+    built) that ``IMS_PER_BATCH`` splits into ``world_size x K`` micro-batches of at least one image and
+    that the training data holds at least one iteration's images."""
+    s = cfg.SOLVER
+    k_all = int(s.get("ACCUMULATION_STEPS", 1))
+    if k_all < 1:
+        raise ConfigError(f"SOLVER.ACCUMULATION_STEPS must be >= 1, got {k_all}")
+    virtual = world_size * k_all
+    if s.IMS_PER_BATCH % virtual or s.IMS_PER_BATCH // virtual < 1:
+        per = s.IMS_PER_BATCH / virtual
+        raise ConfigError(
+            f"SOLVER.IMS_PER_BATCH={s.IMS_PER_BATCH} does not split into {world_size} process(es) x {k_all} "
+            f"accumulation step(s): {per:g} images per micro-batch; choose IMS_PER_BATCH a multiple of {virtual} "
+            "(or other ACCUMULATION_STEPS)"
+        )
+    if cfg.DATASETS.TRAIN:
+        size = sum(len(get_dataset(name).list_samples()) for name in cfg.DATASETS.TRAIN)
+        if size < s.IMS_PER_BATCH:
+            raise ConfigError(
+                f"the training data ({', '.join(cfg.DATASETS.TRAIN)}) holds {size} images, fewer than one iteration "
+                f"of SOLVER.IMS_PER_BATCH={s.IMS_PER_BATCH}"
+            )
+    return k_all
+
+
 def _check_training_classes(cfg: Any) -> None:
     """``MODEL.SAN.NUM_CLASSES`` must be the class count of every ``DATASETS.TRAIN`` set (checked before
     any model is built: the criterion's no-object index depends on it)."""
@@ -120,10 +153,7 @@ class Trainer:
         comm.init_distributed(self.device.type)
         self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
         s = cfg.SOLVER
-        if s.IMS_PER_BATCH % self.world_size:
-            raise ValueError(
-                f"SOLVER.IMS_PER_BATCH={s.IMS_PER_BATCH} is not divisible by the {self.world_size} processes"
-            )
+        self.accumulation = check_batch(cfg, self.world_size)
         _check_training_classes(cfg)
         self.max_iter = int(s.MAX_ITER)
         engine = cfg.get("SAN_ENGINE", {})
@@ -164,6 +194,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
         self._resume_rng = ckpt["rng"] if ckpt is not None else None
+        self._rng_states: list[Any] = []  # per micro-batch: the RNG stream of the process it stands for
         self.writer = EventWriter(self.output_dir if comm.is_main_process() else None, self.max_iter, window=window)
         if ckpt is not None and ckpt.get("metrics"):
             self.writer.load_state_dict(ckpt["metrics"])
@@ -202,12 +233,14 @@ class Trainer:
             "iteration": iteration,
             "seed": self.seed,
             "world_size": self.world_size,
+            "accumulation": self.accumulation,
             "metrics": self.writer.state_dict(),
         }
 
     def save(self, name: str, iteration: int) -> None:
         """Write ``OUTPUT_DIR/<name>.pth`` atomically and point ``last_checkpoint`` at it (collective)."""
-        rng = comm.all_gather_object(comm.get_rng_state())
+        states = self._rng_states or [comm.get_rng_state()]
+        rng = [state for per_rank in comm.all_gather_object(states) for state in per_rank]  # virtual-rank order
         if comm.is_main_process():
             fname = f"{name}.pth"
             save_checkpoint(self.model, os.path.join(self.output_dir, fname), rng=rng, **self.state_dict(iteration))
@@ -219,8 +252,9 @@ class Trainer:
         comm.barrier()
 
     # -- one iteration --------------------------------------------------------------------------------
-    def forward_backward(self, batch: Sequence[dict]) -> dict[str, float]:
-        """Losses of one batch and their (scaled) gradients in ``.grad``; returns the loss values."""
+    def forward_backward(self, batch: Sequence[dict], scale: float = 1.0) -> dict[str, float]:
+        """Losses of one (micro-)batch and their gradients, times ``scale`` (and the AMP scale), added to
+        ``.grad``; returns the unscaled loss values."""
         self.ddp_model.train()
         with autocast(self.device, self.precision):
             loss_dict = self.ddp_model(list(batch))
@@ -230,42 +264,79 @@ class Trainer:
         values = {k: float(v.detach()) for k, v in loss_dict.items()}
         if not torch.isfinite(total):
             raise FloatingPointError(f"loss became infinite or NaN at iteration {self.iteration}: {values}")
-        self.scaler.scale(total).backward()
+        self.scaler.scale(total * scale if scale != 1.0 else total).backward()
         return values
 
+    def _iteration_num_masks(self, micro: Sequence[Sequence[dict]]) -> float:
+        """Target masks of the whole iteration averaged over the ``world_size x K`` virtual processes
+        (the official count: each process's target count, averaged over processes), at least 1."""
+        mine = sum(len(x["instances"]["labels"]) for mb in micro for x in mb)
+        n = torch.tensor([float(mine)], device=self.device)
+        if self.world_size > 1:
+            torch.distributed.all_reduce(n)
+        return max(n.item() / (self.world_size * self.accumulation), 1.0)
+
     def run_step(self, batch: Sequence[dict]) -> dict[str, float]:
-        """zero_grad, forward/backward, un-scale and clip, optimizer step (skipped by the scaler on inf)."""
+        """One iteration: zero_grad; forward/backward of each of the K micro-batches (in its process's
+        RNG stream, gradients synchronised after the last); un-scale and clip; optimizer step (skipped by
+        the scaler on inf). Returns the losses averaged over the micro-batches."""
+        k_all = self.accumulation
+        b = len(batch) // k_all
+        micro = [list(batch[k * b : (k + 1) * b]) for k in range(k_all)]
+        if not self._rng_states:
+            self._rng_states = [comm.get_rng_state()]  # a step outside train(): the stream as it is
+        num_masks = self._iteration_num_masks(micro) if k_all > 1 else None
         self.optimizer.zero_grad(set_to_none=True)
-        values = self.forward_backward(batch)
+        values: list[dict[str, float]] = []
+        for k, mb in enumerate(micro):
+            comm.set_rng_state(self._rng_states[k])
+            last = k == k_all - 1
+            no_sync = self.ddp_model.no_sync() if not last and self.ddp_model is not self.model else nullcontext()
+            counted = self.model.criterion.fixed_num_masks(num_masks) if num_masks is not None else nullcontext()
+            with no_sync, counted:
+                values.append(self.forward_backward(mb, scale=1.0 / k_all))
+            self._rng_states[k] = comm.get_rng_state()
         if self.clipper is not None:
             self.scaler.unscale_(self.optimizer)
             self.clipper([p for g in self.optimizer.param_groups for p in g["params"]])
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return values
+        return {key: sum(v[key] for v in values) / k_all for key in values[0]}
 
     # -- loop -------------------------------------------------------------------------------------------
     def build_train_loader(self) -> Iterator[list[dict]]:
         return iter(
             build_train_loader(
-                self.cfg, rank=self.rank, world_size=self.world_size, seed=self.seed, start_iter=self.start_iter
+                self.cfg,
+                rank=self.rank,
+                world_size=self.world_size,
+                seed=self.seed,
+                start_iter=self.start_iter,
+                accumulation=self.accumulation,
             )
         )
 
     def _set_training_rng(self) -> None:
-        if self._resume_rng is None:
-            comm.seed_all(self.seed + self.rank)
+        """One RNG stream per micro-batch: that of virtual process ``rank * K + k`` (seeded with the seed
+        plus its virtual rank, as process ``v`` of a ``world_size x K``-process run), or the saved ones."""
+        k_all = self.accumulation
+        virtual = [self.rank * k_all + k for k in range(k_all)]
+        if self._resume_rng is not None and len(self._resume_rng) == self.world_size * k_all:
+            self._rng_states = [self._resume_rng[v] for v in virtual]
             return
-        if len(self._resume_rng) == self.world_size:
-            comm.set_rng_state(self._resume_rng[self.rank])
-        else:
+        if self._resume_rng is not None:
             logger.warning(
-                "the checkpoint was written by %d processes, this run has %d: RNG streams are reseeded, so the "
-                "continuation is statistically but not bitwise equal to an uninterrupted run",
+                "the checkpoint was written by %d (virtual) processes, this run has %d x %d: RNG streams are "
+                "reseeded, so the continuation is statistically but not bitwise equal to an uninterrupted run",
                 len(self._resume_rng),
                 self.world_size,
+                k_all,
             )
-            comm.seed_all(self.seed + self.rank + 1_000_003 * self.start_iter)
+        offset = 0 if self._resume_rng is None else 1_000_003 * self.start_iter
+        self._rng_states = []
+        for v in virtual:
+            comm.seed_all(self.seed + v + offset)
+            self._rng_states.append(comm.get_rng_state())
 
     def train(self, stop_at: int | None = None) -> dict[str, Any]:
         """Run iterations ``start_iter .. MAX_ITER - 1`` (or up to ``stop_at``, exclusive, as if the

@@ -21,7 +21,8 @@ Predictions are dicts ``{"class_logits": [B, Q, C+1], "mask_logits": [B, Q, h, w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -114,6 +115,7 @@ class SetCriterion(nn.Module):
         self.oversample_ratio = oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio
         self.rand_points: PointSource = uniform_points
+        self._num_masks: float | None = None
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = eos_coef
         self.register_buffer("empty_weight", empty_weight)  # persistent: official checkpoints hold it
@@ -162,6 +164,16 @@ class SetCriterion(nn.Module):
             losses.update(getattr(self, self.LOSSES[name])(outputs, targets, indices, num_masks))
         return losses
 
+    @contextmanager
+    def fixed_num_masks(self, num_masks: float) -> Iterator[None]:
+        """Normalise the mask losses by ``num_masks`` inside the block instead of counting the batch's
+        targets across processes: gradient accumulation knows the count of all its micro-batches."""
+        self._num_masks = max(float(num_masks), 1.0)
+        try:
+            yield
+        finally:
+            self._num_masks = None
+
     def unweighted_losses(self, outputs: dict, targets: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
         """Every loss term before weighting.
 
@@ -175,7 +187,7 @@ class SetCriterion(nn.Module):
         """
         device = outputs["class_logits"].device
         with torch.autocast(device_type=device.type, enabled=False):
-            num_masks = num_masks_across_processes(targets, device)
+            num_masks = self._num_masks if self._num_masks is not None else num_masks_across_processes(targets, device)
             losses = self._level_losses(outputs, targets, num_masks)
             for i, aux in enumerate(outputs.get("aux_outputs", [])):
                 losses.update({f"{k}_{i}": v for k, v in self._level_losses(aux, targets, num_masks).items()})
