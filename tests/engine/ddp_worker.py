@@ -43,10 +43,11 @@ def global_batch() -> list[dict]:
     return batch
 
 
-def make_trainer(tmp: str, out: str) -> Trainer:
+def make_trainer(tmp: str, out: str, accumulation: int = 1) -> Trainer:
     """The tiny model's trainer (seed 3, global batch 4) with fixed point sampling."""
     cfg = tiny_cfg(tmp)
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", "SEED", 3, "SOLVER.IMS_PER_BATCH", GLOBAL_BATCH, "OUTPUT_DIR", out])
+    cfg.SOLVER.ACCUMULATION_STEPS = accumulation
     trainer = Trainer(cfg)
     crit = trainer.model.criterion
     crit.rand_points = crit.matcher.rand_points = fixed_points

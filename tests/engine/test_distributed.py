@@ -65,3 +65,32 @@ def test_two_gloo_processes_under_torchrun_match_one_process_on_the_same_global_
     for k, v in losses.items():
         assert ddp["losses"][k] == pytest.approx(v, rel=1e-5), k
     assert max(g.abs().max().item() for g in grads.values()) > 1e-3  # non-trivial gradients were compared
+
+
+@pytest.mark.slow
+def test_one_process_accumulating_two_micro_batches_gives_the_two_process_gradients(tmp_path):
+    """SOLVER.ACCUMULATION_STEPS 2 in one process: the gradients the optimizer steps on are DDP's
+    averaged gradients of two processes (each micro-batch one process's images, 1/2 of its gradient,
+    the mask losses normalised by the whole iteration's target count)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "tests.engine.ddp_worker", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    trainer = make_trainer(str(tmp_path), str(tmp_path / "acc"), accumulation=2)
+    seen = {}
+    real_step = trainer.optimizer.step
+
+    def step(*args, **kwargs):
+        seen.update((n, p.grad.clone()) for n, p in trainer.model.named_parameters() if p.grad is not None)
+        return real_step(*args, **kwargs)
+
+    trainer.optimizer.step = step
+    losses = trainer.run_step(global_batch())
+    assert set(seen) == set(ddp["grads"])
+    for name, g in seen.items():
+        err = (ddp["grads"][name] - g).norm().item()
+        assert err <= 1e-5 * g.norm().item() + 1e-12, f"{name}: |diff| {err:.3g} vs |g| {g.norm().item():.3g}"
+    for k, v in losses.items():
+        assert ddp["losses"][k] == pytest.approx(v, rel=1e-5), k
