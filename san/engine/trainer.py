@@ -239,7 +239,7 @@ class Trainer:
 
     def save(self, name: str, iteration: int) -> None:
         """Write ``OUTPUT_DIR/<name>.pth`` atomically and point ``last_checkpoint`` at it (collective)."""
-        states = self._rng_states or [comm.get_rng_state()]
+        states = self._rng_states or [comm.get_rng_state()] * self.accumulation
         rng = [state for per_rank in comm.all_gather_object(states) for state in per_rank]  # virtual-rank order
         if comm.is_main_process():
             fname = f"{name}.pth"
@@ -283,8 +283,8 @@ class Trainer:
         k_all = self.accumulation
         b = len(batch) // k_all
         micro = [list(batch[k * b : (k + 1) * b]) for k in range(k_all)]
-        if not self._rng_states:
-            self._rng_states = [comm.get_rng_state()]  # a step outside train(): the stream as it is
+        if not self._rng_states:  # a step outside train(): the streams of a fresh run
+            self._set_training_rng()
         num_masks = self._iteration_num_masks(micro) if k_all > 1 else None
         self.optimizer.zero_grad(set_to_none=True)
         values: list[dict[str, float]] = []
