@@ -13,6 +13,11 @@ _TEST = [
     "selenium",
     "opencv-python-headless",
     "ruff",
+    "onnx",
+    "onnxscript",
+    "onnxruntime",
+    "supervision",
+    "gradio_client",
 ]
 
 setup(
@@ -47,6 +52,8 @@ setup(
     extras_require={
         "train": ["scipy", "tensorboard", "tifffile", "matplotlib"],
         "demo": ["gradio>=4"],
+        # deployment: ONNX export (onnx, onnxscript), running it (onnxruntime), supervision's Detections
+        "export": ["onnx", "onnxscript", "onnxruntime", "supervision"],
         # what the test suite needs (OpenCV only for the colour-jitter parity check against OpenCV itself)
         "test": _TEST,
         "dev": _TEST,

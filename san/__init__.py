@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _API = {
-    "SAN": "san.modeling",
+    "SAN": "san.build",
     "build_model": "san.build",
     "build_san": "san.build",
     "CheckpointError": "san.checkpoint",
@@ -30,13 +30,14 @@ _API = {
     "add_san_config": "san.config",
     "get_cfg": "san.config",
     "get_config_file": "san.config",
-    "Prediction": "san.inference.predictor",
+    "Prediction": "san.inference.result",
     "SANPredictor": "san.inference.predictor",
 }
 
 __all__ = sorted(_API)
 
 if TYPE_CHECKING:
+    from san.build import SAN as SAN
     from san.build import (
         build_model as build_model,
     )
@@ -69,9 +70,6 @@ if TYPE_CHECKING:
     )
     from san.inference.predictor import (
         SANPredictor as SANPredictor,
-    )
-    from san.modeling import (
-        SAN as SAN,
     )
 
 

@@ -13,15 +13,21 @@ import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from huggingface_hub import ModelHubMixin
 from torch import nn
 
+from san import hub
 from san.assets import read_prompts
 from san.checkpoint import load_checkpoint, load_clip_weights, read_clip_weights
 from san.config import ConfigError
+from san.files import write_safetensors
 from san.modeling import (
-    SAN,
+    SAN as CoreSAN,
+)
+from san.modeling import (
     ClipFeatureExtractor,
     MaskDecoder,
     RecognitionHead,
@@ -37,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CONFIG_KEYS",
+    "SAN",
     "build_criterion",
     "build_model",
     "build_san",
@@ -48,6 +55,60 @@ __all__ = [
 
 
 _VIT_NAME = re.compile(r"^vit_w(\d+)n(\d+)d(\d+)_patch(\d+)$")
+
+
+class SAN(CoreSAN, ModelHubMixin, library_name="san", license="mit", pipeline_tag="image-segmentation"):
+    """:class:`san.modeling.SAN` that can be saved and loaded in the Hugging Face Hub format
+    (:mod:`san.hub`: ``model.safetensors``, ``config.yaml``, a model card) and pushed to the Hub.
+
+    ``config_yaml`` is the config the model was built from (:func:`build_model` passes it); a model
+    built by hand from plain numbers has none and cannot be saved in this format.
+    """
+
+    def __init__(self, *, config_yaml: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.config_yaml = config_yaml
+        self._hub_mixin_config = None  # the config travels as config.yaml, not as the mixin's config.json
+        self.eval_results: dict[str, Any] | None = None
+
+    def save_pretrained(self, save_directory: str | Path, *, results: dict | None = None, **kwargs: Any) -> Any:
+        """Write the Hub format folder (:mod:`san.hub`); ``results`` (``{dataset: {"sem_seg": {"mIoU": ...}}}``,
+        as the evaluation returns them) go into the model card. Other arguments: huggingface_hub's
+        ``save_pretrained`` (``push_to_hub=True``, ``repo_id``, ...)."""
+        if results is not None:
+            self.eval_results = results
+        return super().save_pretrained(save_directory, **kwargs)
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        if self.config_yaml is None:
+            raise hub.HubFormatError(
+                "this model was built by hand (build_san), without a config: build it with san.build_model(cfg) "
+                "to save it in the Hub format"
+            )
+        write_safetensors(save_directory / hub.WEIGHTS_FILE, self.state_dict(), {"format": "san"})
+        cfg = hub.write_config(save_directory, self.config_yaml)
+        hub.write_card(save_directory, cfg, self.eval_results)
+
+    def init_kwargs(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this model (sub-modules shared), its config included."""
+        return {**super().init_kwargs(), "config_yaml": self.config_yaml}
+
+    @classmethod
+    def from_pretrained(cls, model_id: str | os.PathLike, **download: Any) -> SAN:
+        """A model from a folder written by :meth:`save_pretrained` or a Hub repository id (downloaded
+        by huggingface_hub; ``download``: revision, cache_dir, force_download, local_files_only, token)."""
+        return cls._from_pretrained(model_id=os.fspath(model_id), **download)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, **download: Any) -> SAN:
+        unknown = sorted(set(download) - set(_DOWNLOAD_KEYS))
+        if unknown:
+            raise TypeError(f"unknown download option(s) {unknown}; known: {', '.join(_DOWNLOAD_KEYS)}")
+        config, weights = hub.folder_files(model_id, **download)
+        return build_model(hub.read_config(config), weights).eval()
+
+
+_DOWNLOAD_KEYS = ("revision", "cache_dir", "force_download", "local_files_only", "token")
 
 
 def parse_vit_name(name: str) -> dict[str, int]:
@@ -315,7 +376,7 @@ def build_model(
     if isinstance(weights, (str, os.PathLike)) and os.fspath(weights).lower() in ("", "none"):
         weights = None
     try:
-        model = build_san(**san_kwargs(cfg), criterion=build_criterion(cfg))
+        model = build_san(**san_kwargs(cfg), criterion=build_criterion(cfg), config_yaml=cfg.dump())
     except ConfigError:
         raise
     except ValueError as e:

@@ -218,3 +218,4 @@ def add_san_config(cfg: Any) -> None:
     cfg.SAN_ENGINE.LOG_PERIOD = 20  # iterations between console lines / metrics.json entries
     cfg.SAN_ENGINE.METRICS_WINDOW = 20  # iterations over which logged losses and times are smoothed (median)
     cfg.SAN_ENGINE.DUMP_PREDICTIONS = False  # evaluation writes inference/<dataset>/sem_seg_predictions.json
+    cfg.SAN_ENGINE.SAVE_PRETRAINED = False  # the end of training writes OUTPUT_DIR/pretrained (the Hub format)

@@ -375,8 +375,18 @@ class Trainer:
             if (it + 1) % self.log_period == 0 or last or extra:
                 self.writer.write(it, extra)
         logger.info("trained %d iterations in %s", end - self.start_iter, format_eta(time.perf_counter() - start_time))
+        if end == self.max_iter and self.cfg.get("SAN_ENGINE", {}).get("SAVE_PRETRAINED", False):
+            self.save_pretrained(os.path.join(self.output_dir, "pretrained"))
         self.writer.close()
         return self.eval_results
+
+    def save_pretrained(self, directory: str) -> None:
+        """Write the trained model in the Hub format (weights, config, a model card with the last
+        evaluation results); main process only."""
+        if comm.is_main_process():
+            self.model.save_pretrained(directory, results=self.eval_results or None)
+            logger.info("saved the model in the Hub format to %s", directory)
+        comm.barrier()
 
     def evaluate_keeping_rng(self) -> dict[str, float]:
         """Evaluate on DATASETS.TEST without disturbing the training RNG streams; flat metrics."""

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .predictor import Prediction
+from .result import Prediction
 from .visualize import legend, overlay
 
 logger = logging.getLogger(__name__)

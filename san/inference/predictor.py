@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from san import hub
 from san.build import build_model
 from san.config import get_cfg, get_config_file
 from san.data.images import DEFAULT_MAX_PIXELS, ImageError, to_rgb_array
@@ -41,8 +42,8 @@ from san.model_zoo import get_model_info
 from san.modeling.semantic import semantic_labels
 
 from .encoding import EncodedView, EncodingError, ImageEncoding
+from .result import Prediction
 from .tta import SemSegTTA
-from .visualize import pixel_fractions
 from .vocabulary import Vocabulary, build_vocabulary
 
 logger = logging.getLogger(__name__)
@@ -50,20 +51,14 @@ logger = logging.getLogger(__name__)
 __all__ = ["Prediction", "SANPredictor"]
 
 
-@dataclass
-class Prediction:
-    """One image's result: ``labels`` ``[H, W]`` int32 indices into ``class_names`` at the original
-    image size, and ``scores`` ``[len(class_names), H, W]`` float32 when asked for. With distractors,
-    the last class is ``"other"`` (its score is the best distractor's)."""
-
-    labels: np.ndarray
-    class_names: list[str]
-    scores: np.ndarray | None = None
-    vocabulary: Vocabulary | None = field(default=None, repr=False)
-
-    def pixel_fractions(self) -> dict[str, float]:
-        """Fraction of pixels per class present in the label map, largest first."""
-        return pixel_fractions(self.labels, self.class_names)
+def is_hub_model(name: str) -> bool:
+    """Whether ``name`` is a model in the Hub format: a folder holding ``config.yaml`` or
+    ``model.safetensors``, or a Hub repository id (``owner/name``) that is no local path."""
+    if os.path.isdir(name):
+        return any(os.path.isfile(os.path.join(name, f)) for f in (hub.CONFIG_FILE, hub.WEIGHTS_FILE))
+    return (
+        not os.path.exists(name) and not name.endswith(".yaml") and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None
+    )
 
 
 class SANPredictor:
@@ -122,27 +117,36 @@ class SANPredictor:
         """Build from an official model name, or a config name/file plus ``weights``.
 
         Args:
-            model: ``san-vit-b-16`` / ``san-vit-l-14`` (config and weights), or a config.
+            model: ``san-vit-b-16`` / ``san-vit-l-14`` (config and weights), a folder written by
+                ``san.SAN.save_pretrained`` or a Hub repository id in that format (config and
+                weights), or a config.
             weights: an official name, checkpoint file or URL; ``"none"`` keeps the
                 config's CLIP weights and a random side adapter (for tests and demos only).
             opts: config overrides ``[KEY, VALUE, ...]`` as in ``san train``.
             tta: test-time augmentation (default: the config's ``TEST.AUG.ENABLED``).
             kwargs: passed to the constructor (``text_cache_dir``, ``max_pixels``, ...).
         """
-        info = get_model_info(os.fspath(model))
-        cfg = get_cfg()
-        cfg.merge_from_file(get_config_file(info.config if info else os.fspath(model)))
-        cfg.merge_from_list(list(opts))
-        if weights is None and info is not None:
-            weights = info.name
-        if weights is None:
-            raise ValueError(
-                f"config {model!r} needs weights: an official name (san-vit-b-16, san-vit-l-14), a checkpoint "
-                "file or URL; weights='none' builds a random side adapter (meaningless predictions)"
-            )
-        if os.fspath(weights).lower() == "none":
-            logger.warning("no SAN checkpoint given: the side adapter is random and the predictions meaningless")
-        net = build_model(cfg, weights)
+        model = os.fspath(model)
+        info = get_model_info(model)
+        if info is None and weights is None and is_hub_model(model):  # a save_pretrained folder or Hub repo
+            config, weights = hub.folder_files(model)
+            cfg = hub.read_config(config)
+            cfg.merge_from_list(list(opts))
+            net = build_model(cfg, weights)
+        else:
+            cfg = get_cfg()
+            cfg.merge_from_file(get_config_file(info.config if info else model))
+            cfg.merge_from_list(list(opts))
+            if weights is None and info is not None:
+                weights = info.name
+            if weights is None:
+                raise ValueError(
+                    f"config {model!r} needs weights: an official name (san-vit-b-16, san-vit-l-14), a checkpoint "
+                    "file or URL; weights='none' builds a random side adapter (meaningless predictions)"
+                )
+            if os.fspath(weights).lower() == "none":
+                logger.warning("no SAN checkpoint given: the side adapter is random and the predictions meaningless")
+            net = build_model(cfg, weights)
         aug = cfg.TEST.AUG
         return cls(
             net,
@@ -173,9 +177,15 @@ class SANPredictor:
         *,
         other: str = "none",
         return_scores: bool = False,
+        return_confidence: bool = False,
     ) -> Prediction:
-        """Segment one image (path, PIL image, HxWx3 numpy array or tensor) with a vocabulary."""
-        return self.predict_batch([image], vocabulary, other=other, return_scores=return_scores)[0]
+        """Segment one image (path, PIL image, HxWx3 numpy array or tensor) with a vocabulary.
+
+        ``return_scores``: also the per-class scores ``[C, H, W]``; ``return_confidence``: the winning
+        score of every pixel ``[H, W]`` (cheap: no score volume)."""
+        return self.predict_batch(
+            [image], vocabulary, other=other, return_scores=return_scores, return_confidence=return_confidence
+        )[0]
 
     def predict_batch(
         self,
@@ -185,6 +195,7 @@ class SANPredictor:
         other: str = "none",
         return_scores: bool = False,
         batch_size: int = 1,
+        return_confidence: bool = False,
     ) -> list[Prediction]:
         """Segment several images with one vocabulary; same-size images share a forward pass
         (never padded together, so each result equals :meth:`predict` on that image).
@@ -196,7 +207,7 @@ class SANPredictor:
         results: list[Prediction | None] = [None] * len(arrays)
         for chunk in self._same_size_chunks(arrays, batch_size):
             for i, enc in zip(chunk, self._encode([arrays[i] for i in chunk])):
-                results[i] = self._classify(enc, voc, return_scores)
+                results[i] = self._classify(enc, voc, return_scores, return_confidence)
         return results  # type: ignore[return-value]
 
     def _decode_all(self, images: Sequence[Any]) -> list[np.ndarray]:
@@ -269,6 +280,7 @@ class SANPredictor:
         *,
         other: str = "none",
         return_scores: bool = False,
+        return_confidence: bool = False,
     ) -> Prediction:
         """Label an :meth:`encode` result with a vocabulary: the :class:`Prediction` that
         :meth:`predict` gives for the image, at the cost of the text classifier and the label map."""
@@ -282,10 +294,13 @@ class SANPredictor:
                 f"the encoding holds {len(encoding.views)} test-time view(s), this predictor uses "
                 f"{self._views().num_views} (TTA {'on' if self.tta else 'off'}): encode again with these settings"
             )
-        return self._classify(encoding.to(self.device), self.vocabulary(vocabulary, other), return_scores)
+        voc = self.vocabulary(vocabulary, other)
+        return self._classify(encoding.to(self.device), voc, return_scores, return_confidence)
 
     @torch.no_grad()
-    def _classify(self, encoding: ImageEncoding, voc: Vocabulary, return_scores: bool) -> Prediction:
+    def _classify(
+        self, encoding: ImageEncoding, voc: Vocabulary, return_scores: bool, return_confidence: bool = False
+    ) -> Prediction:
         names, (h, w) = voc.names, encoding.output_size
         fits = self._score_bytes(len(names), h, w) <= self.max_score_bytes
         if return_scores and not fits:
@@ -300,16 +315,16 @@ class SANPredictor:
             if len(encoding.views) == 1 and not return_scores:  # the label path: no [C, H, W] volume
                 v = encoding.views[0]
                 before = model.sem_seg_postprocess_before_inference
-                labels, _ = semantic_labels(
+                labels, best = semantic_labels(
                     logits[0],
                     v.mask_logits,
                     v.image_size,
                     v.padded_size,
                     (h, w),
                     postprocess_before_inference=before,
-                    with_scores=False,
+                    with_scores=return_confidence,
                 )
-                return self._result(labels, None, voc)
+                return self._result(labels, None, voc, best)
             out = (h, w) if fits else shortest_edge_size(h, w, self.min_size, self.max_size)
             total = None
             for v, cls in zip(encoding.views, logits):  # as SemSegTTA: flips undone, scores averaged
@@ -320,8 +335,10 @@ class SANPredictor:
                 total = sem if total is None else total + sem
         scores = total / len(encoding.views)
         if fits:
-            return self._result(scores.argmax(0), scores if return_scores else None, voc)
-        return self._result(self._upsampled_argmax(scores, h, w), None, voc)
+            best, labels = scores.max(0)
+            return self._result(labels, scores if return_scores else None, voc, best if return_confidence else None)
+        labels, best = self._upsampled_argmax(scores, h, w)
+        return self._result(labels, None, voc, best if return_confidence else None)
 
     @staticmethod
     def _inputs(arrays: list[np.ndarray], out: tuple[int, int]) -> list[dict]:
@@ -329,8 +346,8 @@ class SANPredictor:
         images = [torch.from_numpy(a if a.flags.writeable else a.copy()).permute(2, 0, 1) for a in arrays]
         return [{"image": im, "height": out[0], "width": out[1]} for im in images]
 
-    def _upsampled_argmax(self, scores: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """``interpolate(scores, (h, w)).argmax(0)`` a few classes at a time (bounded memory)."""
+    def _upsampled_argmax(self, scores: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``interpolate(scores, (h, w)).max(0)`` (labels, then the max) a few classes at a time (bounded memory)."""
         chunk = max(1, self.max_score_bytes // (4 * h * w * 2))
         best = torch.full((h, w), float("-inf"), device=scores.device)
         labels = torch.zeros((h, w), dtype=torch.long, device=scores.device)
@@ -340,14 +357,17 @@ class SANPredictor:
             better = val > best  # strict: ties keep the lower index, like argmax
             best = torch.where(better, val, best)
             labels = torch.where(better, idx + c0, labels)
-        return labels
+        return labels, best
 
     @staticmethod
-    def _result(labels: torch.Tensor, scores: torch.Tensor | None, voc: Vocabulary) -> Prediction:
+    def _result(
+        labels: torch.Tensor, scores: torch.Tensor | None, voc: Vocabulary, confidence: torch.Tensor | None = None
+    ) -> Prediction:
         n_user = len(voc.user)
         labels = labels.to(torch.int32).clamp_(max=n_user).cpu().numpy()  # distractors -> "other"
         if scores is not None:
             if voc.distractors:
                 scores = torch.cat([scores[:n_user], scores[n_user:].amax(0, keepdim=True)])
             scores = scores.float().cpu().numpy()
-        return Prediction(labels=labels, class_names=voc.class_names, scores=scores, vocabulary=voc)
+        best = None if confidence is None else confidence.float().cpu().numpy()
+        return Prediction(labels=labels, class_names=voc.class_names, scores=scores, vocabulary=voc, confidence=best)

@@ -55,16 +55,14 @@ def pad_images(
     images: Sequence[Tensor], size_divisibility: int, pad_value: float = 0.0
 ) -> tuple[Tensor, list[tuple[int, int]]]:
     """Batch ``[3, H_i, W_i]`` images by padding bottom/right to a common multiple of the divisor."""
-    sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+    sizes = [(im.shape[-2], im.shape[-1]) for im in images]  # ints (symbolic sizes when exporting)
     h = max(s[0] for s in sizes)
     w = max(s[1] for s in sizes)
-    if size_divisibility > 1:
-        h = -(-h // size_divisibility) * size_divisibility
-        w = -(-w // size_divisibility) * size_divisibility
-    batch = images[0].new_full((len(images), images[0].shape[0], h, w), pad_value)
-    for i, im in enumerate(images):
-        batch[i, :, : im.shape[-2], : im.shape[-1]].copy_(im)
-    return batch, sizes
+    if size_divisibility > 1:  # rounded up with non-negative operands only (exporters truncate negative //)
+        h = (h + size_divisibility - 1) // size_divisibility * size_divisibility
+        w = (w + size_divisibility - 1) // size_divisibility * size_divisibility
+    padded = [F.pad(im, (0, w - im.shape[-1], 0, h - im.shape[-2]), value=pad_value) for im in images]
+    return torch.stack(padded), sizes
 
 
 def _check_image(image: Any, i: int) -> Tensor:

@@ -58,7 +58,9 @@ def test_ranks_split_each_global_batch(tiny_dataset):
         merged = sorted(ranks[0][it] + ranks[1][it], key=lambda p: (p[0], p[1].sum().item()))
         expected = sorted(single[it], key=lambda p: (p[0], p[1].sum().item()))
         assert _same([merged], [expected])  # same samples, same augmentations
-    with pytest.raises(ValueError, match="IMS_PER_BATCH .4. must be a positive multiple .* processes .3."):
+    with pytest.raises(
+        ValueError, match=r"IMS_PER_BATCH .4. must be a positive multiple of processes x accumulation steps .3 x 1."
+    ):
         build_train_loader(cfg, rank=0, world_size=3)
 
 

@@ -115,8 +115,9 @@ def test_score_budget_and_pixel_limit(predictor: SANPredictor, photo: np.ndarray
     with pytest.raises(ValueError, match="max_score_bytes"):
         predictor.predict(photo, VOC, return_scores=True)
     scores = torch.randn(7, 9, 11)
-    want = F.interpolate(scores[None], size=(40, 50), mode="bilinear", align_corners=False)[0].argmax(0)
-    assert torch.equal(predictor._upsampled_argmax(scores, 40, 50), want)  # class-chunked == all at once
+    up = F.interpolate(scores[None], size=(40, 50), mode="bilinear", align_corners=False)[0]
+    labels, best = predictor._upsampled_argmax(scores, 40, 50)
+    assert torch.equal(labels, up.argmax(0)) and torch.equal(best, up.amax(0))  # class-chunked == all at once
     predictor.max_pixels = 75 * 113 - 1
     with pytest.raises(ImageError, match="113x75 = 8475 pixels, above the limit of 8474 pixels"):
         predictor.predict(photo, VOC)

@@ -1,7 +1,8 @@
 """SAN as detectron2's meta-architecture ``"SAN"`` (``MODEL.META_ARCHITECTURE: "SAN"``).
 
-The registered class subclasses :class:`san.modeling.SAN`, so its state_dict keys are the core
-model's (and the official release's): official checkpoints load through ``DetectionCheckpointer``.
+The registered class subclasses :class:`san.SAN`, so its state_dict keys are the core model's (and
+the official release's): official checkpoints load through ``DetectionCheckpointer``, and the model
+saves and loads in the Hub format (``save_pretrained``) as san's own does.
 Two detectron2 conventions are added on top of the core input contract:
 
 - inputs without ``"vocabulary"`` take the class names of their dataset, looked up as
@@ -25,8 +26,8 @@ from detectron2.config import CfgNode, configurable
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
 
+from san.build import SAN as _CoreSAN
 from san.build import build_model
-from san.modeling import SAN as _CoreSAN
 
 __all__ = ["SAN", "dataset_vocabulary"]
 

@@ -1,0 +1,137 @@
+"""ONNX export with a frozen vocabulary, run in onnxruntime: the graph equals PyTorch on the same resized
+input; with its own test-time resize it agrees with SANPredictor (PIL's resize) as measured; the metadata
+round-trips; the file runs where san is not importable; bad exports are refused and leave nothing behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import san
+from san.apps.export import main as export_main
+from san.data.transforms import shortest_edge_size
+from san.inference.onnx import export_onnx, read_metadata
+from san.inference.predictor import SANPredictor
+from san.inference.tta import resize_chw
+
+from ..conftest import tiny_cfg
+
+ort = pytest.importorskip("onnxruntime", reason="the ONNX tests need onnxruntime (the test extra installs it)")
+pytest.importorskip("onnxscript", reason="exporting needs onnxscript (the test extra installs it)")
+
+NAMES = ["cat", "dog", "grass", "sky", "traffic light"]
+MIN, MAX = 250, 1000
+
+
+@pytest.fixture(scope="module")
+def photos(golden_v2_model) -> list[np.ndarray]:
+    from ..conftest import GOLDEN_V2
+
+    golden = torch.load(GOLDEN_V2, weights_only=True)
+    arrays = [im.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy().copy() for im in golden["images"]]
+    return [*arrays, arrays[0][40:, 30:].copy(), np.ascontiguousarray(arrays[1].transpose(1, 0, 2))]
+
+
+@pytest.fixture(scope="module")
+def exported(golden_v2_model, tmp_path_factory) -> dict:
+    d = tmp_path_factory.mktemp("onnx")
+    plain = export_onnx(golden_v2_model, NAMES, d / "plain.onnx", min_size=MIN, max_size=MAX, resize=False)
+    full = export_onnx(golden_v2_model, NAMES, d / "full.onnx", min_size=MIN, max_size=MAX, config_yaml="X: 1\n")
+    session = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])  # noqa: E731
+    return {"plain": session(plain), "full": session(full), "full_path": full, "dir": d}
+
+
+def test_the_graph_equals_pytorch_on_the_same_resized_input(golden_v2_model, exported, photos):
+    total = same = 0
+    for photo in photos:
+        h, w = photo.shape[:2]
+        image = resize_chw(torch.from_numpy(photo).permute(2, 0, 1), shortest_edge_size(h, w, MIN, MAX))
+        labels, scores = exported["plain"].run(None, {"image": image[None].numpy()})
+        with torch.no_grad():
+            ref = golden_v2_model([{"image": image, "vocabulary": NAMES}])[0]["sem_seg"]
+        best, want = ref.max(0)
+        assert labels.shape == tuple(image.shape[1:]) and labels.dtype == np.int64 and scores.dtype == np.float32
+        assert np.abs(scores - best.numpy()).max() <= 1e-4
+        same += (labels == want.numpy()).sum()
+        total += labels.size
+    assert same / total >= 0.9999
+
+
+def test_with_its_own_resize_the_graph_agrees_with_the_predictor(golden_v2_model, exported, photos):
+    predictor = SANPredictor(golden_v2_model, device="cpu", min_size=MIN, max_size=MAX)
+    agree = []
+    for photo in photos:
+        labels, scores = exported["full"].run(None, {"image": photo.transpose(2, 0, 1)[None].copy()})
+        pred = predictor.predict(photo, NAMES, return_confidence=True)
+        assert labels.shape == photo.shape[:2]  # back at the photo's size
+        agree.append((labels == pred.labels).mean())
+        rel = np.abs(scores - pred.confidence).mean() / np.abs(pred.confidence).mean()
+        print(f"labels agree {agree[-1]:.4f}, scores differ by {rel:.4f} of their size")
+        assert rel < 0.02, rel  # measured <= 0.9%: the two resize filters, not the model
+    # ONNX's antialiased Resize vs PIL's bilinear filter: measured 100% of the labels here
+    assert min(agree) >= 0.99, agree
+
+
+def test_metadata_round_trips_and_the_file_runs_without_san(exported, photos):
+    meta = read_metadata(exported["full_path"])
+    assert meta["vocabulary"] == NAMES and meta["san_version"] == san.__version__
+    assert (meta["config"], meta["min_size_test"], meta["max_size_test"]) == ("X: 1\n", str(MIN), str(MAX))
+    np.save(exported["dir"] / "photo.npy", photos[0].transpose(2, 0, 1)[None].copy())
+    code = (
+        "import sys, json\nsys.modules['san'] = None  # no san here\n"
+        "import numpy as np, onnxruntime as ort\n"
+        f"s = ort.InferenceSession({str(exported['full_path'])!r}, providers=['CPUExecutionProvider'])\n"
+        "names = json.loads(s.get_modelmeta().custom_metadata_map['vocabulary'])\n"
+        f"labels, scores = s.run(None, {{'image': np.load({str(exported['dir'] / 'photo.npy')!r})}})\n"
+        "print(json.dumps({'shape': list(labels.shape), 'names': names, 'classes': len(set(labels.ravel()))}))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["shape"] == list(photos[0].shape[:2]) and out["names"] == NAMES and out["classes"] >= 1
+
+
+def test_export_command_and_its_refusals(tmp_path, capsys):
+    cfg = tiny_cfg(tmp_path)
+    (tmp_path / "tiny.yaml").write_text(cfg.dump())
+    torch.manual_seed(0)
+    san.save_checkpoint(san.build_model(cfg), tmp_path / "tiny.pth")
+    other = tiny_cfg(tmp_path)
+    other.MODEL.SAN.FEATURE_LAST_LAYER_IDX = 3
+    other.MODEL.SIDE_ADAPTER.FUSION_MAP = ["0->0", "3->1"]
+    san.save_checkpoint(san.build_model(other), tmp_path / "other.pth")
+    base = [
+        "onnx",
+        "--config-file",
+        str(tmp_path / "tiny.yaml"),
+        "INPUT.MIN_SIZE_TEST",
+        "64",
+        "INPUT.MAX_SIZE_TEST",
+        "128",
+    ]
+    out = tmp_path / "model.onnx"
+
+    def run(*args: str) -> int:
+        return export_main([args[0], *args[1:], *base[1:]]) if args[0] == "onnx" else export_main(list(args))
+
+    assert export_main(["onnx", "--weights", str(tmp_path / "tiny.pth"), "-v", "", "-o", str(out), *base[1:]]) == 2
+    assert "vocabulary is empty" in capsys.readouterr().err
+    assert export_main(["onnx", "--weights", str(tmp_path / "other.pth"), "-v", "a, b", "-o", str(out), *base[1:]]) == 2
+    assert "checkpoint does not match the model" in capsys.readouterr().err
+    assert (
+        export_main(["onnx", "--weights", str(tmp_path / "tiny.pth"), "-v", "a", "-o", "/proc/sys/x.onnx", *base[1:]])
+        == 2
+    )
+    assert "is not a writable folder" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob(".model.onnx*"))  # nothing half-written
+    assert export_main(["onnx", "--weights", str(tmp_path / "tiny.pth"), "-v", "a, b", "-o", str(out), *base[1:]]) == 0
+    assert read_metadata(out)["vocabulary"] == ["a", "b"]
+    assert export_main(["onnx", "--weights", str(tmp_path / "tiny.pth"), "-v", "a", "-o", str(out), *base[1:]]) == 2
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert read_metadata(out)["vocabulary"] == ["a", "b"]  # the old file untouched
+    assert not list(tmp_path.glob(".model.onnx*"))
