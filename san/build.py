@@ -69,15 +69,35 @@ class SAN(CoreSAN, ModelHubMixin, library_name="san", license="mit", pipeline_ta
         super().__init__(**kwargs)
         self.config_yaml = config_yaml
         self._hub_mixin_config = None  # the config travels as config.yaml, not as the mixin's config.json
-        self.eval_results: dict[str, Any] | None = None
+        self._card_results: dict[str, Any] | None = None
 
-    def save_pretrained(self, save_directory: str | Path, *, results: dict | None = None, **kwargs: Any) -> Any:
+    def save_pretrained(
+        self,
+        save_directory: str | Path,
+        *,
+        results: dict[str, Any] | None = None,
+        model_card_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Write the Hub format folder (:mod:`san.hub`); ``results`` (``{dataset: {"sem_seg": {"mIoU": ...}}}``,
         as the evaluation returns them) go into the model card. Other arguments: huggingface_hub's
         ``save_pretrained`` (``push_to_hub=True``, ``repo_id``, ...)."""
+        card = dict(model_card_kwargs or {})
         if results is not None:
-            self.eval_results = results
-        return super().save_pretrained(save_directory, **kwargs)
+            card["results"] = results
+        self._card_results = card.get("results")
+        try:
+            return super().save_pretrained(save_directory, model_card_kwargs=card, **kwargs)
+        finally:
+            self._card_results = None
+
+    def push_to_hub(self, repo_id: str, *, results: dict[str, Any] | None = None, **kwargs: Any) -> str:
+        """Upload the Hub format folder to ``repo_id`` (huggingface_hub's ``push_to_hub``: ``token``,
+        ``private``, ``branch``, ...); ``results`` go into the model card as in :meth:`save_pretrained`."""
+        card = dict(kwargs.pop("model_card_kwargs", None) or {})
+        if results is not None:
+            card["results"] = results
+        return super().push_to_hub(repo_id, model_card_kwargs=card, **kwargs)
 
     def _save_pretrained(self, save_directory: Path) -> None:
         if self.config_yaml is None:
@@ -87,7 +107,7 @@ class SAN(CoreSAN, ModelHubMixin, library_name="san", license="mit", pipeline_ta
             )
         write_safetensors(save_directory / hub.WEIGHTS_FILE, self.state_dict(), {"format": "san"})
         cfg = hub.write_config(save_directory, self.config_yaml)
-        hub.write_card(save_directory, cfg, self.eval_results)
+        hub.write_card(save_directory, cfg, self._card_results)
 
     def init_kwargs(self) -> dict[str, Any]:
         """The constructor arguments that rebuild this model (sub-modules shared), its config included."""

@@ -15,6 +15,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import san
 from san.apps.train import build_parser
@@ -273,3 +274,19 @@ def test_evaluation_on_the_label_path_gives_the_score_maps_confusion_matrix(unin
         matrices.append(evaluator.conf_matrix.copy())
     assert matrices[0].sum() > 0 and (matrices[0].diagonal()[:-1] > 0).sum() >= 2  # several classes predicted right
     np.testing.assert_array_equal(matrices[0], matrices[1])
+
+
+def test_the_trainer_writes_the_format_with_its_evaluation(toy_root, tmp_path):
+    out = tmp_path / "out"
+    cfg = toy_cfg(str(tmp_path), str(out), **{"SOLVER.MAX_ITER": 2, "TEST.EVAL_PERIOD": 2})
+    cfg.SAN_ENGINE.SAVE_PRETRAINED = True
+    results = Trainer(cfg, log_period=1, window=1).train()
+    folder = out / "pretrained"
+    loaded = san.SAN.from_pretrained(folder)
+    weights = final(str(out))["model"]
+    assert weights.keys() == loaded.state_dict().keys()
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in weights.items())
+    card = yaml.safe_load((folder / "README.md").read_text().split("---")[1])
+    metric = card["model-index"][0]["results"][0]
+    assert metric["dataset"]["name"] == "toy_val"
+    assert metric["metrics"][0]["value"] == round(results["toy_val"]["sem_seg"]["mIoU"], 2)
