@@ -30,6 +30,7 @@ _API = {
     "add_san_config": "san.config",
     "get_cfg": "san.config",
     "get_config_file": "san.config",
+    "export_onnx": "san.inference.onnx",
     "Prediction": "san.inference.result",
     "SANPredictor": "san.inference.predictor",
 }
@@ -65,11 +66,14 @@ if TYPE_CHECKING:
     from san.config import (
         get_config_file as get_config_file,
     )
-    from san.inference.predictor import (
-        Prediction as Prediction,
+    from san.inference.onnx import (
+        export_onnx as export_onnx,
     )
     from san.inference.predictor import (
         SANPredictor as SANPredictor,
+    )
+    from san.inference.result import (
+        Prediction as Prediction,
     )
 
 

@@ -60,7 +60,7 @@ def fill_random_embeddings(model: san.SAN, names: list[str]) -> None:
     clf = model.ov_classifier
     g = torch.Generator().manual_seed(0)
     emb = F.normalize(torch.randn(len(names), clf.text_projection.shape[1], generator=g), dim=-1)
-    clf._cache.update(zip(names, emb.to(clf.text_projection.device)))
+    clf.cache.store("memory", dict(zip(names, emb.to(clf.text_projection.device))))  # the in-memory cache key
 
 
 def proxy_labels(

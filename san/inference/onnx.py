@@ -117,9 +117,15 @@ def export_onnx(
         dims = {2: torch.export.Dim("height", min=16, max=16384), 3: torch.export.Dim("width", min=16, max=16384)}
         with torch.no_grad():
             program = torch.onnx.export(
-                wrapper, (example,), dynamo=True, dynamic_shapes={"image": dims}, opset_version=opset,
-                input_names=["image"], output_names=["labels", "scores"], verbose=False,
-            )  # fmt: skip
+                wrapper,
+                (example,),
+                dynamo=True,
+                dynamic_shapes={"image": dims},
+                opset_version=opset,
+                input_names=["image"],
+                output_names=["labels", "scores"],
+                verbose=False,
+            )
     finally:
         model.set_inference_options(sos_attention=was)
     proto = program.model_proto

@@ -34,7 +34,9 @@ def photos(golden_v2_model) -> list[np.ndarray]:
 
     golden = torch.load(GOLDEN_V2, weights_only=True)
     arrays = [im.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy().copy() for im in golden["images"]]
-    return [*arrays, arrays[0][40:, 30:].copy(), np.ascontiguousarray(arrays[1].transpose(1, 0, 2))]
+    data = pytest.importorskip("skimage.data", reason="the photos come from scikit-image (the test extra installs it)")
+    real = [data.chelsea(), data.coffee()[::2, ::2].copy()]  # 300x451 and 200x300: shrunk and enlarged
+    return [*arrays, arrays[0][40:, 30:].copy(), np.ascontiguousarray(arrays[1].transpose(1, 0, 2)), *real]
 
 
 @pytest.fixture(scope="module")
