@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,7 +76,7 @@ def test_with_its_own_resize_the_graph_agrees_with_the_predictor(golden_v2_model
         rel = np.abs(scores - pred.confidence).mean() / np.abs(pred.confidence).mean()
         print(f"labels agree {agree[-1]:.4f}, scores differ by {rel:.4f} of their size")
         assert rel < 0.02, rel  # measured <= 0.9%: the two resize filters, not the model
-    # ONNX's antialiased Resize vs PIL's bilinear filter: measured 100% of the labels here
+    # ONNX's antialiased Resize vs PIL's bilinear filter: measured >= 99.9% of the labels on these photos
     assert min(agree) >= 0.99, agree
 
 
@@ -83,14 +84,17 @@ def test_metadata_round_trips_and_the_file_runs_without_san(exported, photos):
     meta = read_metadata(exported["full_path"])
     assert meta["vocabulary"] == NAMES and meta["san_version"] == san.__version__
     assert (meta["config"], meta["min_size_test"], meta["max_size_test"]) == ("X: 1\n", str(MIN), str(MAX))
-    np.save(exported["dir"] / "photo.npy", photos[0].transpose(2, 0, 1)[None].copy())
-    code = (
-        "import sys, json\nsys.modules['san'] = None  # no san here\n"
-        "import numpy as np, onnxruntime as ort\n"
-        f"s = ort.InferenceSession({str(exported['full_path'])!r}, providers=['CPUExecutionProvider'])\n"
-        "names = json.loads(s.get_modelmeta().custom_metadata_map['vocabulary'])\n"
-        f"labels, scores = s.run(None, {{'image': np.load({str(exported['dir'] / 'photo.npy')!r})}})\n"
-        "print(json.dumps({'shape': list(labels.shape), 'names': names, 'classes': len(set(labels.ravel()))}))\n"
+    from PIL import Image
+
+    photo = exported["dir"] / "photo.png"
+    Image.fromarray(photos[0]).save(photo)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    snippet = readme.split("Running it needs only onnxruntime")[1].split("```python\n")[1].split("```")[0]
+    snippet = snippet.replace('"model.onnx"', repr(str(exported["full_path"]))).replace('"photo.jpg"', repr(str(photo)))
+    code = (  # the README's snippet, where san is not importable
+        "import sys, json\nsys.modules['san'] = None\n"
+        + snippet
+        + "print(json.dumps({'shape': list(labels.shape), 'names': names, 'classes': len(set(labels.ravel()))}))\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
