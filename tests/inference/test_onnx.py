@@ -122,9 +122,6 @@ def test_export_command_and_its_refusals(tmp_path, capsys):
     ]
     out = tmp_path / "model.onnx"
 
-    def run(*args: str) -> int:
-        return export_main([args[0], *args[1:], *base[1:]]) if args[0] == "onnx" else export_main(list(args))
-
     assert export_main(["onnx", "--weights", str(tmp_path / "tiny.pth"), "-v", "", "-o", str(out), *base[1:]]) == 2
     assert "vocabulary is empty" in capsys.readouterr().err
     assert export_main(["onnx", "--weights", str(tmp_path / "other.pth"), "-v", "a, b", "-o", str(out), *base[1:]]) == 2
