@@ -197,8 +197,9 @@ class SANPredictor:
         batch_size: int = 1,
         return_confidence: bool = False,
     ) -> list[Prediction]:
-        """Segment several images with one vocabulary; same-size images share a forward pass
-        (never padded together, so each result equals :meth:`predict` on that image).
+        """Segment several images with one vocabulary; images whose model inputs have the same size
+        (:meth:`input_size_key`) share a forward pass, up to ``batch_size`` at a time, never padded
+        together: each result is :meth:`predict`'s on that image (labels; scores to float rounding).
 
         All images are decoded first: one that cannot be read raises :class:`ImageError` naming
         its position (``images[i]``) and, for files, its path."""
@@ -219,12 +220,16 @@ class SANPredictor:
                 raise ImageError(f"images[{i}]: {e}") from e
         return arrays
 
-    @staticmethod
-    def _same_size_chunks(arrays: list[np.ndarray], batch_size: int) -> list[list[int]]:
-        """Indices of same-size images, at most ``batch_size`` per chunk."""
-        groups: dict[tuple[int, int], list[int]] = {}
+    def input_size_key(self, height: int, width: int) -> tuple[tuple[int, int], ...]:
+        """The model input sizes of an image of ``height x width`` (one per test-time scale): images
+        with equal keys can be batched without padding, so batching does not change their results."""
+        return self._views().view_sizes(height, width)
+
+    def _same_size_chunks(self, arrays: list[np.ndarray], batch_size: int) -> list[list[int]]:
+        """Indices of images with the same model input sizes, at most ``batch_size`` per chunk."""
+        groups: dict[tuple, list[int]] = {}
         for i, a in enumerate(arrays):
-            groups.setdefault(a.shape[:2], []).append(i)
+            groups.setdefault(self.input_size_key(*a.shape[:2]), []).append(i)
         step = max(1, batch_size)
         return [idx[k : k + step] for idx in groups.values() for k in range(0, len(idx), step)]
 
@@ -244,8 +249,7 @@ class SANPredictor:
         return self.encode_batch([image])[0]
 
     def encode_batch(self, images: Sequence[Any], *, batch_size: int = 1) -> list[ImageEncoding]:
-        """:meth:`encode` for several images; same-size images share a forward pass (never padded
-        together, so each encoding equals the image's own)."""
+        """:meth:`encode` for several images; batched as :meth:`predict_batch` (never padded together)."""
         arrays = self._decode_all(images)
         out: list[ImageEncoding | None] = [None] * len(arrays)
         for chunk in self._same_size_chunks(arrays, batch_size):
@@ -255,12 +259,11 @@ class SANPredictor:
 
     @torch.no_grad()
     def _encode(self, arrays: list[np.ndarray]) -> list[ImageEncoding]:
-        """Encodings of same-size images (one batch per test-time view)."""
-        h, w = arrays[0].shape[:2]
+        """Encodings of images with the same model input sizes (one batch per test-time view)."""
         tta = self._views()
-        per_image = [tta.views(x) for x in self._inputs(arrays, (h, w))]
+        per_image = [tta.views(x) for x in self._inputs(arrays)]
         fingerprint = self.model.image_fingerprint()
-        encodings = [ImageEncoding([], (h, w), fingerprint) for _ in arrays]
+        encodings = [ImageEncoding([], a.shape[:2], fingerprint) for a in arrays]
         levels = self.model.side_adapter_network.deep_supervision_idxs[-1:]
         with autocast(self.device, self.precision):
             for k in range(tta.num_views):
@@ -341,10 +344,10 @@ class SANPredictor:
         return self._result(labels, None, voc, best if return_confidence else None)
 
     @staticmethod
-    def _inputs(arrays: list[np.ndarray], out: tuple[int, int]) -> list[dict]:
+    def _inputs(arrays: list[np.ndarray]) -> list[dict]:
         """Model inputs at the original size; :class:`SemSegTTA` resizes them (one rule for all)."""
         images = [torch.from_numpy(a if a.flags.writeable else a.copy()).permute(2, 0, 1) for a in arrays]
-        return [{"image": im, "height": out[0], "width": out[1]} for im in images]
+        return [{"image": im, "height": int(im.shape[1]), "width": int(im.shape[2])} for im in images]
 
     def _upsampled_argmax(self, scores: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``interpolate(scores, (h, w)).max(0)`` (labels, then the max) a few classes at a time (bounded memory)."""

@@ -54,13 +54,18 @@ class SemSegTTA(nn.Module):
     def num_views(self) -> int:
         return len(self.min_sizes) * (2 if self.flip else 1)
 
+    def view_sizes(self, height: int, width: int) -> tuple[tuple[int, int], ...]:
+        """The model input size ``(h, w)`` of each scale for an image of ``height x width``: images
+        with equal view sizes can share a batch without padding (flips keep the size)."""
+        return tuple(shortest_edge_size(height, width, short, self.max_size) for short in self.min_sizes)
+
     def views(self, x: dict) -> list[tuple[dict, bool]]:
         """``(input dict, flipped)`` of every view of one input (its ``height``/``width`` kept)."""
         h0, w0 = int(x["image"].shape[-2]), int(x["image"].shape[-1])
         out = {"height": int(x.get("height", h0)), "width": int(x.get("width", w0))}
         views = []
-        for short in self.min_sizes:
-            image = resize_chw(x["image"], shortest_edge_size(h0, w0, short, self.max_size))
+        for size in self.view_sizes(h0, w0):
+            image = resize_chw(x["image"], size)
             for flipped in (False, True) if self.flip else (False,):
                 views.append(({**x, **out, "image": image.flip(-1) if flipped else image}, flipped))
         return views

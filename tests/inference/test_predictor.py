@@ -68,9 +68,16 @@ def test_labels_follow_the_official_forward(predictor: SANPredictor, photo: np.n
     np.testing.assert_array_equal(predictor.predict(photo, VOC, return_scores=True).scores, sem.numpy())
 
 
-def test_batch_equals_single_predictions(predictor: SANPredictor, photo: np.ndarray) -> None:
-    images = [photo, photo[:, ::-1], photo[:50, :70], photo[10:60, :90]]
-    batch = predictor.predict_batch(images, VOC, return_scores=True, batch_size=2)
+def test_batch_equals_single_predictions(predictor: SANPredictor, photo: np.ndarray, monkeypatch) -> None:
+    bigger = np.asarray(Image.fromarray(photo).resize((226, 150), Image.BILINEAR))  # same model input size
+    images = [photo, photo[:, ::-1], photo[:50, :70], photo[10:60, :90], bigger]
+    assert predictor.input_size_key(75, 113) == predictor.input_size_key(150, 226) == ((64, 96),)
+    calls = []
+    encode = predictor.model.encode_images
+    monkeypatch.setattr(predictor.model, "encode_images", lambda x, *a: calls.append(len(x)) or encode(x, *a))
+    batch = predictor.predict_batch(images, VOC, return_scores=True, batch_size=3)
+    monkeypatch.undo()
+    assert sorted(calls) == [1, 1, 3]  # photo, its mirror and the bigger photo in one pass
     for im, got in zip(images, batch):
         one = predictor.predict(im, VOC, return_scores=True)
         assert got.labels.shape == im.shape[:2]
