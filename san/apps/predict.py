@@ -1,24 +1,36 @@
 """``san predict``: segment image files with any vocabulary and write pictures and numbers.
 
 Each input ``NAME.ext`` gets ``NAME_labels.png``, ``NAME_overlay.png`` (at the photo's size),
-``NAME_legend.png`` and ``NAME.json`` in ``--output``, all or none (:mod:`san.inference.outputs`).
+``NAME_legend.png`` and ``NAME.json`` in ``--output``, all or none (:mod:`san.inference.outputs`),
+and the run a summary (``san_predict_summary.json``: counts, failures with reasons, images/s).
 Everything that can be checked before the model loads is: the vocabulary, the inputs, the output
-folder (a file, a path below a file, a read-only or unwritable folder), the overlay opacity. A file
-that cannot be read, or runs out of memory, is reported and skipped. Exit codes: 0 all written, 1
-some images failed, 2 usage error (nothing written), 130 interrupted (Ctrl-C; finished images keep
-their outputs). Trailing ``KEY VALUE`` pairs override the config, as in ``san train``.
+folder (a file, a path below a file, a read-only or unwritable folder), the overlay opacity, the
+batch and launch settings. A file that cannot be read, or runs out of memory, is reported and
+skipped. Exit codes: 0 all written, 1 some images failed, 2 usage error (nothing written), 130
+interrupted (Ctrl-C; finished images keep their outputs). Trailing ``KEY VALUE`` pairs override the
+config, as in ``san train``.
+
+At the scale of a dataset (:mod:`san.inference.runner`): decoding and writing run in background
+threads (``--workers``), images batch (``--batch-size``), ``--resume`` keeps complete outputs, and
+under ``torchrun`` or with ``--num-gpus N`` / ``--num-machines`` each process takes its share of the
+sorted inputs, writing what one process would.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
+from san.engine.launch import add_launch_arguments, check_launch_arguments, launch, needs_launch
+
 logger = logging.getLogger("san.predict")
+SUMMARY = "san_predict_summary.json"
 
 
 def _opacity(text: str) -> float:
@@ -64,6 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-pixels", type=float, default=100e6, help="refuse larger images (default 100e6; raises Pillow's limit)"
     )
     p.add_argument("--alpha", type=_opacity, default=0.55, help="overlay opacity, 0..1 (default 0.55)")
+    p.add_argument(
+        "--batch-size", type=int, default=1, help="images per model call (those with the same model input size)"
+    )
+    p.add_argument(
+        "--workers", type=int, default=min(4, os.cpu_count() or 1), help="threads decoding and writing (default 4)"
+    )
+    p.add_argument("--resume", action="store_true", help="skip images whose outputs are complete (same settings)")
+    p.add_argument(
+        "--save-encodings", action="store_true", help="also write NAME.encoding.safetensors (predictor.classify)"
+    )
+    add_launch_arguments(p)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
     return p
 
@@ -82,15 +105,19 @@ def _fail(message: str) -> int:
     return 2
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run ``san predict``; returns the exit code."""
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    if len(args.opts) % 2:
-        return _fail(f"config overrides come in KEY VALUE pairs, got {args.opts}")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def _prepare(args: argparse.Namespace) -> Any:
+    """``(vocabulary, output folder, files, missing inputs)``, or exit code 2 with a message: every
+    check that needs no model."""
     from san.inference.outputs import OutputError, check_output_dir, collect_inputs
     from san.inference.vocabulary import build_vocabulary
 
+    if len(args.opts) % 2:
+        return _fail(f"config overrides come in KEY VALUE pairs, got {args.opts}")
+    if args.batch_size < 1 or args.workers < 0:
+        return _fail(f"need --batch-size >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
+    problem = check_launch_arguments(args)
+    if problem:
+        return _fail(problem)
     try:
         voc = build_vocabulary(
             args.vocabulary, file=args.vocabulary_file, dataset=args.dataset_vocabulary, other=args.other
@@ -99,33 +126,125 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, OutputError) as e:
         return _fail(str(e))
     files, missing = collect_inputs(args.input)
-    for spec in missing:
-        print(f"san predict: {spec}: no such file, folder or matching image", file=sys.stderr)
     if not files:
+        for spec in missing:
+            print(f"san predict: {spec}: no such file, folder or matching image", file=sys.stderr)
         return _fail("no input images")
-    done = 0
+    return voc, out_dir, files, missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``san predict``; returns the exit code."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    prepared = _prepare(args)
+    if isinstance(prepared, int):
+        return prepared
+    if not needs_launch(args):
+        return _worker(args, prepared)
+    summary = prepared[1] / SUMMARY
+    summary.unlink(missing_ok=True)
     try:
-        loaded = _load(args)
-        if isinstance(loaded, int):
-            return loaded
-        predictor, meta = loaded
-        voc = predictor.vocabulary(voc)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        failed = len(missing)
-        for ok in _segment(files, out_dir, predictor, voc, meta, args):
-            done += ok
-            failed += not ok
+        launch(_worker, args, "san predict")
     except KeyboardInterrupt:
+        print("san predict: interrupted; finished images keep their outputs", file=sys.stderr)
+        return 130
+    except Exception as e:  # a process died: its message was printed by that process
+        return _fail(f"a process of the run failed ({type(e).__name__}); see the messages above")
+    if not summary.is_file():
+        return _fail(f"the run ended without writing {summary}")
+    return 1 if json.loads(summary.read_text())["failed"] else 0
+
+
+def _worker(args: argparse.Namespace, prepared: Any = None) -> int:
+    """One process of the run (the only one, or a rank under torchrun / ``--num-gpus``)."""
+    prepared = prepared or _prepare(args)
+    if isinstance(prepared, int):
+        return prepared
+    voc, out_dir, files, missing = prepared
+    from san.engine import comm
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    grouped = world > 1 and comm.init_distributed("cpu", timeout_minutes=7 * 24 * 60)  # gloo: objects only
+    rank = comm.get_rank()
+    try:
+        if rank == 0:
+            for spec in missing:
+                print(f"san predict: {spec}: no such file, folder or matching image", file=sys.stderr)
+        if args.device is None and world > 1:
+            import torch
+
+            if torch.cuda.is_available():
+                args.device = f"cuda:{comm.get_local_rank()}"
+        return _run(args, voc, out_dir, files, missing, rank, world)
+    except KeyboardInterrupt:  # while the model loaded: nothing was written
+        print("san predict: interrupted before any image was written", file=sys.stderr)
+        return 130
+    finally:
+        if grouped:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _run(args: argparse.Namespace, voc: Any, out_dir: Any, files: list, missing: list, rank: int, world: int) -> int:
+    from san.engine import comm
+    from san.files import atomic_path
+    from san.inference.outputs import output_stems
+    from san.inference.runner import PredictionRun, RunInterrupted, merge_reports
+
+    loaded = _load(args)
+    if isinstance(loaded, int):
+        return loaded
+    predictor, meta = loaded
+    voc = predictor.vocabulary(voc)
+    run = PredictionRun(
+        predictor,
+        voc,
+        out_dir,
+        meta=_settings(predictor, meta, args),
+        alpha=args.alpha,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        resume=args.resume,
+        save_encodings=args.save_encodings,
+        rank=rank,
+        world_size=world,
+    )
+    jobs = run.shard(files, output_stems(files))
+    try:
+        report = run.run(jobs, progress=rank == 0)
+    except RunInterrupted as e:
+        done = e.report.written + e.report.resumed
         print(
-            f"san predict: interrupted after {done} of {len(files)} image(s); their outputs are complete, "
-            "no partial files were left",
+            f"san predict: interrupted after {done} of {len(jobs)} image(s); their outputs are complete, no "
+            "partial files were left (run again with --resume to go on)",
             file=sys.stderr,
         )
         return 130
-    print(
-        f"san predict: {done}/{len(files)} image(s) segmented into {out_dir}" + (f", {failed} failed" if failed else "")
+    summary = merge_reports(comm.all_gather_object(report.as_dict()), missing=missing)
+    summary.update(
+        output=str(out_dir),
+        vocabulary=list(voc.user),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        weights=meta["weights"],
     )
-    return 1 if failed else 0
+    if rank == 0:
+        try:
+            with atomic_path(out_dir / SUMMARY) as tmp:
+                Path(tmp).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        except OSError as e:
+            print(f"san predict: could not write {out_dir / SUMMARY}: {e}", file=sys.stderr)
+            summary["failed"] += 1
+        done = summary["written"] + summary["resumed"]
+        print(
+            f"san predict: {done}/{summary['images']} image(s) segmented into {out_dir}"
+            + (f" ({summary['resumed']} already complete)" if summary["resumed"] else "")
+            + (f", {summary['failed']} failed" if summary["failed"] else "")
+            + (f"; {summary['images_per_s']} img/s" if summary["images_per_s"] else "")
+        )
+    return 1 if summary["failed"] else 0
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -155,14 +274,9 @@ def _load(args: argparse.Namespace) -> Any:
     return predictor, {"weights": str(args.weights or model), "config": model}
 
 
-def _segment(files: list, out_dir, predictor: Any, voc: Any, meta: dict, args: argparse.Namespace):
-    """Segment and write every file, yielding True (written) or False (failed, reported) for each."""
-    from tqdm import tqdm
-
-    from san.data.images import ImageError, read_image
-    from san.inference.outputs import output_stems, write_outputs
-
-    meta = {
+def _settings(predictor: Any, meta: dict, args: argparse.Namespace) -> dict:
+    """What every output JSON records of the run's settings."""
+    return {
         **meta,
         "min_size": predictor.min_size,
         "max_size": predictor.max_size,
@@ -173,31 +287,3 @@ def _segment(files: list, out_dir, predictor: Any, voc: Any, meta: dict, args: a
         "text_cache": args.text_cache,
         **({"vocabulary_file": args.vocabulary_file} if args.vocabulary_file else {}),
     }
-    for path, stem in tqdm(
-        list(zip(files, output_stems(files))), desc="san predict", unit="img", disable=len(files) < 2
-    ):
-        image = pred = None
-        try:
-            image = read_image(path, predictor.max_pixels)
-            pred = predictor.predict(image, voc)
-            write_outputs(out_dir, stem, image, pred, {"image": str(path), **meta}, args.alpha)
-            yield True
-        except ImageError as e:  # the message names the file
-            tqdm.write(f"san predict: FAILED {e}", file=sys.stderr)
-            yield False
-        except MemoryError:
-            size = "" if image is None else f" ({image.shape[1]}x{image.shape[0]})"
-            image = pred = None  # let go of the big arrays before going on
-            tqdm.write(
-                f"san predict: FAILED {path}{size}: out of memory; downscale the image, or lower --max-pixels "
-                "to refuse such images up front",
-                file=sys.stderr,
-            )
-            yield False
-        except (ValueError, OSError, RuntimeError) as e:  # e.g. out of (GPU) memory, disk full: go on
-            tqdm.write(f"san predict: FAILED {path}: {type(e).__name__}: {e}", file=sys.stderr)
-            yield False
-
-
-if __name__ == "__main__":
-    sys.exit(main())

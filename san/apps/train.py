@@ -22,8 +22,9 @@ import sys
 from typing import Any
 
 from san.devices import PRECISIONS, amp_settings
+from san.engine.launch import add_launch_arguments, check_launch_arguments, launch, needs_launch
 
-__all__ = ["build_parser", "launch", "main", "setup"]
+__all__ = ["build_parser", "main", "setup"]
 
 logger = logging.getLogger("san.train")
 
@@ -31,7 +32,6 @@ logger = logging.getLogger("san.train")
 def build_parser() -> argparse.ArgumentParser:
     """detectron2's ``default_argument_parser`` flags, plus ``--datasets-yaml``, ``--precision`` and
     ``--dump-predictions``."""
-    port = 2**15 + 2**14 + hash(os.getuid() if sys.platform != "win32" else 1) % 2**14
     p = argparse.ArgumentParser(
         prog="san train",
         description="Train SAN or evaluate it on DATASETS.TEST (the official train_net.py command line).",
@@ -43,14 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS (or the last checkpoint with --resume)"
     )
-    p.add_argument("--num-gpus", type=int, default=1, help="processes (GPUs) per machine")
-    p.add_argument("--num-machines", type=int, default=1, help="total number of machines")
-    p.add_argument("--machine-rank", type=int, default=0, help="rank of this machine (0 .. num_machines - 1)")
-    p.add_argument(
-        "--dist-url",
-        default=f"tcp://127.0.0.1:{port}",
-        help="tcp://HOST:PORT of machine 0 for multi-machine runs; 'auto' picks a free local port",
-    )
+    add_launch_arguments(p)
     p.add_argument(
         "--datasets-yaml",
         action="append",
@@ -177,52 +170,14 @@ def _main_worker(args: argparse.Namespace) -> dict[str, Any]:
             dist.destroy_process_group()
 
 
-def _spawned(local_rank: int, args: argparse.Namespace, world: int, addr: str, port: int) -> None:
-    rank = args.machine_rank * args.num_gpus + local_rank
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(local_rank),
-        LOCAL_WORLD_SIZE=str(args.num_gpus),
-        MASTER_ADDR=addr,
-        MASTER_PORT=str(port),
-    )
-    _main_worker(args)
-
-
-def launch(args: argparse.Namespace) -> None:
-    """Start ``--num-gpus`` processes on this machine (detectron2's ``launch`` on torch.multiprocessing)."""
-    import torch
-    import torch.multiprocessing as mp
-
-    from san.engine.comm import find_free_port
-
-    world = args.num_gpus * args.num_machines
-    if torch.cuda.is_available() and args.num_gpus > torch.cuda.device_count():
-        raise SystemExit(f"--num-gpus {args.num_gpus} but only {torch.cuda.device_count()} CUDA devices are visible")
-    if not torch.cuda.is_available():
-        print(f"san train: no CUDA device; starting {args.num_gpus} CPU processes (gloo)", file=sys.stderr)
-    url = args.dist_url
-    if url == "auto":
-        if args.num_machines != 1:
-            raise SystemExit("--dist-url auto only works on one machine; pass tcp://HOST:PORT of machine 0")
-        addr, port = "127.0.0.1", find_free_port()
-    elif url.startswith("tcp://") and ":" in url[6:]:
-        addr, port_s = url[6:].rsplit(":", 1)
-        port = int(port_s)
-    else:
-        raise SystemExit(f"--dist-url must be tcp://HOST:PORT or auto, got {url!r}")
-    mp.start_processes(_spawned, args=(args, world, addr, port), nprocs=args.num_gpus, join=True, start_method="spawn")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``san train`` and ``python -m san train``."""
     args = build_parser().parse_args(argv)
-    if args.num_gpus < 1 or args.num_machines < 1 or not 0 <= args.machine_rank < args.num_machines:
-        raise SystemExit("need --num-gpus >= 1, --num-machines >= 1 and 0 <= --machine-rank < --num-machines")
-    under_torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    if not under_torchrun and args.num_gpus * args.num_machines > 1:
-        launch(args)
+    problem = check_launch_arguments(args)
+    if problem:
+        raise SystemExit(f"san train: {problem}")
+    if needs_launch(args):
+        launch(_main_worker, args, "san train")
     else:
         _main_worker(args)
     return 0

@@ -15,7 +15,7 @@ import glob
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,9 +135,18 @@ def commit_files(pairs: Sequence[tuple[Path, Path]]) -> None:
 
 
 def write_outputs(
-    out_dir: Path, stem: str, image: np.ndarray, pred: Prediction, meta: dict[str, Any], alpha: float = 0.55
+    out_dir: Path,
+    stem: str,
+    image: np.ndarray,
+    pred: Prediction,
+    meta: dict[str, Any],
+    alpha: float = 0.55,
+    *,
+    extra: Mapping[Path, Callable[[Path], None]] | None = None,
 ) -> list[Path]:
-    """Write one image's label PNG, overlay, legend and JSON: all of them, or none."""
+    """Write one image's label PNG, overlay, legend and JSON: all of them, or none. ``extra`` maps
+    more files of the image to the functions that write them (given a temporary path); they join
+    the same all-or-none commit, the JSON renamed last (its presence marks a complete set)."""
     n = len(pred.class_names)
     labels = pred.labels.astype(np.uint8 if n < 256 else np.uint16)
     fractions = pred.pixel_fractions()
@@ -153,16 +162,20 @@ def write_outputs(
         "overlay_png": final[1].name,
         "legend_png": final[2].name,
     }
-    tmps = [p.with_name(f".{p.name}.tmp{os.getpid()}") for p in final]
+    more = list(extra or {})
+    tmps = [p.with_name(f".{p.name}.tmp{os.getpid()}") for p in [*final, *more]]
     try:
         Image.fromarray(labels).save(tmps[0], format="PNG")
         Image.fromarray(overlay(image, pred.labels, pred.class_names, alpha)).save(tmps[1], format="PNG")
         font_size = int(np.clip(labels.shape[0] / 40, 12, 28))
         legend(fractions, pred.class_names, font_size=font_size).save(tmps[2], format="PNG")
         tmps[3].write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        commit_files(list(zip(tmps, final)))
+        for path, tmp in zip(more, tmps[4:]):
+            extra[path](tmp)  # type: ignore[index]
+        order = [0, 1, 2, *range(4, len(tmps)), 3]
+        commit_files([(tmps[i], [*final, *more][i]) for i in order])
     finally:
         for t in tmps:
             if t.exists():
                 t.unlink()
-    return final
+    return [*final, *more]

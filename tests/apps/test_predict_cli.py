@@ -17,6 +17,7 @@ from PIL import Image
 
 import san
 from san.apps.cli import main as san_main
+from san.apps.predict import SUMMARY
 from san.inference.outputs import collect_inputs, output_stems
 from san.inference.predictor import SANPredictor
 from san.inference.visualize import legend, overlay
@@ -58,6 +59,11 @@ def setup(tmp_path_factory) -> dict:
     return {"root": root, "dir": d, "photo": photo, "gray": gray, "predictor": predictor}
 
 
+def _outputs(out: Path) -> list[str]:
+    """The image outputs in ``out`` (the run's summary aside)."""
+    return sorted(p.name for p in out.iterdir() if p.name != SUMMARY)
+
+
 def _run(setup: dict, out: Path, *args: str) -> int:
     root = setup["root"]
     argv = ["predict", "--config-file", str(root / "tiny.yaml"), "--weights", str(root / "tiny.pth"), "-o", str(out)]
@@ -75,9 +81,14 @@ def test_mixed_folder(
     assert "truncated.jpg: cannot decode the image (the file is truncated or corrupt)" in err
     assert "notes.jpg: not an image file" in err
     good = ["good_png", "good_jpg", "gray", "rgba", "cmyk", "deep16", "rotated"]
-    assert sorted(p.name for p in out.iterdir()) == sorted(
+    assert _outputs(out) == sorted(
         f"{s}{suffix}" for s in good for suffix in ("_labels.png", "_overlay.png", "_legend.png", ".json")
     )  # nothing for the bad files, no temporary files left
+    summary = json.loads((out / SUMMARY).read_text())
+    assert (summary["images"], summary["written"], summary["failed"], summary["resumed"]) == (9, 7, 2, 0)
+    reasons = {Path(f["image"]).name: f["reason"] for f in summary["failures"]}
+    assert reasons.keys() == {"truncated.jpg", "notes.jpg"} and "not an image file" in reasons["notes.jpg"]
+    assert summary["images_per_s"] > 0 and 0 < summary["model_s"] <= summary["wall_s"]
     pred = setup["predictor"]
     photo, gray = setup["photo"], setup["gray"]
     with Image.open(setup["dir"] / "rotated.jpg") as im:
@@ -166,7 +177,13 @@ def test_usage_errors(setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture
     assert not (tmp_path / "o").exists()  # nothing created before the model loads
     assert _run(setup, tmp_path / "o", "--input", good, "--vocabulary", "cat", "--max-pixels", "1000") == 1
     assert "good.png: the image is 90x60 = 5400 pixels, above the limit of 1000 pixels" in capsys.readouterr().err
-    assert not list((tmp_path / "o").iterdir())
+    assert _outputs(tmp_path / "o") == []  # the run's summary only, saying why
+    (failure,) = json.loads((tmp_path / "o" / SUMMARY).read_text())["failures"]
+    assert failure["image"] == good and "above the limit of 1000 pixels" in failure["reason"]
+    for bad in (["--batch-size", "0"], ["--workers", "-1"], ["--num-gpus", "0"], ["--dist-url", "host:1"]):
+        assert _run(setup, tmp_path / "p", "--input", good, "--vocabulary", "cat", *bad) == 2
+        assert bad[0] in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
     assert san_main(["predict", "--input", good, "--vocabulary", "cat", "MODEL.SAN.NUM_CLASSES"]) == 2
     assert "KEY VALUE pairs" in capsys.readouterr().err
 
@@ -182,20 +199,20 @@ def test_input_collection_and_output_names(tmp_path: Path) -> None:
 def test_runtime_failure_of_one_image_does_not_stop_the_batch(
     setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = SANPredictor.predict
+    real = SANPredictor.predict_batch
 
-    def flaky(self, image, *args, **kwargs):
-        if image.shape[0] == 60:  # every test image but the EXIF-rotated one (90 rows)
-            raise RuntimeError("CUDA out of memory")
-        return real(self, image, *args, **kwargs)
+    def flaky(self, images, *args, **kwargs):
+        if any(image.shape[0] == 60 for image in images):  # every test image but the EXIF-rotated one (90 rows)
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(self, images, *args, **kwargs)
 
-    monkeypatch.setattr(SANPredictor, "predict", flaky)
+    monkeypatch.setattr(SANPredictor, "predict_batch", flaky)
     out = tmp_path / "out"
     files = [str(setup["dir"] / n) for n in ("good.png", "rotated.jpg", "gray.png")]
     assert _run(setup, out, "--input", *files, "--vocabulary", VOC) == 1
     err = capsys.readouterr().err
-    assert f"{files[0]}: RuntimeError: CUDA out of memory" in err and f"{files[2]}: RuntimeError" in err
-    assert sorted(p.name for p in out.iterdir()) == [
+    assert f"{files[0]}: RuntimeError: CUDA error: an illegal memory" in err and f"{files[2]}: RuntimeError" in err
+    assert _outputs(out) == [
         "rotated.json",
         "rotated_labels.png",
         "rotated_legend.png",
@@ -221,7 +238,7 @@ def test_memory_error_of_one_image_does_not_stop_the_batch(
     assert _run(setup, out, "--input", *files, "--vocabulary", VOC) == 1
     err = capsys.readouterr().err
     assert f"FAILED {files[0]} (90x60): out of memory; downscale the image, or lower --max-pixels" in err
-    assert sorted(p.name for p in out.iterdir()) == [
+    assert _outputs(out) == [
         "rotated.json",
         "rotated_labels.png",
         "rotated_legend.png",
@@ -236,7 +253,7 @@ def test_outputs_are_all_or_none(
     out = tmp_path / "out"
     good = str(setup["dir"] / "good.png")
     assert _run(setup, out, "--input", good, "--vocabulary", VOC) == 0
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != SUMMARY}
     real = os.replace
 
     def json_rename_fails(src, dst):
@@ -247,10 +264,10 @@ def test_outputs_are_all_or_none(
     monkeypatch.setattr(os, "replace", json_rename_fails)
     assert _run(setup, out, "--input", good, "--vocabulary", "sky, wall, cat") == 1  # other labels, other pixels
     assert "No space left on device" in capsys.readouterr().err
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier outputs, untouched
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != SUMMARY} == before  # earlier outputs kept
     fresh = tmp_path / "fresh"
     assert _run(setup, fresh, "--input", good, "--vocabulary", VOC) == 1
-    assert list(fresh.iterdir()) == []  # neither the two renamed files nor temporary ones
+    assert _outputs(fresh) == []  # neither the two renamed files nor temporary ones
 
 
 def _record(out: Path, stem: str = "good") -> dict:
