@@ -168,6 +168,9 @@ class PredictionRun:
         t0 = time.perf_counter()
         report = RunReport(images=len(jobs))
         todo = []
+        stale = self._remove_stale([stem for _, stem in jobs])
+        if stale:
+            logger.info("removed %d temporary file(s) left by an earlier run that was killed", stale)
         for path, stem in jobs:
             state = self.complete(stem) if self.resume else None
             if state:
@@ -206,6 +209,20 @@ class PredictionRun:
         report.wall_s = time.perf_counter() - t0
         return report
 
+    def _remove_stale(self, stems: Sequence[str]) -> int:
+        """Delete the temporary and backup files that a killed run left for these images (their
+        names: :func:`~san.inference.outputs.write_outputs`, :func:`~san.files.atomic_path`)."""
+        if not self.out_dir.is_dir():
+            return 0
+        removed = 0
+        for stem in stems:
+            for p in self.paths(stem):
+                for pattern in (f".{p.name}.tmp*", f".{p.name}.old*", f"..{p.name}.tmp*"):
+                    for found in self.out_dir.glob(pattern):
+                        found.unlink(missing_ok=True)
+                        removed += 1
+        return removed
+
     def _fail(self, report: RunReport, path: Path, reason: str, image: np.ndarray | None = None) -> None:
         size = "" if image is None else f" ({image.shape[1]}x{image.shape[0]})"
         report.failures.append({"image": str(path), "reason": reason})
@@ -234,7 +251,7 @@ class PredictionRun:
                 self._fail(report, path, str(e).removeprefix(f"{path}: "))
             except MemoryError:
                 self._fail(report, path, "out of memory while decoding; lower --max-pixels to refuse such images")
-            except OSError as e:
+            except Exception as e:  # a decoder that crashes on one file: that file is skipped
                 self._fail(report, path, f"{type(e).__name__}: {e}")
 
     def _batches(self, decoded: Iterator[tuple[Path, str, np.ndarray]]) -> Iterator[list]:

@@ -1,0 +1,247 @@
+"""``san predict`` at the scale of a dataset, with the official tiny model of the golden v2 file (labels
+vary over its images): batches and background threads write what one image at a time writes; the
+summary counts and explains; --resume keeps exactly the complete outputs made with the same settings
+and finishes a killed run as if it had not been killed; two processes (torchrun, gloo on the CPU)
+write the one-process outputs, each image once; --save-encodings writes encodings that re-label to
+the same label maps."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import san
+from san.apps.cli import main as san_main
+from san.apps.predict import SUMMARY
+from san.inference.encoding import ImageEncoding
+from san.inference.predictor import SANPredictor
+from san.inference.runner import PredictionRun
+
+OPTS = ["INPUT.MIN_SIZE_TEST", "250", "INPUT.MAX_SIZE_TEST", "1000"]
+VOC = "cat, dog, grass, sky, traffic light"
+
+
+@pytest.fixture(scope="module")
+def golden(golden_v2_model, tmp_path_factory) -> dict:
+    """The golden model as a config + checkpoint, and a folder of 9 photos: the golden images, their
+    mirrors (same sizes: they batch together), crops (other sizes) and one enlarged copy (another
+    photo size with the same model input size as its original)."""
+    from ..conftest import GOLDEN_V2
+
+    root = tmp_path_factory.mktemp("scale")
+    (root / "model.yaml").write_text(golden_v2_model.config_yaml)
+    san.save_checkpoint(golden_v2_model, root / "model.pth")
+    g = torch.load(GOLDEN_V2, weights_only=True)
+    a, b = (im.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy() for im in g["images"])
+    photos = {
+        "a": a,
+        "a_mirror": a[:, ::-1],
+        "b": b,
+        "b_mirror": b[:, ::-1],
+        "a_crop": a[20:, 10:],
+        "b_crop": b[:300, :260],
+        "a_big": np.asarray(Image.fromarray(a).resize((660, 500), Image.BILINEAR)),
+        "b_top": b[:200],
+        "a_left": a[:, :200],
+    }
+    d = root / "images"
+    d.mkdir()
+    for name, im in photos.items():
+        Image.fromarray(np.ascontiguousarray(im)).save(d / f"{name}.png")
+    return {"root": root, "dir": d, "names": sorted(photos)}
+
+
+def _argv(golden: dict, out: Path, *extra: str) -> list[str]:
+    root = golden["root"]
+    return [
+        "predict", "--config-file", str(root / "model.yaml"), "--weights", str(root / "model.pth"),
+        "--input", str(golden["dir"]), "--vocabulary", VOC, "-o", str(out), *extra, *OPTS,
+    ]  # fmt: skip
+
+
+def _outputs(out: Path) -> dict[str, bytes | dict]:
+    """Every output file (JSON parsed, without the per-run fields), the summary aside."""
+    files: dict[str, bytes | dict] = {}
+    for p in sorted(out.iterdir()):
+        if p.name == SUMMARY:
+            continue
+        if p.suffix == ".json":
+            record = json.loads(p.read_text())
+            record.pop("device", None)
+            files[p.name] = record
+        else:
+            files[p.name] = p.read_bytes()
+    return files
+
+
+@pytest.fixture(scope="module")
+def reference(golden, tmp_path_factory) -> dict:
+    """The plain run: one image per model call, no threads, one process."""
+    out = tmp_path_factory.mktemp("ref") / "out"
+    assert san_main(_argv(golden, out, "--batch-size", "1", "--workers", "0")) == 0
+    return {"out": out, "files": _outputs(out)}
+
+
+def _hidden(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir() if p.name.startswith("."))
+
+
+def test_the_reference_run_has_every_file_and_varied_labels(golden, reference):
+    assert len(reference["files"]) == 4 * len(golden["names"]) and _hidden(reference["out"]) == []
+    classes = [len(reference["files"][f"{n}.json"]["pixel_fractions"]) for n in golden["names"]]
+    assert sum(c >= 2 for c in classes) >= 2, classes  # the equalities below are not trivial
+
+
+def test_batches_and_threads_write_what_one_image_at_a_time_writes(golden, reference, tmp_path, monkeypatch):
+    calls = []
+    encode = san.SAN.encode_images
+    monkeypatch.setattr(san.SAN, "encode_images", lambda self, x, *a: calls.append(len(x)) or encode(self, x, *a))
+    out = tmp_path / "out"
+    assert san_main(_argv(golden, out, "--batch-size", "4", "--workers", "3")) == 0
+    assert _outputs(out) == reference["files"]
+    assert sum(calls) == 9 and max(calls) == 3  # a, a_mirror and a_big (same model input size) in one call
+    summary = json.loads((out / SUMMARY).read_text())
+    assert (summary["images"], summary["written"], summary["resumed"], summary["failed"]) == (9, 9, 0, 0)
+    assert summary["processes"] == 1 and summary["batch_size"] == 4 and summary["vocabulary"] == VOC.split(", ")
+    assert 0 < summary["model_s"] <= summary["wall_s"]
+    assert summary["images_per_s"] == pytest.approx(9 / summary["wall_s"], rel=1e-2)
+
+
+def _spy_batches(monkeypatch) -> list:
+    seen: list = []
+    real = SANPredictor.predict_batch
+
+    def spy(self, images, *a, **k):
+        seen.extend(im.shape for im in images)
+        return real(self, images, *a, **k)
+
+    monkeypatch.setattr(SANPredictor, "predict_batch", spy)
+    return seen
+
+
+def test_resume_keeps_complete_outputs_and_redoes_the_rest(golden, reference, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    shutil.copytree(reference["out"], out)
+    (out / "a_overlay.png").unlink()  # a's set is incomplete
+    for p in out.glob("b_crop*"):  # b_crop has nothing
+        p.unlink()
+    record = json.loads((out / "b.json").read_text())
+    record["vocabulary"] = ["cat", "dog"]  # b was made with another vocabulary
+    (out / "b.json").write_text(json.dumps(record))
+    (out / "a_left.json").write_text("{ truncated")  # a_left's record is unreadable
+    (out / ".b_top_labels.png.tmp999").write_bytes(b"left by a killed run")
+    kept = {p.name: p.stat().st_mtime_ns for p in out.glob("[ab]_[bt]*")}  # a_big*, b_top*
+    assert len(kept) == 8
+    seen = _spy_batches(monkeypatch)
+    assert san_main(_argv(golden, out, "--resume")) == 0
+    assert len(seen) == 4  # a, b, b_crop, a_left
+    assert _outputs(out) == reference["files"] and _hidden(out) == []
+    assert {p: (out / p).stat().st_mtime_ns for p in kept} == kept  # complete outputs untouched
+    summary = json.loads((out / SUMMARY).read_text())
+    assert (summary["written"], summary["resumed"], summary["redone"]) == (4, 5, 3)
+
+    seen.clear()  # another vocabulary: no output is complete for it
+    argv = _argv(golden, out, "--resume")
+    argv[argv.index(VOC)] = "sky, cat"
+    assert san_main(argv) == 0
+    assert len(seen) == 9
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_outputs(golden, reference, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "san", *_argv(golden, out, "--workers", "1")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(list(out.glob("*.json"))) < 2 and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    done = {p.stem for p in out.glob("*.json")}
+    assert 2 <= len(done) < 9 and not (out / SUMMARY).exists()
+    assert san_main(_argv(golden, out, "--resume")) == 0
+    assert _outputs(out) == reference["files"] and _hidden(out) == []
+    summary = json.loads((out / SUMMARY).read_text())
+    assert summary["resumed"] >= len(done) - 1 and summary["written"] + summary["resumed"] == 9
+
+
+def test_two_processes_under_torchrun_write_the_one_process_outputs(golden, reference, tmp_path):
+    from san.engine.comm import find_free_port
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
+    cmd += [str(find_free_port()), "-m", "san", *_argv(golden, out, "--batch-size", "2")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _outputs(out) == reference["files"] and _hidden(out) == []
+    summary = json.loads((out / SUMMARY).read_text())
+    assert summary["processes"] == 2 and (summary["written"], summary["failed"]) == (9, 0)
+    assert [p["images"] for p in summary["per_process"]] == [5, 4] == [p["written"] for p in summary["per_process"]]
+    assert r.stdout.count("image(s) segmented into") == 1  # one final line, from rank 0
+
+
+def test_each_image_falls_to_exactly_one_process_under_its_global_name(tmp_path):
+    files = [Path(f"/data/{n}") for n in ("x.png", "y.png", "x.jpg", "z.png", "w.png")]
+    stems = ["x_png", "y", "x_jpg", "z", "w"]
+    shards = [PredictionRun(None, None, tmp_path, meta={}, rank=r, world_size=3).shard(files, stems) for r in range(3)]
+    flat = [job for shard in shards for job in shard]
+    assert sorted(flat) == sorted(zip(files, stems))  # every image once, with the one-process name
+    assert [len(s) for s in shards] == [2, 2, 1]
+    with pytest.raises(ValueError, match="rank 3 outside 0..2"):
+        PredictionRun(None, None, tmp_path, meta={}, rank=3, world_size=3)
+
+
+def test_saved_encodings_relabel_to_the_written_label_maps(golden, reference, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    assert san_main(_argv(golden, out, "--save-encodings", "--batch-size", "2")) == 0
+    root = golden["root"]
+    predictor = SANPredictor.from_pretrained(str(root / "model.yaml"), weights=root / "model.pth", opts=OPTS)
+    for name in golden["names"]:
+        encoding = ImageEncoding.load(out / f"{name}.encoding.safetensors")
+        labels = predictor.classify(encoding, VOC).labels
+        np.testing.assert_array_equal(labels, np.asarray(Image.open(out / f"{name}_labels.png")), err_msg=name)
+        assert (out / f"{name}_labels.png").read_bytes() == reference["files"][f"{name}_labels.png"]
+        other = predictor.classify(encoding, "sky, grass").labels  # any other vocabulary, no image pass
+        assert other.shape == labels.shape
+    (out / "b.encoding.safetensors").unlink()
+    seen = _spy_batches(monkeypatch)
+    calls = []
+    encode_batch = SANPredictor.encode_batch
+    monkeypatch.setattr(
+        SANPredictor, "encode_batch", lambda self, ims, **k: calls.extend(ims) or encode_batch(self, ims, **k)
+    )
+    assert san_main(_argv(golden, out, "--save-encodings", "--resume")) == 0
+    assert len(calls) == 1 and seen == []  # only b, whose encoding was missing
+    assert (out / "b.encoding.safetensors").is_file()
+
+
+def test_a_crash_while_decoding_one_image_is_reported_and_the_rest_written(golden, tmp_path, monkeypatch, capsys):
+    import san.inference.runner as runner
+
+    real = runner.read_image
+
+    def crash(path, *a):
+        if Path(path).name == "b.png":
+            raise ValueError("decoder crashed")
+        return real(path, *a)
+
+    monkeypatch.setattr(runner, "read_image", crash)
+    out = tmp_path / "out"
+    assert san_main(_argv(golden, out, "--workers", "2")) == 1
+    assert "FAILED" in capsys.readouterr().err
+    summary = json.loads((out / SUMMARY).read_text())
+    assert summary["failures"] == [{"image": str(golden["dir"] / "b.png"), "reason": "ValueError: decoder crashed"}]
+    assert summary["written"] == 8 and not list(out.glob("b.*")) and not list(out.glob("b_[lo]*"))
