@@ -174,7 +174,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_outputs(golden, reference, tm
     assert san_main(_argv(golden, out, "--resume")) == 0
     assert _outputs(out) == reference["files"] and _hidden(out) == []
     summary = json.loads((out / SUMMARY).read_text())
-    assert summary["resumed"] >= len(done) - 1 and summary["written"] + summary["resumed"] == 9
+    assert summary["resumed"] == len(done) and summary["written"] + summary["resumed"] == 9  # JSON renamed last
 
 
 def test_two_processes_under_torchrun_write_the_one_process_outputs(golden, reference, tmp_path):
@@ -245,3 +245,17 @@ def test_a_crash_while_decoding_one_image_is_reported_and_the_rest_written(golde
     summary = json.loads((out / SUMMARY).read_text())
     assert summary["failures"] == [{"image": str(golden["dir"] / "b.png"), "reason": "ValueError: decoder crashed"}]
     assert summary["written"] == 8 and not list(out.glob("b.*")) and not list(out.glob("b_[lo]*"))
+
+
+def test_num_gpus_starts_the_processes_itself_and_reports_their_failures(golden, reference, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "out"
+    (golden["dir"] / "zz_broken.png").write_bytes(b"\x89PNG broken")
+    try:
+        assert san_main(_argv(golden, out, "--num-gpus", "2", "--dist-url", "auto")) == 1  # one image failed
+    finally:
+        (golden["dir"] / "zz_broken.png").unlink()
+    assert _outputs(out) == reference["files"]
+    summary = json.loads((out / SUMMARY).read_text())
+    assert summary["processes"] == 2 and summary["written"] == 9 and summary["failed"] == 1
+    assert summary["failures"][0]["image"].endswith("zz_broken.png")
