@@ -235,7 +235,11 @@ def test_ctrl_c_stops_with_one_line_exit_130_and_only_complete_outputs(tiny, tmp
     args = ["predict", "--config-file", tiny["yaml"], "--weights", tiny["pth"], "--vocabulary", "a, b"]
     args += ["--input", str(images), "-o", str(out), *OPTS]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*cmd, *args], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    # a shell that started the tests in the background ignores SIGINT for its children: restore the default
+    restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    proc = subprocess.Popen(
+        [*cmd, *args], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, preexec_fn=restore
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and len(list(out.glob("*.json"))) < 3 and proc.poll() is None:
         time.sleep(0.2)
