@@ -64,10 +64,8 @@ def golden(golden_v2_model, tmp_path_factory) -> dict:
 
 def _argv(golden: dict, out: Path, *extra: str) -> list[str]:
     root = golden["root"]
-    return [
-        "predict", "--config-file", str(root / "model.yaml"), "--weights", str(root / "model.pth"),
-        "--input", str(golden["dir"]), "--vocabulary", VOC, "-o", str(out), *extra, *OPTS,
-    ]  # fmt: skip
+    model = ["--config-file", str(root / "model.yaml"), "--weights", str(root / "model.pth")]
+    return ["predict", *model, "--input", str(golden["dir"]), "--vocabulary", VOC, "-o", str(out), *extra, *OPTS]
 
 
 def _outputs(out: Path) -> dict[str, bytes | dict]:

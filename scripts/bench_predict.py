@@ -1,0 +1,165 @@
+"""Encode once / classify many, and ``san predict`` over a folder: where the time goes, in one run.
+
+    python scripts/bench_predict.py --json docs/benchmarks/cpu_predict.json
+
+1. ``classify`` against ``predict`` (ViT-B/16, random weights, 150 ADE names with cached random
+   embeddings, one 640x852 photo; interleaved rounds): the share of a full prediction that labelling
+   an encoded image costs, and the size of its encoding file (float32 and float16 storage).
+2. ``san predict``'s runner (:class:`san.inference.runner.PredictionRun`, what the command runs) on a
+   folder of JPEG photos with the ViT-B/16 model: wall time against the time inside the model calls
+   measured in the same run, with the background threads (``--workers 4``) and without (``0``).
+3. The same with the tiny test model on many small images, where files, pictures and JSON are most of
+   the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_tools import make_names  # noqa: E402
+from benchmark import build, fill_random_embeddings  # noqa: E402
+
+import san  # noqa: E402
+from san.inference.predictor import SANPredictor  # noqa: E402
+from san.inference.runner import PredictionRun  # noqa: E402
+
+log = logging.getLogger("bench_predict")
+
+
+def photos(n: int, short: int, seed: int = 0) -> list[np.ndarray]:
+    """``n`` scikit-image photos, cropped and resized to varied sizes around ``short`` (4:3 and 3:4)."""
+    from skimage import data
+
+    base = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.hubble_deep_field()]
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        im = base[i % len(base)]
+        h, w = (short, short * 4 // 3) if i % 3 else (short * 4 // 3, short)
+        if i % 2:  # half of them keep one shape (they batch), the others vary
+            h, w = h + int(rng.integers(-short // 8, short // 8)), w + int(rng.integers(-short // 8, short // 8))
+        out.append(np.asarray(Image.fromarray(im).resize((w, h), Image.BILINEAR)))
+    return out
+
+
+def encode_classify(args: argparse.Namespace, work: Path) -> dict:
+    model = build("vitb", torch.device("cpu"))
+    names = make_names(args.vocab)
+    fill_random_embeddings(model, names)
+    predictor = SANPredictor(model, device="cpu")
+    photo = photos(1, 640)[0]
+    encoding = predictor.encode(photo)
+    runs = {
+        "predict": lambda: predictor.predict(photo, names),
+        "encode": lambda: predictor.encode(photo),
+        "classify": lambda: predictor.classify(encoding, names),
+    }
+    for f in runs.values():
+        f()
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(args.repeat):
+        for k, f in runs.items():
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    assert np.array_equal(predictor.classify(encoding, names).labels, predictor.predict(photo, names).labels)
+    sizes = {}
+    for half in (False, True):
+        path = work / f"enc{int(half)}.safetensors"
+        encoding.save(path, half=half)
+        sizes["float16" if half else "float32"] = os.path.getsize(path)
+    return {
+        "image": list(photo.shape[:2]),
+        "vocab": len(names),
+        "median_s": med,
+        "min_s": {k: min(v) for k, v in times.items()},
+        "classify_vs_predict": med["classify"] / med["predict"],
+        "encoding_bytes": sizes,
+    }
+
+
+def folder_run(
+    predictor: SANPredictor, names: list[str], images: list[np.ndarray], work: Path, workers: int, batch: int
+) -> dict:
+    src = work / f"in{workers}_{batch}"
+    src.mkdir()
+    files = []
+    for i, im in enumerate(images):
+        files.append(src / f"{i:04d}.jpg")
+        Image.fromarray(im).save(files[-1], quality=90)
+    voc = predictor.vocabulary(names)
+    meta = {"weights": "random", "config": "bench", "min_size": predictor.min_size, "max_size": predictor.max_size}
+    run = PredictionRun(predictor, voc, work / f"out{workers}_{batch}", meta=meta, workers=workers, batch_size=batch)
+    report = run.run(run.shard(files, [f.stem for f in files]), progress=False)
+    assert report.written == len(files), report.failures
+    return {
+        "images": len(files),
+        "workers": workers,
+        "batch_size": batch,
+        "wall_s": report.wall_s,
+        "model_s": report.model_s,
+        "beyond_model": report.wall_s / report.model_s - 1,
+        "images_per_s": len(files) / report.wall_s,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--vocab", type=int, default=150)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--photos", type=int, default=64, help="photos of the ViT-B/16 folder run")
+    p.add_argument("--small", type=int, default=400, help="small images of the tiny-model folder run")
+    p.add_argument("--json", default="")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    report: dict = {
+        "command": " ".join(["python", *sys.argv]),
+        "env": {
+            "torch": torch.__version__,
+            "san": san.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+        },
+    }
+    with tempfile.TemporaryDirectory() as d:
+        work = Path(d)
+        report["encode_classify"] = encode_classify(args, work)
+        print(json.dumps(report["encode_classify"], indent=1), flush=True)
+        model = build("vitb", torch.device("cpu"))
+        names = make_names(args.vocab)
+        fill_random_embeddings(model, names)
+        vitb = SANPredictor(model, device="cpu")
+        images = photos(args.photos, 480)
+        report["folder_vitb"] = [folder_run(vitb, names, images, work, w, 1) for w in (4, 0)]
+        print(json.dumps(report["folder_vitb"], indent=1), flush=True)
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from tests.conftest import tiny_cfg
+
+        torch.manual_seed(0)
+        tiny = SANPredictor(san.build_model(tiny_cfg(work)).eval(), device="cpu", min_size=64, max_size=128)
+        small = photos(args.small, 64, seed=1)
+        voc = ["cat", "dog", "grass", "sky"]
+        report["folder_tiny"] = [folder_run(tiny, voc, small, work, w, b) for w, b in ((4, 8), (4, 1), (0, 1))]
+        print(json.dumps(report["folder_tiny"], indent=1), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
