@@ -96,7 +96,7 @@ def encode_classify(args: argparse.Namespace, work: Path) -> dict:
 def folder_run(
     predictor: SANPredictor, names: list[str], images: list[np.ndarray], work: Path, workers: int, batch: int
 ) -> dict:
-    src = work / f"in{workers}_{batch}"
+    src = work / f"in_{len(list(work.iterdir()))}"
     src.mkdir()
     files = []
     for i, im in enumerate(images):
@@ -104,7 +104,8 @@ def folder_run(
         Image.fromarray(im).save(files[-1], quality=90)
     voc = predictor.vocabulary(names)
     meta = {"weights": "random", "config": "bench", "min_size": predictor.min_size, "max_size": predictor.max_size}
-    run = PredictionRun(predictor, voc, work / f"out{workers}_{batch}", meta=meta, workers=workers, batch_size=batch)
+    out = work / f"out_{src.name}"
+    run = PredictionRun(predictor, voc, out, meta=meta, workers=workers, batch_size=batch)
     report = run.run(run.shard(files, [f.stem for f in files]), progress=False)
     assert report.written == len(files), report.failures
     return {
@@ -124,6 +125,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--photos", type=int, default=64, help="photos of the ViT-B/16 folder run")
     p.add_argument("--small", type=int, default=400, help="small images of the tiny-model folder run")
+    p.add_argument("--sections", nargs="+", default=["encode", "vitb", "tiny"], choices=["encode", "vitb", "tiny"])
     p.add_argument("--json", default="")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -139,24 +141,28 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
-        report["encode_classify"] = encode_classify(args, work)
-        print(json.dumps(report["encode_classify"], indent=1), flush=True)
-        model = build("vitb", torch.device("cpu"))
-        names = make_names(args.vocab)
-        fill_random_embeddings(model, names)
-        vitb = SANPredictor(model, device="cpu")
-        images = photos(args.photos, 480)
-        report["folder_vitb"] = [folder_run(vitb, names, images, work, w, 1) for w in (4, 0)]
-        print(json.dumps(report["folder_vitb"], indent=1), flush=True)
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from tests.conftest import tiny_cfg
+        if "encode" in args.sections:
+            report["encode_classify"] = encode_classify(args, work)
+            print(json.dumps(report["encode_classify"], indent=1), flush=True)
+        if "vitb" in args.sections:
+            model = build("vitb", torch.device("cpu"))
+            names = make_names(args.vocab)
+            fill_random_embeddings(model, names)
+            vitb = SANPredictor(model, device="cpu")
+            images = photos(args.photos, 480)
+            report["folder_vitb"] = [folder_run(vitb, names, images, work, w, 1) for w in (4, 0)]
+            print(json.dumps(report["folder_vitb"], indent=1), flush=True)
+        if "tiny" in args.sections:
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+            from tests.conftest import tiny_cfg
 
-        torch.manual_seed(0)
-        tiny = SANPredictor(san.build_model(tiny_cfg(work)).eval(), device="cpu", min_size=64, max_size=128)
-        small = photos(args.small, 64, seed=1)
-        voc = ["cat", "dog", "grass", "sky"]
-        report["folder_tiny"] = [folder_run(tiny, voc, small, work, w, b) for w, b in ((4, 8), (4, 1), (0, 1))]
-        print(json.dumps(report["folder_tiny"], indent=1), flush=True)
+            torch.manual_seed(0)
+            tiny = SANPredictor(san.build_model(tiny_cfg(work)).eval(), device="cpu", min_size=64, max_size=128)
+            small = photos(args.small, 64, seed=1)
+            voc = ["cat", "dog", "grass", "sky"]
+            runs = ((4, 8), (4, 1), (0, 1))
+            report["folder_tiny"] = [folder_run(tiny, voc, small, work, w, b) for w, b in runs]
+            print(json.dumps(report["folder_tiny"], indent=1), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
 

@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-data": ("san.apps.prepare_data", "turn raw dataset downloads into the benchmark layout"),
     "predict": ("san.apps.predict", "segment images with any vocabulary"),
     "demo": ("san.apps.demo", "start the local Gradio web demo"),
+    "index": ("san.apps.index", "encode an image collection into a searchable region index"),
+    "search": ("san.apps.search", "rank the images of an index by a phrase"),
     "export": ("san.apps.export", "export a model: the Hugging Face Hub format, or ONNX"),
 }
 

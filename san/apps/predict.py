@@ -91,12 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def split_overrides(inputs: list[str], opts: list[str]) -> tuple[list[str], list[str]]:
+    """``--input a.jpg KEY VALUE``: the first config key (``A.B`` in capitals, not a path) ends the inputs."""
+    for i, spec in enumerate(inputs):
+        if re.fullmatch(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+", spec) and not os.path.exists(spec):
+            return inputs[:i], inputs[i:] + opts
+    return inputs, opts
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
-    for i, spec in enumerate(args.input):  # `--input a.jpg KEY VALUE`: the overrides end the input list
-        if re.fullmatch(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+", spec) and not os.path.exists(spec):
-            args.input, args.opts = args.input[:i], args.input[i:] + args.opts
-            break
+    args.input, args.opts = split_overrides(args.input, args.opts)
     return args
 
 
@@ -193,7 +198,7 @@ def _run(args: argparse.Namespace, voc: Any, out_dir: Any, files: list, missing:
     from san.inference.outputs import output_stems
     from san.inference.runner import PredictionRun, RunInterrupted, merge_reports
 
-    loaded = _load(args)
+    loaded = load_predictor(args)
     if isinstance(loaded, int):
         return loaded
     predictor, meta = loaded
@@ -247,9 +252,10 @@ def _run(args: argparse.Namespace, voc: Any, out_dir: Any, files: list, missing:
     return 1 if summary["failed"] else 0
 
 
-def _load(args: argparse.Namespace) -> Any:
-    """``(predictor, what to record of it)``, or exit code 2 with a message when the model or its
-    weights cannot be had."""
+def load_predictor(args: argparse.Namespace, prog: str = "san predict") -> Any:
+    """The predictor of the command line's model flags (``--config-file``, ``--weights``, ``--device``,
+    ``--precision``, ``--tta``, ``--text-cache``, ``--max-pixels``, overrides) and what to record of it,
+    ``(predictor, {"weights", "config"})``; or exit code 2 with a message when it cannot be had."""
     from san.checkpoint import CheckpointError
     from san.config import ConfigError
     from san.inference.predictor import SANPredictor
@@ -270,7 +276,8 @@ def _load(args: argparse.Namespace) -> Any:
             max_pixels=int(args.max_pixels),
         )
     except (WeightsError, CheckpointError, ConfigError, OSError, ValueError, KeyError, RuntimeError) as e:
-        return _fail(str(e))
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
     return predictor, {"weights": str(args.weights or model), "config": model}
 
 

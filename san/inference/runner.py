@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,19 +187,24 @@ class PredictionRun:
             logger.warning("resume: %d image(s) with incomplete or different outputs are done again", report.redone)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         bar = tqdm(total=len(todo), desc="san predict", unit="img", disable=not progress or len(todo) < 2)
-        readers = ThreadPoolExecutor(max(1, self.workers), thread_name_prefix="san-read")
-        writers = ThreadPoolExecutor(max(1, self.workers), thread_name_prefix="san-write")
+        pool = ThreadPoolExecutor if self.workers else _Inline  # workers=0: all in this thread, in order
+        readers = pool(max(1, self.workers), thread_name_prefix="san-read")
+        writers = pool(max(1, self.workers), thread_name_prefix="san-write")
         pending: deque[tuple[Future, Path, np.ndarray]] = deque()
+        gate = _InterruptGate()
         try:
-            for batch in self._batches(self._decoded(todo, readers, report)):
-                t = time.perf_counter()
-                results = self._segment(batch, report)
-                report.model_s += time.perf_counter() - t
-                for (path, stem, image), result in zip(batch, results):
-                    if result is not None:
-                        pending.append((writers.submit(self._write, stem, path, image, *result), path, image))
-                self._drain(pending, report, bar, keep=2 * self.batch_size + self.workers)
-            self._drain(pending, report, bar, keep=0)
+            with gate:
+                for batch in self._batches(self._decoded(todo, readers, report)):
+                    t = time.perf_counter()
+                    results = self._segment(batch, report)
+                    report.model_s += time.perf_counter() - t
+                    with gate.held():  # a write handed over and counted, or not at all
+                        for (path, stem, image), result in zip(batch, results):
+                            if result is not None:
+                                pending.append((writers.submit(self._write, stem, path, image, *result), path, image))
+                        self._drain(pending, report, bar, keep=2 * self.batch_size + self.workers)
+                with gate.held():
+                    self._drain(pending, report, bar, keep=0)
         except KeyboardInterrupt:
             readers.shutdown(wait=False, cancel_futures=True)
             self._drain(pending, report, bar, keep=0)  # what is being written gets all its files
@@ -311,6 +319,67 @@ class PredictionRun:
             except (OSError, ValueError, RuntimeError) as e:  # disk full, folder removed mid-run, ...
                 self._fail(report, path, f"{type(e).__name__}: {e}")
             bar.update(1)
+
+
+class _InterruptGate:
+    """Ctrl-C (SIGINT) raises at once while the model runs or files are read, but waits until the end
+    of a :meth:`held` block, where writes are handed over and counted, so the report counts exactly
+    the images whose files are on disk and an inline write (``workers=0``) is never cut in half. Only
+    the main thread receives signals; elsewhere, and where SIGINT is ignored, the gate does nothing."""
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._deferred = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _InterruptGate:
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if previous is signal.default_int_handler:
+                self._previous = previous
+                signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self._depth:
+            self._deferred = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """A block that Ctrl-C does not cut; an interrupt that came during it is raised at its end."""
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+        if not self._depth and self._deferred:
+            self._deferred = False
+            raise KeyboardInterrupt
+
+
+class _Inline:
+    """An executor that runs each call at once in the calling thread (``workers=0``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as e:  # delivered by result(), as a pool's future does
+            future.set_exception(e)
+        return future
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
 
 
 OOM = "out of memory; downscale the image, or lower --max-pixels to refuse such images up front"

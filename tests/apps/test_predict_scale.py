@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import san
@@ -33,17 +32,12 @@ VOC = "cat, dog, grass, sky, traffic light"
 
 
 @pytest.fixture(scope="module")
-def golden(golden_v2_model, tmp_path_factory) -> dict:
-    """The golden model as a config + checkpoint, and a folder of 9 photos: the golden images, their
-    mirrors (same sizes: they batch together), crops (other sizes) and one enlarged copy (another
-    photo size with the same model input size as its original)."""
-    from ..conftest import GOLDEN_V2
-
+def golden(golden_files, tmp_path_factory) -> dict:
+    """The golden model's files, and a folder of 9 photos: the golden images, their mirrors (same
+    sizes: they batch together), crops (other sizes) and one enlarged copy (another photo size with the
+    same model input size as its original)."""
     root = tmp_path_factory.mktemp("scale")
-    (root / "model.yaml").write_text(golden_v2_model.config_yaml)
-    san.save_checkpoint(golden_v2_model, root / "model.pth")
-    g = torch.load(GOLDEN_V2, weights_only=True)
-    a, b = (im.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy() for im in g["images"])
+    a, b = golden_files["images"]
     photos = {
         "a": a,
         "a_mirror": a[:, ::-1],
@@ -59,12 +53,11 @@ def golden(golden_v2_model, tmp_path_factory) -> dict:
     d.mkdir()
     for name, im in photos.items():
         Image.fromarray(np.ascontiguousarray(im)).save(d / f"{name}.png")
-    return {"root": root, "dir": d, "names": sorted(photos)}
+    return {"yaml": golden_files["yaml"], "pth": golden_files["pth"], "dir": d, "names": sorted(photos)}
 
 
 def _argv(golden: dict, out: Path, *extra: str) -> list[str]:
-    root = golden["root"]
-    model = ["--config-file", str(root / "model.yaml"), "--weights", str(root / "model.pth")]
+    model = ["--config-file", str(golden["yaml"]), "--weights", str(golden["pth"])]
     return ["predict", *model, "--input", str(golden["dir"]), "--vocabulary", VOC, "-o", str(out), *extra, *OPTS]
 
 
@@ -205,8 +198,7 @@ def test_each_image_falls_to_exactly_one_process_under_its_global_name(tmp_path)
 def test_saved_encodings_relabel_to_the_written_label_maps(golden, reference, tmp_path, monkeypatch):
     out = tmp_path / "out"
     assert san_main(_argv(golden, out, "--save-encodings", "--batch-size", "2")) == 0
-    root = golden["root"]
-    predictor = SANPredictor.from_pretrained(str(root / "model.yaml"), weights=root / "model.pth", opts=OPTS)
+    predictor = SANPredictor.from_pretrained(str(golden["yaml"]), weights=golden["pth"], opts=OPTS)
     for name in golden["names"]:
         encoding = ImageEncoding.load(out / f"{name}.encoding.safetensors")
         labels = predictor.classify(encoding, VOC).labels
@@ -257,3 +249,26 @@ def test_num_gpus_starts_the_processes_itself_and_reports_their_failures(golden,
     summary = json.loads((out / SUMMARY).read_text())
     assert summary["processes"] == 2 and summary["written"] == 9 and summary["failed"] == 1
     assert summary["failures"][0]["image"].endswith("zz_broken.png")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_ctrl_c_while_an_image_is_written_counts_it_and_leaves_no_half_image(
+    golden, tmp_path, monkeypatch, capsys, workers
+):
+    import san.inference.runner as runner
+
+    real, written = runner.write_outputs, []
+
+    def write_then_ctrl_c(out_dir, stem, *a, **k):  # Ctrl-C lands just as the third image's files are in place
+        real(out_dir, stem, *a, **k)
+        written.append(stem)
+        if len(written) == 3:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(runner, "write_outputs", write_then_ctrl_c)
+    out = tmp_path / "out"
+    assert san_main(_argv(golden, out, "--workers", str(workers))) == 130
+    line = next(x for x in capsys.readouterr().err.splitlines() if "interrupted" in x)
+    done = int(line.split("interrupted after ")[1].split(" of 9")[0])
+    assert done == len(written) >= 3 and _hidden(out) == []
+    assert sorted(p.name for p in out.glob("*.json")) == sorted(f"{s}.json" for s in written)

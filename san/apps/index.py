@@ -1,0 +1,189 @@
+"""``san index``: encode an image collection into a region index that ``san search`` queries.
+
+    san index --input /data/photos --output photos.index --weights san-vit-b-16 --batch-size 8
+    torchrun --nproc_per_node 8 -m san index --input /data/photos --output photos.index
+
+Each image's mask proposals and mask embeddings go into the index (:mod:`san.inference.index`) once;
+any phrase can then be searched for without the image path. Running the command again on the same
+folder adds what is missing (a killed build resumes; new images are added); an index made by another
+model is refused. Decoding threads, batching, sharding over processes (``torchrun``, ``--num-gpus``)
+and the progress bar are ``san predict``'s (:mod:`san.inference.runner`). Exit codes: 0 all indexed,
+1 some images failed (reported, and listed in ``INDEX/build_summary.json``), 2 usage error, 130 Ctrl-C
+(the images encoded so far are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from san.engine.launch import add_launch_arguments, check_launch_arguments, launch, needs_launch
+
+SUMMARY = "build_summary.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="san index", description="Encode images into a region index for san search.")
+    p.add_argument("--input", "-i", nargs="+", required=True, help="image files, folders or glob patterns")
+    p.add_argument("--output", "-o", required=True, help="the index folder (created, or extended)")
+    p.add_argument("--weights", "-w", default=None, help="san-vit-b-16 | san-vit-l-14 | checkpoint file | URL")
+    p.add_argument("--config-file", default=None, help="config name or YAML (default: the official model's)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--max-pixels", type=float, default=100e6, help="refuse larger images (default 100e6)")
+    p.add_argument("--batch-size", type=int, default=1, help="images per model call (same model input size)")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding threads (default 4)")
+    p.add_argument("--part-size", type=int, default=256, help="images per index part (the unit written at once)")
+    add_launch_arguments(p)
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
+    p.set_defaults(tta=False, text_cache=None)
+    return p
+
+
+def _fail(message: str) -> int:
+    print(f"san index: {message}", file=sys.stderr)
+    return 2
+
+
+def _prepare(args: argparse.Namespace) -> Any:
+    """``(index folder, files, missing)`` or exit code 2: every check that needs no model."""
+    from san.inference.index import INDEX_FILE, RegionIndex, RegionIndexError
+    from san.inference.outputs import OutputError, check_output_dir, collect_inputs
+
+    from .predict import split_overrides
+
+    args.input, args.opts = split_overrides(args.input, args.opts)
+    if len(args.opts) % 2:
+        return _fail(f"config overrides come in KEY VALUE pairs, got {args.opts}")
+    if args.batch_size < 1 or args.workers < 0 or args.part_size < 1:
+        return _fail("need --batch-size >= 1, --workers >= 0 and --part-size >= 1")
+    problem = check_launch_arguments(args)
+    if problem:
+        return _fail(problem)
+    try:
+        out = check_output_dir(args.output)
+        if out.is_dir() and any(out.iterdir()) and not (out / INDEX_FILE).exists():
+            return _fail(f"--output {out} is a folder that holds other files, not a san index: choose another")
+        if (out / INDEX_FILE).exists():
+            RegionIndex(out)  # a corrupt or foreign index fails here, before the model loads
+    except (OutputError, RegionIndexError) as e:
+        return _fail(str(e))
+    files, missing = collect_inputs(args.input)
+    if not files:
+        for spec in missing:
+            print(f"san index: {spec}: no such file, folder or matching image", file=sys.stderr)
+        return _fail("no input images")
+    return out, files, missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``san index``; returns the exit code."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    prepared = _prepare(args)
+    if isinstance(prepared, int):
+        return prepared
+    if not needs_launch(args):
+        return _worker(args, prepared)
+    (prepared[0] / SUMMARY).unlink(missing_ok=True)
+    try:
+        launch(_worker, args, "san index")
+    except KeyboardInterrupt:
+        print("san index: interrupted; the images encoded so far are kept", file=sys.stderr)
+        return 130
+    except Exception as e:
+        return _fail(f"a process of the run failed ({type(e).__name__}); see the messages above")
+    summary = prepared[0] / SUMMARY
+    if not summary.is_file():
+        return _fail(f"the run ended without writing {summary}")
+    return 1 if json.loads(summary.read_text())["failed"] else 0
+
+
+def _worker(args: argparse.Namespace, prepared: Any = None) -> int:
+    prepared = prepared or _prepare(args)
+    if isinstance(prepared, int):
+        return prepared
+    out, files, missing = prepared
+    from san.engine import comm
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    grouped = world > 1 and comm.init_distributed("cpu", timeout_minutes=7 * 24 * 60)
+    try:
+        if args.device is None and world > 1:
+            import torch
+
+            if torch.cuda.is_available():
+                args.device = f"cuda:{comm.get_local_rank()}"
+        return _build(args, out, files, missing, comm.get_rank(), world)
+    except KeyboardInterrupt:
+        print("san index: interrupted before any image was encoded", file=sys.stderr)
+        return 130
+    finally:
+        if grouped:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _build(args: argparse.Namespace, out: Path, files: list, missing: list, rank: int, world: int) -> int:
+    from san.engine import comm
+    from san.files import atomic_path
+    from san.inference.index import IndexRun, RegionIndex, RegionIndexError
+    from san.inference.runner import RunInterrupted, merge_reports
+
+    from .predict import load_predictor
+
+    loaded = load_predictor(args, "san index")
+    if isinstance(loaded, int):
+        return loaded
+    predictor, meta = loaded
+    weights = meta["weights"]
+    weights = os.path.abspath(weights) if os.path.exists(weights) else weights
+    try:
+        if rank == 0:
+            RegionIndex.create(out, predictor, weights=weights, config_yaml=predictor.model.config_yaml or "")
+        comm.barrier()
+        index = RegionIndex.create(out, predictor, weights=weights, config_yaml=predictor.model.config_yaml or "")
+    except RegionIndexError as e:
+        return _fail(str(e))
+    before = len(index)
+    run = IndexRun(
+        predictor,
+        index,
+        part_size=args.part_size,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        rank=rank,
+        world_size=world,
+    )
+    jobs = run.shard(files, IndexRun.keys(files))
+    try:
+        report = run.run(jobs, progress=rank == 0)
+    except RunInterrupted as e:
+        print(
+            f"san index: interrupted after {e.report.written} new image(s); they are in the index (run the same "
+            "command again to go on)",
+            file=sys.stderr,
+        )
+        return 130
+    summary = merge_reports(comm.all_gather_object(report.as_dict()), missing=missing)
+    if rank == 0:
+        total = RegionIndex(out)
+        summary.update(index=str(out), indexed_before=before, indexed=len(total), bytes=total.size_bytes())
+        with atomic_path(out / SUMMARY) as tmp:
+            Path(tmp).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        print(
+            f"san index: {summary['written']} image(s) added ({summary['resumed']} already there) to {out}: "
+            f"{len(total)} image(s), {summary['bytes'] / 2**20:.1f} MB"
+            + (f", {summary['failed']} failed" if summary["failed"] else "")
+        )
+    return 1 if summary["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

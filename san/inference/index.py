@@ -1,0 +1,360 @@
+"""A region index of an image collection, and search in it by phrase.
+
+SAN's image path never sees a class name, so a collection can be encoded once and searched for any
+phrase later: every image's mask proposals and their mask embeddings are stored, and a query is
+scored against all of them with the model's own classifier (the prompt templates, the background row,
+the softmax over the query, an optional scope of competing class names and the background). An image
+ranks by its best-matching region (proposals whose mask covers no pixel of the image are ignored).
+
+On disk (a folder): ``index.json`` (format, version, the model's image fingerprint and text key, its
+config and weights, the number of proposals and the embedding width) and parts ``part-NNNNNNNN/``
+written whole and renamed into place, each holding up to ``part_size`` images: ``embeddings.npy``
+(float16 ``[images x Q, E]``, memory-mapped when searching), ``areas.npy`` (float16 ``[images x Q]``,
+the fraction of the image each proposal covers), ``masks.npy`` (float16 proposal logits on the
+side-adapter grid, flat; logits, since the official path resizes them before the threshold) and
+``part.json`` (the images: path, size, where their masks lie). A part is named by the position of its
+first image in the sorted input list, so processes of a sharded build never collide and a resumed
+build only adds parts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from san.modeling.semantic import resize_mask_logits
+
+from .runner import PredictionRun, RunReport
+
+__all__ = ["IndexRun", "RegionIndex", "RegionIndexError", "SearchHit", "highlight"]
+
+FORMAT, VERSION = "san-region-index", 1
+INDEX_FILE = "index.json"
+
+
+class RegionIndexError(ValueError):
+    """An index folder is missing, foreign, corrupt, empty or made by another model; the message says which."""
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One ranked image: its path, the best region's score (the query's probability under the
+    classifier), and where that region lies in the index."""
+
+    image: str
+    score: float
+    part: str
+    row: int
+    region: int
+
+
+def _model_identity(predictor: Any) -> dict[str, Any]:
+    model = predictor.model
+    return {
+        "fingerprint": model.image_fingerprint(),
+        "text_key": model.ov_classifier.cache_key(),
+        "queries": int(model.side_adapter_network.num_queries),
+    }
+
+
+class _Part:
+    """One part folder, its arrays memory-mapped."""
+
+    def __init__(self, directory: Path) -> None:
+        self.name = directory.name
+        try:
+            info = json.loads((directory / "part.json").read_text(encoding="utf-8"))
+            self.images: list[dict[str, Any]] = info["images"]
+            self.embeddings = np.load(directory / "embeddings.npy", mmap_mode="r")
+            self.areas = np.load(directory / "areas.npy", mmap_mode="r")
+            self.masks = np.load(directory / "masks.npy", mmap_mode="r")
+        except (OSError, ValueError, KeyError) as e:
+            raise RegionIndexError(
+                f"{directory}: unreadable index part ({type(e).__name__}: {e}); delete it and index again"
+            ) from None
+        if self.embeddings.shape[0] != self.areas.shape[0] or self.embeddings.shape[0] % max(1, len(self.images)):
+            raise RegionIndexError(f"{directory}: its arrays do not match its image list; delete it and index again")
+
+
+class RegionIndex:
+    """An index folder (see the module docstring): open it with ``RegionIndex(path)``; build one with
+    :meth:`create` and :meth:`add` (what ``san index`` does through its runner)."""
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+        path = self.directory / INDEX_FILE
+        if not path.is_file():
+            raise RegionIndexError(f"{self.directory} is not a san index (no {INDEX_FILE}); build one with `san index`")
+        try:
+            self.meta: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise RegionIndexError(f"{path}: not readable as JSON ({e})") from None
+        if self.meta.get("format") != FORMAT:
+            raise RegionIndexError(f"{path} is not a san region index (format {self.meta.get('format')!r})")
+        if self.meta.get("version") != VERSION:
+            raise RegionIndexError(f"{path}: index version {self.meta.get('version')}, this san reads {VERSION}")
+        self.parts = [_Part(d) for d in sorted(self.directory.glob("part-*")) if d.is_dir()]
+
+    # -- building ------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, directory: str | os.PathLike, predictor: Any, *, weights: str, config_yaml: str) -> RegionIndex:
+        """Open ``directory`` for adding images with ``predictor``'s model: a new index, or an existing
+        one made by the same model (else :class:`RegionIndexError`, before any work)."""
+        directory = Path(directory)
+        if predictor.tta:
+            raise RegionIndexError("an index holds one view per image: build it without TTA")
+        identity = _model_identity(predictor)
+        path = directory / INDEX_FILE
+        if path.exists():
+            index = cls(directory)
+            for key, value in identity.items():
+                if index.meta.get(key) != value:
+                    raise RegionIndexError(
+                        f"{directory} was built by another model ({key} differs): index into a new folder, or "
+                        f"use its model ({index.meta.get('weights')})"
+                    )
+            return index
+        from san.files import atomic_path
+
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": FORMAT,
+            "version": VERSION,
+            **identity,
+            "embed_dim": int(predictor.model.ov_classifier.text_projection.shape[1]),
+            "weights": weights,
+            "config_yaml": config_yaml,
+            "min_size": predictor.min_size,
+            "max_size": predictor.max_size,
+        }
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        return cls(directory)
+
+    def indexed(self) -> set[str]:
+        """Paths of the images already in the index."""
+        return {im["path"] for part in self.parts for im in part.images}
+
+    def write_part(self, items: Sequence[tuple[str, str, Any]], *, rank: int = 0) -> None:
+        """Add images as one part, written whole and renamed into place: ``(key, path, encoding)``
+        each, ``key`` the image's zero-padded position in the sorted input list (the first names the
+        part), ``rank`` the writing process (it names the temporary folder)."""
+        items = sorted(items)
+        embeddings, areas, masks, images, offset = [], [], [], [], 0
+        for key, path, enc in items:
+            v = enc.views[0]
+            logits = v.mask_logits.float()
+            grid = tuple(int(s) for s in logits.shape[-2:])
+            on_image = _grid_size(grid, v.image_size, v.padded_size)
+            inside = resize_mask_logits(logits, v.image_size, v.padded_size, on_image) > 0
+            embeddings.append(v.mask_embeddings.float().cpu().numpy().astype(np.float16))
+            areas.append(inside.float().mean((-2, -1)).cpu().numpy().astype(np.float16))
+            masks.append(logits.cpu().numpy().astype(np.float16).ravel())
+            images.append(
+                {
+                    "key": key,
+                    "path": path,
+                    "height": int(enc.output_size[0]),
+                    "width": int(enc.output_size[1]),
+                    "image_size": list(v.image_size),
+                    "padded_size": list(v.padded_size),
+                    "grid": list(grid),
+                    "mask_offset": offset,
+                }
+            )
+            offset += masks[-1].size
+        name = f"part-{items[0][0]}"
+        final = self.directory / name
+        tmp = self.directory / f".{name}.tmp-r{rank}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            np.save(tmp / "embeddings.npy", np.concatenate(embeddings))
+            np.save(tmp / "areas.npy", np.concatenate(areas))
+            np.save(tmp / "masks.npy", np.concatenate(masks))
+            (tmp / "part.json").write_text(json.dumps({"images": images}) + "\n", encoding="utf-8")
+            if final.exists():  # a part of an interrupted earlier run under the same name: replaced whole
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.parts = [p for p in self.parts if p.name != name] + [_Part(final)]
+
+    def remove_stale(self, rank: int = 0, world_size: int = 1) -> int:
+        """Delete the temporary part folders that killed builds left: those of process ``rank``, and
+        on rank 0 those of ranks this run does not have; returns how many."""
+        stale = []
+        for d in self.directory.glob(".part-*.tmp-r*"):
+            r = d.name.split(".tmp-r")[1].split("-")[0]
+            if d.is_dir() and r.isdigit() and (int(r) == rank or (rank == 0 and int(r) >= world_size)):
+                stale.append(d)
+        for d in stale:
+            shutil.rmtree(d, ignore_errors=True)
+        return len(stale)
+
+    # -- searching -----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return sum(len(p.images) for p in self.parts)
+
+    def size_bytes(self) -> int:
+        """Bytes on disk."""
+        return sum(f.stat().st_size for f in self.directory.rglob("*") if f.is_file())
+
+    def check_model(self, predictor: Any) -> None:
+        """Refuse a model other than the one that built the index (image path or text tower)."""
+        identity = _model_identity(predictor)
+        for key, value in identity.items():
+            if self.meta.get(key) != value:
+                what = {"fingerprint": "image weights", "text_key": "text tower or templates"}.get(key, key)
+                raise RegionIndexError(
+                    f"{self.directory} was built by another model ({what} differ): search it with the model that "
+                    f"built it ({self.meta.get('weights')})"
+                )
+
+    @torch.no_grad()
+    def search(
+        self, predictor: Any, query: str, *, vocabulary: Any = None, top: int = 10, chunk: int = 1 << 16
+    ) -> list[SearchHit]:
+        """The ``top`` images whose best region matches ``query`` most, best first.
+
+        ``vocabulary`` (names, or a comma-separated string) scopes the competition: a region's score is
+        the query's probability in the softmax over the query, these names and the background."""
+        query = (query or "").strip()
+        if not query:
+            raise ValueError("the query is empty: give a phrase, e.g. 'a red umbrella'")
+        if top < 1:
+            raise ValueError(f"top must be >= 1, got {top}")
+        if not len(self):
+            raise RegionIndexError(f"{self.directory} holds no images yet; add some with `san index`")
+        self.check_model(predictor)
+        scope = [] if vocabulary is None else predictor.vocabulary(vocabulary).names
+        names = [query, *[n for n in scope if n != query]]
+        classifier = predictor.model.encode_vocabulary(names).float().cpu()  # [1 + S + 1, E]
+        q = self.meta["queries"]
+        scores, where = [], []
+        for part in self.parts:
+            best = []
+            for s in range(0, part.embeddings.shape[0], chunk):  # bounded memory: a chunk at a time
+                emb = torch.from_numpy(np.array(part.embeddings[s : s + chunk]))
+                best.append((emb.float() @ classifier.T).softmax(-1)[:, 0])
+            p = torch.cat(best)
+            p[torch.from_numpy(np.asarray(part.areas, dtype=np.float32)) <= 0] = -1.0  # covers no pixel
+            value, region = p.view(-1, q).max(1)
+            scores.append(value)
+            where += [(part, row, int(r)) for row, r in enumerate(region)]
+        allscores = torch.cat(scores)
+        order = torch.argsort(allscores, descending=True, stable=True)[:top]
+        return [
+            SearchHit(
+                where[i][0].images[where[i][1]]["path"], float(allscores[i]), where[i][0].name, where[i][1], where[i][2]
+            )
+            for i in order.tolist()
+            if allscores[i] >= 0
+        ]
+
+    def region_mask(self, hit: SearchHit) -> np.ndarray:
+        """The hit's region ``[H, W]`` bool at the image's size (the official resize of the proposal)."""
+        part = next(p for p in self.parts if p.name == hit.part)
+        im = part.images[hit.row]
+        gh, gw = im["grid"]
+        size = gh * gw
+        start = im["mask_offset"] + hit.region * size
+        logits = torch.from_numpy(np.asarray(part.masks[start : start + size], dtype=np.float32))
+        out = resize_mask_logits(
+            logits.view(1, gh, gw), tuple(im["image_size"]), tuple(im["padded_size"]), (im["height"], im["width"])
+        )
+        return (out[0] > 0).numpy()
+
+
+def _grid_size(grid: tuple[int, int], image_size: Any, padded_size: Any) -> tuple[int, int]:
+    """The side-grid cells that the image (without padding) covers, at least one each way."""
+    return tuple(max(1, round(g * i / p)) for g, i, p in zip(grid, image_size, padded_size))  # type: ignore[return-value]
+
+
+def highlight(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 64, 32)) -> np.ndarray:
+    """``image`` ``[H, W, 3]`` uint8 with ``mask`` tinted and everything else dimmed."""
+    out = image.astype(np.float32)
+    tint = np.asarray(color, np.float32)
+    out[mask] = 0.55 * out[mask] + 0.45 * tint
+    out[~mask] *= 0.4
+    return out.round().clip(0, 255).astype(np.uint8)
+
+
+class IndexRun(PredictionRun):
+    """:class:`~san.inference.runner.PredictionRun` that adds each image's encoding to a
+    :class:`RegionIndex` instead of writing pictures: the same decoding threads, batches, sharding and
+    progress; images already in the index are skipped (a build resumes by running it again)."""
+
+    def __init__(
+        self,
+        predictor: Any,
+        index: RegionIndex,
+        *,
+        part_size: int = 256,
+        batch_size: int = 1,
+        workers: int = 2,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        super().__init__(
+            predictor,
+            None,
+            index.directory,
+            meta={},
+            batch_size=batch_size,
+            workers=workers,
+            resume=True,
+            rank=rank,
+            world_size=world_size,
+        )
+        if part_size < 1:
+            raise ValueError(f"part_size must be >= 1, got {part_size}")
+        self.index, self.part_size = index, part_size
+        self._done = index.indexed()
+        self._paths: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._buffer: list[tuple[str, str, Any]] = []
+
+    @staticmethod
+    def keys(files: Sequence[Path]) -> list[str]:
+        """The images' keys: their zero-padded positions in the sorted input list (they name the parts)."""
+        return [f"{i:08d}" for i in range(len(files))]
+
+    def run(self, jobs: Sequence[tuple[Path, str]], *, progress: bool = True) -> RunReport:
+        jobs = [(Path(os.path.abspath(p)), key) for p, key in jobs]
+        self._paths = {key: str(p) for p, key in jobs}
+        try:
+            return super().run(jobs, progress=progress)
+        finally:
+            self._flush()  # what is encoded is kept, even after Ctrl-C
+
+    def _flush(self) -> None:
+        with self._lock:
+            if self._buffer:
+                self.index.write_part(self._buffer, rank=self.rank)
+                self._buffer = []
+
+    def complete(self, stem: str) -> bool | None:
+        return True if self._paths.get(stem) in self._done else None
+
+    def _remove_stale(self, stems: Sequence[str]) -> int:
+        return self.index.remove_stale(self.rank, self.world_size)
+
+    def _model(self, images: list[np.ndarray]) -> list[tuple]:
+        return [(None, enc.to("cpu")) for enc in self.predictor.encode_batch(images, batch_size=self.batch_size)]
+
+    def _write(self, stem: str, path: Path, image: np.ndarray, pred: Any, encoding: Any) -> None:
+        with self._lock:  # writer threads share the buffer; a full one becomes a part
+            self._buffer.append((stem, str(path), encoding))
+            if len(self._buffer) >= self.part_size:
+                self.index.write_part(self._buffer, rank=self.rank)
+                self._buffer = []

@@ -1,0 +1,23 @@
+"""Fixtures of the command tests: the official tiny model of the golden v2 file as files on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import san
+
+
+@pytest.fixture(scope="session")
+def golden_files(golden_v2_model, tmp_path_factory) -> dict[str, Path]:
+    """The golden v2 model as ``model.yaml`` + ``model.pth``, and its two images as arrays."""
+    from ..conftest import GOLDEN_V2
+
+    root = tmp_path_factory.mktemp("golden_files")
+    (root / "model.yaml").write_text(golden_v2_model.config_yaml)
+    san.save_checkpoint(golden_v2_model, root / "model.pth")
+    g = torch.load(GOLDEN_V2, weights_only=True)
+    images = [im.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy() for im in g["images"]]
+    return {"yaml": root / "model.yaml", "pth": root / "model.pth", "images": images, "vocabulary": g["vocabulary"]}
