@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,8 @@ def test_the_planted_image_ranks_first(collection, capsys):
     scoped = index.search(collection["predictor"], "cat", vocabulary=others, top=6)
     assert Path(scoped[0].image).stem == "planted" and len(scoped) == 6
     assert [h.score for h in scoped] == sorted((h.score for h in scoped), reverse=True)
+    named = index.search(collection["predictor"], "cat", vocabulary=collection["voc"], top=6)
+    assert [(h.image, h.score) for h in named] == [(h.image, h.score) for h in scoped]  # the query counts once
     assert san_main(["search", str(collection["index"]), "cat", "--top", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[0].split()[0] == "1" and lines[0].endswith("planted.png")
@@ -86,11 +89,31 @@ def test_scores_equal_the_images_own_encodings(collection):
         probs = model.classify(v.mask_embeddings[None], classifier)[0].softmax(-1)[:, 0]
         h, w = v.image_size
         grid = [max(1, round(g * i / p)) for g, i, p in zip(v.mask_logits.shape[-2:], v.image_size, v.padded_size)]
-        covers = (resize_mask_logits(v.mask_logits, (h, w), v.padded_size, tuple(grid)) > 0).flatten(1).any(1)
+        inside = (resize_mask_logits(v.mask_logits, (h, w), v.padded_size, tuple(grid)) > 0).flatten(1)
+        covers = inside.any(1)
+        part, row = next((pt, i) for pt in index.parts for i, im in enumerate(pt.images) if im["path"] == str(path))
+        q = index.meta["queries"]
+        stored = np.asarray(part.areas[row * q : (row + 1) * q], dtype=np.float32)
+        assert stored == pytest.approx(inside.float().mean(1).numpy(), abs=1e-3), path.stem
         want = probs[covers].max()
         hit = hits[path.stem]
         assert hit.score == pytest.approx(float(want), abs=2e-3), path.stem  # float16 storage
         assert covers[hit.region] and float(probs[hit.region]) == pytest.approx(hit.score, abs=2e-3)
+
+
+def test_a_region_that_covers_no_pixel_never_answers(collection, tmp_path):
+    predictor = collection["predictor"]
+    copy = tmp_path / "index"
+    shutil.copytree(collection["index"], copy)
+    (best,) = RegionIndex(copy).search(predictor, "cat", top=1)
+    part = copy / best.part
+    q = RegionIndex(copy).meta["queries"]
+    areas = np.load(part / "areas.npy")
+    assert areas[best.row * q + best.region] > 0
+    areas[best.row * q + best.region] = 0  # as if the proposal lay on the padding only
+    np.save(part / "areas.npy", areas)
+    again = next(h for h in RegionIndex(copy).search(predictor, "cat", top=6) if h.image == best.image)
+    assert again.region != best.region and again.score < best.score
 
 
 def test_regions_and_pictures_come_back_at_the_images_size(collection, tmp_path):
