@@ -30,6 +30,7 @@ _API = {
     "add_san_config": "san.config",
     "get_cfg": "san.config",
     "get_config_file": "san.config",
+    "RegionIndex": "san.inference.index",
     "export_onnx": "san.inference.onnx",
     "Prediction": "san.inference.result",
     "SANPredictor": "san.inference.predictor",
@@ -65,6 +66,9 @@ if TYPE_CHECKING:
     )
     from san.config import (
         get_config_file as get_config_file,
+    )
+    from san.inference.index import (
+        RegionIndex as RegionIndex,
     )
     from san.inference.onnx import (
         export_onnx as export_onnx,

@@ -10,6 +10,10 @@
    measured in the same run, with the background threads (``--workers 4``) and without (``0``).
 3. The same with the tiny test model on many small images, where files, pictures and JSON are most of
    the work.
+4. ``san search`` over an index of ``--index-images`` (10,000) images in ViT-B/16's real shapes: one
+   photo encoded at 640, its proposals stored once per image with random unit mask embeddings (parts
+   written by :meth:`san.inference.index.RegionIndex.write_part`, as ``san index`` writes them): bytes
+   per image, and the time of a search (query text encoding included), alone and scoped by 150 names.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from bench_tools import make_names  # noqa: E402
 from benchmark import build, fill_random_embeddings  # noqa: E402
 
 import san  # noqa: E402
+from san.inference.encoding import EncodedView, ImageEncoding  # noqa: E402
+from san.inference.index import RegionIndex  # noqa: E402
 from san.inference.predictor import SANPredictor  # noqa: E402
 from san.inference.runner import PredictionRun  # noqa: E402
 
@@ -119,13 +125,89 @@ def folder_run(
     }
 
 
+def search_index(args: argparse.Namespace, work: Path) -> dict:
+    model = build("vitb", torch.device("cpu"))
+    names = make_names(args.vocab)
+    predictor = SANPredictor(model, device="cpu")
+    enc = predictor.encode(photos(1, 640)[0])
+    view = enc.views[0]
+    index = RegionIndex.create(work / "index", predictor, weights="random", config_yaml="")
+    gen = torch.Generator().manual_seed(0)
+    t = time.perf_counter()
+    for start in range(0, args.index_images, 256):
+        items = []
+        for i in range(start, min(start + 256, args.index_images)):
+            emb = torch.nn.functional.normalize(torch.randn(view.mask_embeddings.shape, generator=gen), dim=-1)
+            v = EncodedView(view.mask_logits, emb, view.image_size, view.padded_size)
+            items.append((f"{i:08d}", f"/photos/{i:08d}.jpg", ImageEncoding([v], enc.output_size, enc.fingerprint)))
+        index.write_part(items)
+    write_s = time.perf_counter() - t
+    index = RegionIndex(work / "index")
+    times: dict[str, list[float]] = {"new_query": [], "same_query_again": [], "new_query_scoped_150": []}
+    for r in range(args.repeat + 1):
+        runs = (
+            ("new_query", f"a photo of thing {r}", None),  # its text encoding is part of the cost
+            ("same_query_again", f"a photo of thing {r}", None),  # text cached: the product over the index alone
+            ("new_query_scoped_150", f"a scoped photo of thing {r}", names),
+        )
+        for key, query, scope in runs:
+            t = time.perf_counter()
+            hits = index.search(predictor, query, vocabulary=scope, top=10)
+            if r:  # the first round maps the files into memory and encodes the 150 names
+                times[key].append(time.perf_counter() - t)
+            assert len(hits) == 10
+    t = time.perf_counter()
+    predictor.model.encode_vocabulary([f"a photo of thing {args.repeat + 1}"])
+    text_s = time.perf_counter() - t
+    faiss_s = _faiss_flat(index, predictor, args.repeat)
+    parts = {f.name: 0 for f in (work / "index").glob("part-*/*")}
+    for f in (work / "index").glob("part-*/*"):
+        parts[f.name] += f.stat().st_size
+    return {
+        "images": len(index),
+        "queries_per_image": int(view.mask_embeddings.shape[0]),
+        "embed_dim": int(view.mask_embeddings.shape[1]),
+        "mask_grid": list(view.mask_logits.shape[-2:]),
+        "bytes_per_image": index.size_bytes() / len(index),
+        "bytes_per_image_by_file": {k: v / len(index) for k, v in sorted(parts.items())},
+        "write_s": write_s,
+        "search_median_s": {k: statistics.median(v) for k, v in times.items()},
+        "search_max_s": {k: max(v) for k, v in times.items()},
+        "one_query_text_encoding_s": text_s,
+        "faiss_flat_ip_top1000_s": faiss_s,
+    }
+
+
+def _faiss_flat(index: RegionIndex, predictor: SANPredictor, repeat: int) -> float | None:
+    """Median time of an exact FAISS inner-product search (top 1000 regions) over the same embeddings
+    in memory, for a query without scope (where the softmax over query and background ranks regions by
+    the product with their difference); None without ``faiss``."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    emb = np.concatenate([np.asarray(p.embeddings, dtype=np.float32) for p in index.parts])
+    flat = faiss.IndexFlatIP(emb.shape[1])
+    flat.add(emb)
+    cls = predictor.model.encode_vocabulary(["a red umbrella"]).detach().float()
+    direction = (cls[0] - cls[-1]).numpy()[None].astype(np.float32)
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        flat.search(direction, 1000)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vocab", type=int, default=150)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--photos", type=int, default=64, help="photos of the ViT-B/16 folder run")
     p.add_argument("--small", type=int, default=400, help="small images of the tiny-model folder run")
-    p.add_argument("--sections", nargs="+", default=["encode", "vitb", "tiny"], choices=["encode", "vitb", "tiny"])
+    p.add_argument("--index-images", type=int, default=10_000, help="images of the synthetic search index")
+    choices = ["encode", "vitb", "tiny", "search"]
+    p.add_argument("--sections", nargs="+", default=choices, choices=choices)
     p.add_argument("--json", default="")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -163,6 +245,9 @@ def main() -> None:
             runs = ((4, 8), (4, 1), (0, 1))
             report["folder_tiny"] = [folder_run(tiny, voc, small, work, w, b) for w, b in runs]
             print(json.dumps(report["folder_tiny"], indent=1), flush=True)
+        if "search" in args.sections:
+            report["search"] = search_index(args, work)
+            print(json.dumps(report["search"], indent=1), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
 

@@ -1,7 +1,7 @@
 """``san index``: encode an image collection into a region index that ``san search`` queries.
 
-    san index --input /data/photos --output photos.index --weights san-vit-b-16 --batch-size 8
-    torchrun --nproc_per_node 8 -m san index --input /data/photos --output photos.index
+    san index /data/photos --output photos.index --weights san-vit-b-16 --batch-size 8
+    torchrun --nproc_per_node 8 -m san index /data/photos --output photos.index
 
 Each image's mask proposals and mask embeddings go into the index (:mod:`san.inference.index`) once;
 any phrase can then be searched for without the image path. Running the command again on the same
@@ -29,7 +29,8 @@ SUMMARY = "build_summary.json"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="san index", description="Encode images into a region index for san search.")
-    p.add_argument("--input", "-i", nargs="+", required=True, help="image files, folders or glob patterns")
+    p.add_argument("items", nargs="*", metavar="INPUT", help="image files, folders or globs; then KEY VALUE overrides")
+    p.add_argument("--input", "-i", nargs="+", default=[], help="more image files, folders or glob patterns")
     p.add_argument("--output", "-o", required=True, help="the index folder (created, or extended)")
     p.add_argument("--weights", "-w", default=None, help="san-vit-b-16 | san-vit-l-14 | checkpoint file | URL")
     p.add_argument("--config-file", default=None, help="config name or YAML (default: the official model's)")
@@ -40,7 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding threads (default 4)")
     p.add_argument("--part-size", type=int, default=256, help="images per index part (the unit written at once)")
     add_launch_arguments(p)
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
     p.set_defaults(tta=False, text_cache=None)
     return p
 
@@ -57,7 +57,11 @@ def _prepare(args: argparse.Namespace) -> Any:
 
     from .predict import split_overrides
 
-    args.input, args.opts = split_overrides(args.input, args.opts)
+    items, opts = split_overrides(args.items, [])  # the first A.B key ends the inputs
+    more, opts_after_input = split_overrides(args.input, [])
+    args.input, args.opts = [*items, *more], [*opts, *opts_after_input]
+    if not args.input:
+        return _fail("give the images to index: san index INPUT [INPUT ...] --output INDEX")
     if len(args.opts) % 2:
         return _fail(f"config overrides come in KEY VALUE pairs, got {args.opts}")
     if args.batch_size < 1 or args.workers < 0 or args.part_size < 1:
@@ -83,7 +87,7 @@ def _prepare(args: argparse.Namespace) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``san index``; returns the exit code."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     prepared = _prepare(args)
     if isinstance(prepared, int):

@@ -19,7 +19,9 @@ build only adds parts.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 import shutil
 import threading
@@ -30,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from san.modeling.semantic import resize_mask_logits
 
@@ -74,7 +77,8 @@ class _Part:
         try:
             info = json.loads((directory / "part.json").read_text(encoding="utf-8"))
             self.images: list[dict[str, Any]] = info["images"]
-            self.embeddings = np.load(directory / "embeddings.npy", mmap_mode="r")
+            # copy-on-write: a writable view for torch.from_numpy; the file is never changed
+            self.embeddings = np.load(directory / "embeddings.npy", mmap_mode="c")
             self.areas = np.load(directory / "areas.npy", mmap_mode="r")
             self.masks = np.load(directory / "masks.npy", mmap_mode="r")
         except (OSError, ValueError, KeyError) as e:
@@ -87,7 +91,7 @@ class _Part:
 
 class RegionIndex:
     """An index folder (see the module docstring): open it with ``RegionIndex(path)``; build one with
-    :meth:`create` and :meth:`add` (what ``san index`` does through its runner)."""
+    :meth:`create` and :meth:`write_part` (what ``san index`` does through :class:`IndexRun`)."""
 
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)
@@ -222,12 +226,16 @@ class RegionIndex:
 
     @torch.no_grad()
     def search(
-        self, predictor: Any, query: str, *, vocabulary: Any = None, top: int = 10, chunk: int = 1 << 16
+        self, predictor: Any, query: str, *, vocabulary: Any = None, top: int = 10, exhaustive: bool = False
     ) -> list[SearchHit]:
         """The ``top`` images whose best region matches ``query`` most, best first.
 
         ``vocabulary`` (names, or a comma-separated string) scopes the competition: a region's score is
-        the query's probability in the softmax over the query, these names and the background."""
+        the query's probability in the softmax over the query, these names and the background.
+        The fast path bounds every region's score by the query-against-background logit alone (one
+        float16 product over the memory-mapped embeddings), then scores images exactly in the order of
+        their bounds until no remaining bound can beat the ``top``-th exact score; ``exhaustive=True``
+        scores every region exactly (the reference the fast path is tested against)."""
         query = (query or "").strip()
         if not query:
             raise ValueError("the query is empty: give a phrase, e.g. 'a red umbrella'")
@@ -238,28 +246,89 @@ class RegionIndex:
         self.check_model(predictor)
         scope = [] if vocabulary is None else predictor.vocabulary(vocabulary).names
         names = [query, *[n for n in scope if n != query]]
-        classifier = predictor.model.encode_vocabulary(names).float().cpu()  # [1 + S + 1, E]
-        q = self.meta["queries"]
-        scores, where = [], []
-        for part in self.parts:
-            best = []
-            for s in range(0, part.embeddings.shape[0], chunk):  # bounded memory: a chunk at a time
-                emb = torch.from_numpy(np.array(part.embeddings[s : s + chunk]))
-                best.append((emb.float() @ classifier.T).softmax(-1)[:, 0])
-            p = torch.cat(best)
-            p[torch.from_numpy(np.asarray(part.areas, dtype=np.float32)) <= 0] = -1.0  # covers no pixel
-            value, region = p.view(-1, q).max(1)
-            scores.append(value)
-            where += [(part, row, int(r)) for row, r in enumerate(region)]
-        allscores = torch.cat(scores)
-        order = torch.argsort(allscores, descending=True, stable=True)[:top]
+        classifier = predictor.model.encode_vocabulary(names).float().cpu()  # [1 + S + 1, E]: query first
+        images = [(part, row) for part in self.parts for row in range(len(part.images))]
+        if exhaustive:
+            log_p, regions = self._exact(classifier, images)
+            chosen = torch.argsort(log_p, descending=True, stable=True)[:top].tolist()
+        else:
+            chosen, log_p, regions = self._bounded(classifier, images, top)
         return [
             SearchHit(
-                where[i][0].images[where[i][1]]["path"], float(allscores[i]), where[i][0].name, where[i][1], where[i][2]
+                images[i][0].images[images[i][1]]["path"],
+                math.exp(float(log_p[i])),
+                images[i][0].name,
+                images[i][1],
+                int(regions[i]),
             )
-            for i in order.tolist()
-            if allscores[i] >= 0
+            for i in chosen
+            if log_p[i] > -math.inf
         ]
+
+    def _exact(self, classifier: Tensor, images: Sequence[tuple[_Part, int]]) -> tuple[Tensor, Tensor]:
+        """Each image's best region and its log-probability ``[N]`` (float64, -inf: no region covers
+        a pixel). Images rank by log-probability: probabilities near 1 that float32 rounds to 1.0 stay
+        apart (the logits are float32, the softmax float64)."""
+        q = self.meta["queries"]
+        best = torch.full((len(images),), -math.inf, dtype=torch.float64)
+        regions = torch.zeros(len(images), dtype=torch.long)
+        by_part: dict[int, list[int]] = {}
+        for n, (part, _) in enumerate(images):
+            by_part.setdefault(id(part), []).append(n)
+        for ns in by_part.values():
+            part = images[ns[0]][0]
+            for s in range(0, len(ns), 1024):  # bounded memory: 1024 images at a time
+                block = ns[s : s + 1024]
+                rows = (np.asarray([images[n][1] for n in block])[:, None] * q + np.arange(q)).ravel()
+                emb = torch.from_numpy(np.asarray(part.embeddings[rows], dtype=np.float32))
+                log_p = (emb @ classifier.T).double().log_softmax(-1)[:, 0]
+                log_p[torch.from_numpy(np.asarray(part.areas[rows], dtype=np.float32)) <= 0] = -math.inf
+                best[block], regions[block] = log_p.view(-1, q).max(1)
+        return best, regions
+
+    def _bounded(
+        self, classifier: Tensor, images: Sequence[tuple[_Part, int]], top: int
+    ) -> tuple[list[int], Tensor, Tensor]:
+        """The fast path of :meth:`search`: the chosen images in rank order, and exact scores and
+        log-probabilities and regions (valid where scored). With ``x = e . (query - background)`` and
+        ``y = e . (mean of the S scope rows - query)`` for a region's embedding ``e``, the query's
+        probability ``1 / (1 + exp(-x) + sum_s exp(l_s - l_query))`` is at most
+        ``1 / (1 + exp(-x) + S exp(y))`` (a mean of exponentials is at least the exponential of the
+        mean); two float16 products give ``x`` and ``y``, their rounding covered by margins."""
+        q, scope = self.meta["queries"], classifier.shape[0] - 2
+        a = classifier[0] - classifier[-1]
+        b = (classifier[1:-1].mean(0) if scope else classifier[0] * 0) - classifier[0]
+        # each margin >= 4x the float16 error of a unit embedding's product (see _half_accurate)
+        margin_a, margin_b = (float(v.norm()) * 1.01 * 2.0**-8 for v in (a, b))
+        log_scope = math.log(scope) if scope else -math.inf
+        bounds = []
+        for part in self.parts:
+            x = _half_matvec(part.embeddings, a).double() + margin_a
+            y = _half_matvec(part.embeddings, b).double() - margin_b if scope else torch.zeros_like(x)
+            # log of the bound: -log(1 + exp(-x) + S exp(y)), computed without overflow
+            terms = torch.stack([torch.zeros_like(x), -x, log_scope + y])
+            bound = -torch.logsumexp(terms, 0)
+            bound[torch.from_numpy(np.asarray(part.areas, dtype=np.float32)) <= 0] = -math.inf
+            bounds.append(bound.view(-1, q).amax(1))
+        bound = torch.cat(bounds)
+        # [N] log-probabilities no image's score can exceed: the relative slack covers the exact
+        # scores' float32 logits (about 1e-5 of the log-probability, which is near 0 for strong matches)
+        bound = bound + bound.abs() * 1e-3
+        order = torch.argsort(bound, descending=True, stable=True)
+        log_p = torch.full((len(images),), -math.inf, dtype=torch.float64)
+        regions = torch.zeros(len(images), dtype=torch.long)
+        done, block = 0, max(2 * top, 64)
+        while done < len(images):
+            batch = order[done : done + block].tolist()
+            log_p[batch], regions[batch] = self._exact(classifier, [images[n] for n in batch])
+            done += len(batch)
+            block *= 2
+            kth = torch.topk(log_p[order[:done]], min(top, done)).values[-1]
+            if done >= top and done < len(images) and float(kth) > float(bound[order[done]]):
+                break  # every image not scored is bounded below the top-th score
+        scored = torch.sort(order[:done]).values  # in index order, so ties rank as in the exhaustive search
+        ranked = scored[torch.argsort(log_p[scored], descending=True, stable=True)]
+        return ranked[:top].tolist(), log_p, regions
 
     def region_mask(self, hit: SearchHit) -> np.ndarray:
         """The hit's region ``[H, W]`` bool at the image's size (the official resize of the proposal)."""
@@ -273,6 +342,30 @@ class RegionIndex:
             logits.view(1, gh, gw), tuple(im["image_size"]), tuple(im["padded_size"]), (im["height"], im["width"])
         )
         return (out[0] > 0).numpy()
+
+
+def _half_matvec(embeddings: np.ndarray, direction: Tensor) -> Tensor:
+    """``embeddings @ direction`` ``[N]`` float32 of a float16 ``[N, E]`` array without converting it:
+    a float16 product where the backend accumulates in float32 (checked once), else in float32 chunks."""
+    if _half_accurate():
+        return (torch.from_numpy(embeddings) @ direction.half()).float()
+    return torch.cat(
+        [
+            torch.from_numpy(np.asarray(embeddings[s : s + 65536], np.float32)) @ direction
+            for s in range(0, len(embeddings), 65536)
+        ]
+    )
+
+
+@functools.cache
+def _half_accurate() -> bool:
+    """True if this backend's float16 matrix-vector product is as accurate as float32 accumulation
+    makes it (checked once on seeded unit rows against float32): the bound's margin assumes it."""
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.nn.functional.normalize(torch.randn(1024, 512, generator=gen), dim=1).half()
+    direction = torch.randn(512, generator=gen) * 10
+    error = ((rows @ direction.half()).float() - rows.float() @ direction).abs().max()
+    return float(error) <= 2.0**-10 * float(direction.norm())
 
 
 def _grid_size(grid: tuple[int, int], image_size: Any, padded_size: Any) -> tuple[int, int]:

@@ -52,12 +52,14 @@ def collection(golden_files, tmp_path_factory) -> dict:
     present = {n: {voc[i] for i in np.unique(predictor.predict(d / f"{n}.png", voc).labels)} for n in photos}
     assert [n for n, classes in present.items() if "cat" in classes] == ["planted"], present
     index = root / "index"
-    assert san_main(_index_argv(golden_files, d, index, "--part-size", "4", "--batch-size", "2")) == 0
+    assert san_main(_index_argv(golden_files, d, index, "--part-size", "4", "--batch-size", "2", positional=True)) == 0
     return {"dir": d, "index": index, "predictor": predictor, "voc": voc, "root": root}
 
 
-def _index_argv(golden_files: dict, inputs: Path, index: Path, *extra: str) -> list[str]:
+def _index_argv(golden_files: dict, inputs: Path, index: Path, *extra: str, positional: bool = False) -> list[str]:
     model = ["--config-file", str(golden_files["yaml"]), "--weights", str(golden_files["pth"])]
+    if positional:  # san index INPUT --output INDEX ... KEY VALUE
+        return ["index", str(inputs), *model, "--output", str(index), *extra, *OPTS]
     return ["index", *model, "--input", str(inputs), "--output", str(index), *extra, *OPTS]
 
 
