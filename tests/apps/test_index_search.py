@@ -228,6 +228,8 @@ def test_bad_indexes_queries_and_models_are_refused(golden_files, collection, tm
     (broken / "part-00000000" / "part.json").write_text("{}")
     assert san_main(["search", str(broken), "cat"]) == 2
     assert "unreadable index part" in capsys.readouterr().err
+    assert san_main(["index", "--output", str(tmp_path / "new"), *OPTS]) == 2
+    assert "give the images to index: san index INPUT" in capsys.readouterr().err
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")
