@@ -87,8 +87,13 @@ def main(argv: list[str] | None = None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             name = f"rank{rank:02d}_{Path(hit.image).stem}.png"
             try:
-                picture = highlight(read_image(hit.image), index.region_mask(hit))
-            except ImageError as e:  # moved or deleted since it was indexed
+                image, mask = read_image(hit.image), index.region_mask(hit)
+                if image.shape[:2] != mask.shape:
+                    raise ImageError(
+                        f"now {image.shape[1]}x{image.shape[0]}, indexed at {mask.shape[1]}x{mask.shape[0]}"
+                    )
+                picture = highlight(image, mask)
+            except ImageError as e:  # moved, deleted or changed since it was indexed
                 print(f"san search: no picture for {hit.image}: {e}", file=sys.stderr)
             else:
                 from PIL import Image

@@ -163,6 +163,22 @@ def test_the_index_grows_by_what_is_missing(golden_files, collection, tmp_path, 
     assert ranked == want
 
 
+def test_hits_whose_files_changed_or_went_are_listed_without_pictures(golden_files, collection, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    shutil.copytree(collection["dir"], photos)
+    index = tmp_path / "index"
+    assert san_main(_index_argv(golden_files, photos, index)) == 0
+    (photos / "planted.png").unlink()
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(photos / "a.png")  # another picture under the name
+    out = tmp_path / "hits"
+    assert san_main(["search", str(index), "cat", "--top", "6", "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"no picture for {photos / 'planted.png'}" in err
+    assert f"no picture for {photos / 'a.png'}: now 50x40, indexed at 330x250" in err
+    hits = json.loads((out / "results.json").read_text())["hits"]
+    assert len(hits) == 6 and sum("picture" in h for h in hits) == 4 and len(list(out.glob("rank*.png"))) == 4
+
+
 def test_two_processes_build_the_one_process_index(golden_files, collection, tmp_path):
     from san.engine.comm import find_free_port
 
