@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1, help="images per model call (same model input size)")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding threads (default 4)")
     p.add_argument("--part-size", type=int, default=256, help="images per index part (the unit written at once)")
+    p.add_argument(
+        "--no-masks",
+        action="store_true",
+        help="do not store mask logits (5x smaller index; san search --output then re-encodes each hit)",
+    )
     add_launch_arguments(p)
     p.set_defaults(tta=False, text_cache=None)
     return p
@@ -148,11 +153,16 @@ def _build(args: argparse.Namespace, out: Path, files: list, missing: list, rank
     predictor, meta = loaded
     weights = meta["weights"]
     weights = os.path.abspath(weights) if os.path.exists(weights) else weights
+    spec = {
+        "weights": weights,
+        "config_yaml": predictor.model.config_yaml or "",
+        "masks": False if args.no_masks else None,
+    }
     try:
         if rank == 0:
-            RegionIndex.create(out, predictor, weights=weights, config_yaml=predictor.model.config_yaml or "")
+            RegionIndex.create(out, predictor, **spec)
         comm.barrier()
-        index = RegionIndex.create(out, predictor, weights=weights, config_yaml=predictor.model.config_yaml or "")
+        index = RegionIndex.create(out, predictor, **spec)
     except RegionIndexError as e:
         return _fail(str(e))
     before = len(index)

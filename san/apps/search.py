@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             name = f"rank{rank:02d}_{Path(hit.image).stem}.png"
             try:
-                image, mask = read_image(hit.image), index.region_mask(hit)
+                image, mask = read_image(hit.image), index.region_mask(hit, predictor)
                 if image.shape[:2] != mask.shape:
                     raise ImageError(
                         f"now {image.shape[1]}x{image.shape[0]}, indexed at {mask.shape[1]}x{mask.shape[0]}"

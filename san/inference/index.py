@@ -11,7 +11,8 @@ config and weights, the number of proposals and the embedding width) and parts `
 written whole and renamed into place, each holding up to ``part_size`` images: ``embeddings.npy``
 (float16 ``[images x Q, E]``, memory-mapped when searching), ``areas.npy`` (float16 ``[images x Q]``,
 the fraction of the image each proposal covers), ``masks.npy`` (float16 proposal logits on the
-side-adapter grid, flat; logits, since the official path resizes them before the threshold) and
+side-adapter grid, flat; logits, since the official path resizes them before the threshold; not in an
+index built without masks) and
 ``part.json`` (the images: path, size, where their masks lie). A part is named by the position of its
 first image in the sorted input list, so processes of a sharded build never collide and a resumed
 build only adds parts.
@@ -80,7 +81,8 @@ class _Part:
             # copy-on-write: a writable view for torch.from_numpy; the file is never changed
             self.embeddings = np.load(directory / "embeddings.npy", mmap_mode="c")
             self.areas = np.load(directory / "areas.npy", mmap_mode="r")
-            self.masks = np.load(directory / "masks.npy", mmap_mode="r")
+            masks = directory / "masks.npy"  # absent in an index built without masks
+            self.masks = np.load(masks, mmap_mode="r") if masks.exists() else None
         except (OSError, ValueError, KeyError) as e:
             raise RegionIndexError(
                 f"{directory}: unreadable index part ({type(e).__name__}: {e}); delete it and index again"
@@ -110,9 +112,13 @@ class RegionIndex:
 
     # -- building ------------------------------------------------------------------------------------
     @classmethod
-    def create(cls, directory: str | os.PathLike, predictor: Any, *, weights: str, config_yaml: str) -> RegionIndex:
+    def create(
+        cls, directory: str | os.PathLike, predictor: Any, *, weights: str, config_yaml: str, masks: bool | None = None
+    ) -> RegionIndex:
         """Open ``directory`` for adding images with ``predictor``'s model: a new index, or an existing
-        one made by the same model (else :class:`RegionIndexError`, before any work)."""
+        one made by the same model (else :class:`RegionIndexError`, before any work). ``masks``: store
+        the proposals' mask logits (default for a new index; 80% of its size), so region pictures need no
+        model; without them :meth:`region_mask` encodes the image again. None: as the index was made."""
         directory = Path(directory)
         if predictor.tta:
             raise RegionIndexError("an index holds one view per image: build it without TTA")
@@ -126,6 +132,11 @@ class RegionIndex:
                         f"{directory} was built by another model ({key} differs): index into a new folder, or "
                         f"use its model ({index.meta.get('weights')})"
                     )
+            if masks is not None and masks != index.has_masks:
+                made = "with" if index.has_masks else "without"
+                raise RegionIndexError(
+                    f"{directory} was built {made} masks: add to it the same way, or use a new folder"
+                )
             return index
         from san.files import atomic_path
 
@@ -139,10 +150,16 @@ class RegionIndex:
             "config_yaml": config_yaml,
             "min_size": predictor.min_size,
             "max_size": predictor.max_size,
+            "masks": True if masks is None else bool(masks),
         }
         with atomic_path(path) as tmp:
             Path(tmp).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         return cls(directory)
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether the parts store mask logits (else region pictures re-encode the image)."""
+        return bool(self.meta.get("masks", True))
 
     def indexed(self) -> set[str]:
         """Paths of the images already in the index."""
@@ -184,7 +201,8 @@ class RegionIndex:
         try:
             np.save(tmp / "embeddings.npy", np.concatenate(embeddings))
             np.save(tmp / "areas.npy", np.concatenate(areas))
-            np.save(tmp / "masks.npy", np.concatenate(masks))
+            if self.has_masks:
+                np.save(tmp / "masks.npy", np.concatenate(masks))
             (tmp / "part.json").write_text(json.dumps({"images": images}) + "\n", encoding="utf-8")
             if final.exists():  # a part of an interrupted earlier run under the same name: replaced whole
                 shutil.rmtree(final)
@@ -330,16 +348,38 @@ class RegionIndex:
         ranked = scored[torch.argsort(log_p[scored], descending=True, stable=True)]
         return ranked[:top].tolist(), log_p, regions
 
-    def region_mask(self, hit: SearchHit) -> np.ndarray:
-        """The hit's region ``[H, W]`` bool at the image's size (the official resize of the proposal)."""
+    def region_mask(self, hit: SearchHit, predictor: Any = None) -> np.ndarray:
+        """The hit's region ``[H, W]`` bool at the image's size (the official resize of the proposal:
+        logits, threshold 0). An index without masks needs ``predictor`` (the index's model) and
+        encodes the image again; an image that changed since it was indexed raises
+        :class:`~san.data.images.ImageError`."""
         part = next(p for p in self.parts if p.name == hit.part)
         im = part.images[hit.row]
         gh, gw = im["grid"]
-        size = gh * gw
-        start = im["mask_offset"] + hit.region * size
-        logits = torch.from_numpy(np.asarray(part.masks[start : start + size], dtype=np.float32))
+        if part.masks is not None:
+            start = im["mask_offset"] + hit.region * gh * gw
+            logits = torch.from_numpy(np.asarray(part.masks[start : start + gh * gw], dtype=np.float32))
+        else:
+            if predictor is None:
+                raise RegionIndexError(
+                    f"{self.directory} was built without masks: pass its model's predictor to encode the image again"
+                )
+            self.check_model(predictor)
+            with torch.no_grad():
+                enc = predictor.encode(hit.image)
+            v = enc.views[0]
+            if (list(v.image_size), list(v.padded_size), list(enc.output_size)) != (
+                im["image_size"],
+                im["padded_size"],
+                [im["height"], im["width"]],
+            ):
+                from san.data.images import ImageError
+
+                h, w = enc.output_size
+                raise ImageError(f"now {w}x{h}, indexed at {im['width']}x{im['height']}")
+            logits = v.mask_logits[hit.region].float().cpu()
         out = resize_mask_logits(
-            logits.view(1, gh, gw), tuple(im["image_size"]), tuple(im["padded_size"]), (im["height"], im["width"])
+            logits.reshape(1, gh, gw), tuple(im["image_size"]), tuple(im["padded_size"]), (im["height"], im["width"])
         )
         return (out[0] > 0).numpy()
 

@@ -179,6 +179,25 @@ def test_hits_whose_files_changed_or_went_are_listed_without_pictures(golden_fil
     assert len(hits) == 6 and sum("picture" in h for h in hits) == 4 and len(list(out.glob("rank*.png"))) == 4
 
 
+def test_an_index_without_masks_encodes_the_hits_again(golden_files, collection, tmp_path, capsys):
+    predictor, index = collection["predictor"], tmp_path / "index"
+    assert san_main(_index_argv(golden_files, collection["dir"], index, "--no-masks", "--batch-size", "2")) == 0
+    small, full = RegionIndex(index), RegionIndex(collection["index"])
+    assert not list(index.glob("part-*/masks.npy")) and small.size_bytes() < full.size_bytes() / 3
+    hits, want = small.search(predictor, "cat", top=3), full.search(predictor, "cat", top=3)
+    assert [(h.image, h.region, h.score) for h in hits] == [(h.image, h.region, h.score) for h in want]
+    with pytest.raises(RegionIndexError, match="built without masks: pass its model's predictor"):
+        small.region_mask(hits[0])
+    for hit, other in zip(hits, want):
+        assert (small.region_mask(hit, predictor) == full.region_mask(other)).mean() > 0.9995  # float16 there
+    out = tmp_path / "hits"
+    assert san_main(["search", str(index), "cat", "--top", "1", "--output", str(out)]) == 0
+    assert (out / "rank01_planted.png").is_file()
+    assert san_main(_index_argv(golden_files, collection["dir"], index)) == 0  # adds the index's way
+    assert san_main(_index_argv(golden_files, collection["dir"], collection["index"], "--no-masks")) == 2
+    assert "was built with masks: add to it the same way" in capsys.readouterr().err
+
+
 def test_two_processes_build_the_one_process_index(golden_files, collection, tmp_path):
     from san.engine.comm import find_free_port
 
