@@ -143,7 +143,7 @@ def _build(args: argparse.Namespace, out: Path, files: list, missing: list, rank
     from san.engine import comm
     from san.files import atomic_path
     from san.inference.index import IndexRun, RegionIndex, RegionIndexError
-    from san.inference.runner import RunInterrupted, merge_reports
+    from san.inference.runner import OutputFolderGone, RunInterrupted, merge_reports
 
     from .predict import load_predictor
 
@@ -185,6 +185,9 @@ def _build(args: argparse.Namespace, out: Path, files: list, missing: list, rank
             file=sys.stderr,
         )
         return 130
+    except OutputFolderGone as e:
+        print(f"san index: {e}; nothing more was written. Give an --output that stays, and run again", file=sys.stderr)
+        return 1
     summary = merge_reports(comm.all_gather_object(report.as_dict()), missing=missing)
     if rank == 0:
         total = RegionIndex(out)

@@ -196,7 +196,7 @@ def _run(args: argparse.Namespace, voc: Any, out_dir: Any, files: list, missing:
     from san.engine import comm
     from san.files import atomic_path
     from san.inference.outputs import output_stems
-    from san.inference.runner import PredictionRun, RunInterrupted, merge_reports
+    from san.inference.runner import OutputFolderGone, PredictionRun, RunInterrupted, merge_reports
 
     loaded = load_predictor(args)
     if isinstance(loaded, int):
@@ -227,6 +227,13 @@ def _run(args: argparse.Namespace, voc: Any, out_dir: Any, files: list, missing:
             file=sys.stderr,
         )
         return 130
+    except OutputFolderGone as e:
+        print(
+            f"san predict: {e}, after {e.report.written} image(s) had been written into it; nothing more was "
+            "written. Give an --output that stays, and run again (with --resume to keep what remains)",
+            file=sys.stderr,
+        )
+        return 1
     summary = merge_reports(comm.all_gather_object(report.as_dict()), missing=missing)
     summary.update(
         output=str(out_dir),

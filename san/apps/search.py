@@ -65,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     from san.data.images import ImageError, read_image
     from san.files import atomic_path
     from san.hub import HubFormatError
-    from san.inference.index import RegionIndex, RegionIndexError, highlight
+    from san.inference.index import RegionIndex, RegionIndexError
     from san.inference.outputs import OutputError, check_output_dir
+    from san.inference.visualize import highlight
     from san.model_zoo import WeightsError
 
     try:

@@ -37,9 +37,9 @@ from torch import Tensor
 
 from san.modeling.semantic import resize_mask_logits
 
-from .runner import PredictionRun, RunReport
+from .runner import OutputFolderGone, PredictionRun, RunReport
 
-__all__ = ["IndexRun", "RegionIndex", "RegionIndexError", "SearchHit", "highlight"]
+__all__ = ["IndexRun", "RegionIndex", "RegionIndexError", "SearchHit"]
 
 FORMAT, VERSION = "san-region-index", 1
 INDEX_FILE = "index.json"
@@ -413,15 +413,6 @@ def _grid_size(grid: tuple[int, int], image_size: Any, padded_size: Any) -> tupl
     return tuple(max(1, round(g * i / p)) for g, i, p in zip(grid, image_size, padded_size))  # type: ignore[return-value]
 
 
-def highlight(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 64, 32)) -> np.ndarray:
-    """``image`` ``[H, W, 3]`` uint8 with ``mask`` tinted and everything else dimmed."""
-    out = image.astype(np.float32)
-    tint = np.asarray(color, np.float32)
-    out[mask] = 0.55 * out[mask] + 0.45 * tint
-    out[~mask] *= 0.4
-    return out.round().clip(0, 255).astype(np.uint8)
-
-
 class IndexRun(PredictionRun):
     """:class:`~san.inference.runner.PredictionRun` that adds each image's encoding to a
     :class:`RegionIndex` instead of writing pictures: the same decoding threads, batches, sharding and
@@ -467,6 +458,9 @@ class IndexRun(PredictionRun):
         self._paths = {key: str(p) for p, key in jobs}
         try:
             return super().run(jobs, progress=progress)
+        except OutputFolderGone:
+            self._buffer = []  # nowhere to put it
+            raise
         finally:
             self._flush()  # what is encoded is kept, even after Ctrl-C
 

@@ -35,7 +35,7 @@ from .outputs import output_paths, write_outputs
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ENCODING_SUFFIX", "PredictionRun", "RunInterrupted", "RunReport", "merge_reports"]
+__all__ = ["ENCODING_SUFFIX", "OutputFolderGone", "PredictionRun", "RunInterrupted", "RunReport", "merge_reports"]
 
 ENCODING_SUFFIX = ".encoding.safetensors"
 # the settings an output records that must match for --resume to keep it
@@ -64,6 +64,15 @@ class RunInterrupted(KeyboardInterrupt):
 
     def __init__(self, report: RunReport) -> None:
         super().__init__(f"interrupted after {report.written} image(s)")
+        self.report = report
+
+
+class OutputFolderGone(OSError):
+    """The output folder disappeared during :meth:`PredictionRun.run` (deleted, unmounted): the run
+    stops at once instead of failing every image that follows; ``report`` says what was done."""
+
+    def __init__(self, folder: Path, report: RunReport) -> None:
+        super().__init__(f"the output folder {folder} disappeared during the run")
         self.report = report
 
 
@@ -316,7 +325,9 @@ class PredictionRun:
                 report.written += 1
             except MemoryError:
                 self._fail(report, path, OOM, image)
-            except (OSError, ValueError, RuntimeError) as e:  # disk full, folder removed mid-run, ...
+            except (OSError, ValueError, RuntimeError) as e:  # disk full, a file in the way, ...
+                if isinstance(e, OSError) and not self.out_dir.is_dir():
+                    raise OutputFolderGone(self.out_dir, report) from None
                 self._fail(report, path, f"{type(e).__name__}: {e}")
             bar.update(1)
 

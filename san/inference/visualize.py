@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 from .fonts import font_for
 from .vocabulary import OTHER
 
-__all__ = ["legend", "overlay", "palette", "pixel_fractions"]
+__all__ = ["highlight", "legend", "overlay", "palette", "pixel_fractions"]
 
 _OTHER_COLOR = (128, 128, 128)
 _BAND_PIXELS = 1 << 20
@@ -137,3 +137,12 @@ def legend(
         d.rectangle([8, y + 2, 8 + row - 6, y + row - 4], fill=color, outline=(0, 0, 0))
         d.text((8 + row, y + 1), text, fill=(0, 0, 0), font=font)
     return panel
+
+
+def highlight(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 64, 32)) -> np.ndarray:
+    """``image`` ``[H, W, 3]`` uint8 with ``mask`` tinted and everything else dimmed."""
+    out = image.astype(np.float32)
+    tint = np.asarray(color, np.float32)
+    out[mask] = 0.55 * out[mask] + 0.45 * tint
+    out[~mask] *= 0.4
+    return out.round().clip(0, 255).astype(np.uint8)

@@ -198,6 +198,25 @@ def test_an_index_without_masks_encodes_the_hits_again(golden_files, collection,
     assert "was built with masks: add to it the same way" in capsys.readouterr().err
 
 
+def test_an_index_folder_removed_mid_build_stops_it_with_one_message(
+    golden_files, collection, tmp_path, monkeypatch, capsys
+):
+    index, calls = tmp_path / "index", []
+    real = RegionIndex.write_part
+
+    def write_part(self, items, **k):
+        calls.append(len(items))
+        if len(calls) == 2:
+            shutil.rmtree(index)
+        return real(self, items, **k)
+
+    monkeypatch.setattr(RegionIndex, "write_part", write_part)
+    assert san_main(_index_argv(golden_files, collection["dir"], index, "--part-size", "1", "--workers", "0")) == 1
+    err = capsys.readouterr().err
+    assert f"the output folder {index} disappeared during the run; nothing more was written" in err
+    assert "Traceback" not in err and "FAILED" not in err and not index.exists() and len(calls) < 6
+
+
 def test_two_processes_build_the_one_process_index(golden_files, collection, tmp_path):
     from san.engine.comm import find_free_port
 

@@ -276,3 +276,22 @@ def test_ctrl_c_while_an_image_is_written_counts_it_and_leaves_no_half_image(
     done = int(line.split("interrupted after ")[1].split(" of 9")[0])
     assert done == len(written) >= 3 and _hidden(out) == []
     assert sorted(p.name for p in out.glob("*.json")) == sorted(f"{s}.json" for s in written)
+
+
+def test_an_output_folder_removed_mid_run_stops_the_run_with_one_message(golden, tmp_path, monkeypatch, capsys):
+    import san.inference.runner as runner
+
+    real, started = runner.write_outputs, []
+    out = tmp_path / "out"
+
+    def write(out_dir, stem, *a, **k):
+        started.append(stem)
+        if len(started) == 3:
+            shutil.rmtree(out)  # deleted (or unmounted) under the running command
+        real(out_dir, stem, *a, **k)
+
+    monkeypatch.setattr(runner, "write_outputs", write)
+    assert san_main(_argv(golden, out, "--workers", "0")) == 1
+    err = capsys.readouterr().err
+    assert f"the output folder {out} disappeared during the run, after 2 image(s)" in err
+    assert len(started) < 9 and "FAILED" not in err and not out.exists()  # stopped at once; nothing recreated
