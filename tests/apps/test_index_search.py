@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -215,6 +216,32 @@ def test_an_index_folder_removed_mid_build_stops_it_with_one_message(
     err = capsys.readouterr().err
     assert f"the output folder {index} disappeared during the run; nothing more was written" in err
     assert "Traceback" not in err and "FAILED" not in err and not index.exists() and len(calls) < 6
+
+
+def test_ctrl_c_keeps_what_was_encoded_and_the_next_run_adds_the_rest(
+    golden_files, collection, tmp_path, monkeypatch, capsys
+):
+    from san.inference.index import IndexRun
+
+    index, real, seen = tmp_path / "index", IndexRun._write, []
+
+    def write_then_ctrl_c(self, stem, *a):
+        real(self, stem, *a)
+        seen.append(stem)
+        if len(seen) == 3:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(IndexRun, "_write", write_then_ctrl_c)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even under nohup
+    try:
+        assert san_main(_index_argv(golden_files, collection["dir"], index, "--workers", "0")) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert "interrupted after 3 new image(s); they are in the index" in capsys.readouterr().err
+    assert len(RegionIndex(index)) == 3 and not [p for p in index.iterdir() if p.name.startswith(".")]
+    monkeypatch.setattr(IndexRun, "_write", real)
+    assert san_main(_index_argv(golden_files, collection["dir"], index)) == 0
+    assert RegionIndex(index).indexed() == RegionIndex(collection["index"]).indexed()
 
 
 def test_two_processes_build_the_one_process_index(golden_files, collection, tmp_path):
