@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from san.engine.launch import add_launch_arguments, check_launch_arguments, launch, needs_launch
+from san.engine.launch import add_launch_arguments, check_launch_arguments, needs_launch, run_launched, worker_group
 
 SUMMARY = "build_summary.json"
 
@@ -99,18 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return prepared
     if not needs_launch(args):
         return _worker(args, prepared)
-    (prepared[0] / SUMMARY).unlink(missing_ok=True)
-    try:
-        launch(_worker, args, "san index")
-    except KeyboardInterrupt:
-        print("san index: interrupted; the images encoded so far are kept", file=sys.stderr)
-        return 130
-    except Exception as e:
-        return _fail(f"a process of the run failed ({type(e).__name__}); see the messages above")
-    summary = prepared[0] / SUMMARY
-    if not summary.is_file():
-        return _fail(f"the run ended without writing {summary}")
-    return 1 if json.loads(summary.read_text())["failed"] else 0
+    return run_launched(_worker, args, "san index", prepared[0] / SUMMARY, "the images encoded so far are kept")
 
 
 def _worker(args: argparse.Namespace, prepared: Any = None) -> int:
@@ -118,25 +107,12 @@ def _worker(args: argparse.Namespace, prepared: Any = None) -> int:
     if isinstance(prepared, int):
         return prepared
     out, files, missing = prepared
-    from san.engine import comm
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    grouped = world > 1 and comm.init_distributed("cpu", timeout_minutes=7 * 24 * 60)
-    try:
-        if args.device is None and world > 1:
-            import torch
-
-            if torch.cuda.is_available():
-                args.device = f"cuda:{comm.get_local_rank()}"
-        return _build(args, out, files, missing, comm.get_rank(), world)
-    except KeyboardInterrupt:
-        print("san index: interrupted before any image was encoded", file=sys.stderr)
-        return 130
-    finally:
-        if grouped:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+    with worker_group(args) as (rank, world):
+        try:
+            return _build(args, out, files, missing, rank, world)
+        except KeyboardInterrupt:
+            print("san index: interrupted before any image was encoded", file=sys.stderr)
+            return 130
 
 
 def _build(args: argparse.Namespace, out: Path, files: list, missing: list, rank: int, world: int) -> int:

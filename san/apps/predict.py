@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from san.engine.launch import add_launch_arguments, check_launch_arguments, launch, needs_launch
+from san.engine.launch import add_launch_arguments, check_launch_arguments, needs_launch, run_launched, worker_group
 
 logger = logging.getLogger("san.predict")
 SUMMARY = "san_predict_summary.json"
@@ -147,18 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         return prepared
     if not needs_launch(args):
         return _worker(args, prepared)
-    summary = prepared[1] / SUMMARY
-    summary.unlink(missing_ok=True)
-    try:
-        launch(_worker, args, "san predict")
-    except KeyboardInterrupt:
-        print("san predict: interrupted; finished images keep their outputs", file=sys.stderr)
-        return 130
-    except Exception as e:  # a process died: its message was printed by that process
-        return _fail(f"a process of the run failed ({type(e).__name__}); see the messages above")
-    if not summary.is_file():
-        return _fail(f"the run ended without writing {summary}")
-    return 1 if json.loads(summary.read_text())["failed"] else 0
+    return run_launched(_worker, args, "san predict", prepared[1] / SUMMARY, "finished images keep their outputs")
 
 
 def _worker(args: argparse.Namespace, prepared: Any = None) -> int:
@@ -167,29 +156,15 @@ def _worker(args: argparse.Namespace, prepared: Any = None) -> int:
     if isinstance(prepared, int):
         return prepared
     voc, out_dir, files, missing = prepared
-    from san.engine import comm
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    grouped = world > 1 and comm.init_distributed("cpu", timeout_minutes=7 * 24 * 60)  # gloo: objects only
-    rank = comm.get_rank()
-    try:
-        if rank == 0:
-            for spec in missing:
-                print(f"san predict: {spec}: no such file, folder or matching image", file=sys.stderr)
-        if args.device is None and world > 1:
-            import torch
-
-            if torch.cuda.is_available():
-                args.device = f"cuda:{comm.get_local_rank()}"
-        return _run(args, voc, out_dir, files, missing, rank, world)
-    except KeyboardInterrupt:  # while the model loaded: nothing was written
-        print("san predict: interrupted before any image was written", file=sys.stderr)
-        return 130
-    finally:
-        if grouped:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+    with worker_group(args) as (rank, world):
+        try:
+            if rank == 0:
+                for spec in missing:
+                    print(f"san predict: {spec}: no such file, folder or matching image", file=sys.stderr)
+            return _run(args, voc, out_dir, files, missing, rank, world)
+        except KeyboardInterrupt:  # while the model loaded: nothing was written
+            print("san predict: interrupted before any image was written", file=sys.stderr)
+            return 130
 
 
 def _run(args: argparse.Namespace, voc: Any, out_dir: Any, files: list, missing: list, rank: int, world: int) -> int:

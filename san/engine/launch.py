@@ -1,21 +1,34 @@
-"""Starting the processes of a multi-process run without torchrun: the rule ``san train`` and
-``san predict`` share (detectron2's ``launch`` on ``torch.multiprocessing``).
+"""Starting the processes of a multi-process run without torchrun: the rule ``san train``,
+``san predict`` and ``san index`` share (detectron2's ``launch`` on ``torch.multiprocessing``).
 
 Under ``torchrun`` the environment already describes the group (``RANK``, ``WORLD_SIZE``, ...) and
 nothing is started. Otherwise ``--num-gpus N`` processes start on this machine with the environment
 torchrun would give them, and ``--num-machines`` / ``--machine-rank`` / ``--dist-url`` connect
-several machines. Without CUDA the processes run on the CPU (gloo).
+several machines. Without CUDA the processes run on the CPU (gloo). :func:`run_launched` and
+:func:`worker_group` are the two ends of a run over a file collection (``san predict``, ``san index``):
+the starting command, which reads the run's summary, and each process's place in the group.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-__all__ = ["add_launch_arguments", "check_launch_arguments", "launch", "needs_launch", "under_torchrun"]
+__all__ = [
+    "add_launch_arguments",
+    "check_launch_arguments",
+    "launch",
+    "needs_launch",
+    "run_launched",
+    "under_torchrun",
+    "worker_group",
+]
 
 
 def add_launch_arguments(p: argparse.ArgumentParser) -> None:
@@ -91,3 +104,46 @@ def launch(worker: Callable[[Any], Any], args: argparse.Namespace, prog: str) ->
     mp.start_processes(
         _spawned, args=(worker, args, world, addr, port), nprocs=args.num_gpus, join=True, start_method="spawn"
     )
+
+
+def run_launched(worker: Callable[[Any], Any], args: argparse.Namespace, prog: str, summary: Path, kept: str) -> int:
+    """Start the processes of a run over a file collection and wait for them: the exit code is 0, or
+    1 if the summary that rank 0 writes (``summary``, removed first) counts failed images; 130 after
+    Ctrl-C (``kept`` says what stays); 2 if a process died or no summary was written."""
+    summary.unlink(missing_ok=True)
+    try:
+        launch(worker, args, prog)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; {kept}", file=sys.stderr)
+        return 130
+    except Exception as e:  # a process died: its message was printed by that process
+        print(f"{prog}: a process of the run failed ({type(e).__name__}); see the messages above", file=sys.stderr)
+        return 2
+    if not summary.is_file():
+        print(f"{prog}: the run ended without writing {summary}", file=sys.stderr)
+        return 2
+    return 1 if json.loads(summary.read_text())["failed"] else 0
+
+
+@contextmanager
+def worker_group(args: argparse.Namespace) -> Iterator[tuple[int, int]]:
+    """One process's place in a run over a file collection: ``(rank, world_size)``. With several
+    processes it joins a gloo group (objects only, with a 7-day timeout so that uneven shards of a
+    long run do not hit it), puts an unset ``--device`` on this process's GPU where there is CUDA,
+    and leaves the group at the end."""
+    from san.engine import comm
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    grouped = world > 1 and comm.init_distributed("cpu", timeout_minutes=7 * 24 * 60)
+    try:
+        if args.device is None and world > 1:
+            import torch
+
+            if torch.cuda.is_available():
+                args.device = f"cuda:{comm.get_local_rank()}"
+        yield comm.get_rank(), world
+    finally:
+        if grouped:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
