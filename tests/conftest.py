@@ -62,6 +62,27 @@ def tiny_cfg(tmp_dir: str | os.PathLike, num_classes: int = 5) -> san.CfgNode:
     return cfg
 
 
+def tiny_files(directory: str | os.PathLike, seed: int = 0) -> tuple[Path, Path]:
+    """A tiny random SAN as files in ``directory``: ``tiny.yaml`` and ``tiny.pth`` (torch seed ``seed``)."""
+    d = Path(directory)
+    cfg = tiny_cfg(d)
+    (d / "tiny.yaml").write_text(cfg.dump())
+    torch.manual_seed(seed)
+    san.save_checkpoint(san.build_model(cfg), d / "tiny.pth")
+    return d / "tiny.yaml", d / "tiny.pth"
+
+
+def golden_cfg(golden: dict, directory: str | os.PathLike) -> san.CfgNode:
+    """The config of a golden file's official tiny model (its open_clip config written to ``directory``)."""
+    path = Path(directory) / "san-tiny-clip.json"
+    path.write_text(json.dumps(golden["open_clip_model_config"]))
+    overrides = list(golden["san_config_overrides"])
+    overrides[overrides.index("MODEL.SAN.CLIP_MODEL_NAME") + 1] = str(path)
+    cfg = san.get_cfg()
+    cfg.merge_from_list([*overrides, "MODEL.SAN.CLIP_PRETRAINED_NAME", ""])
+    return cfg
+
+
 @pytest.fixture
 def tiny_config(tmp_path: Path) -> san.CfgNode:
     return tiny_cfg(tmp_path)
@@ -87,12 +108,7 @@ def golden_v2_model(tmp_path_factory) -> san.SAN:
     if not GOLDEN_V2.is_file():
         pytest.skip(f"golden outputs not found at {GOLDEN_V2} (they live in the project's shared/ folder)")
     golden = torch.load(GOLDEN_V2, weights_only=True)
-    path = tmp_path_factory.mktemp("golden_v2") / "san-tiny-clip.json"
-    path.write_text(json.dumps(golden["open_clip_model_config"]))
-    overrides = list(golden["san_config_overrides"])
-    overrides[overrides.index("MODEL.SAN.CLIP_MODEL_NAME") + 1] = str(path)
-    cfg = san.get_cfg()
-    cfg.merge_from_list([*overrides, "MODEL.SAN.CLIP_PRETRAINED_NAME", ""])
+    cfg = golden_cfg(golden, tmp_path_factory.mktemp("golden_v2"))
     return san.build_model(cfg, golden["state_dict"]).eval()
 
 

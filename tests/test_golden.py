@@ -11,14 +11,13 @@ future file cannot silently lose what its test claims: v2 must keep small biases
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 import san
 
-from .conftest import SHARED
+from .conftest import SHARED, golden_cfg
+from .reference import dense_mask
 
 FILES = {"v1": SHARED / "golden" / "san_tiny_official.pt", "v2": SHARED / "golden" / "san_tiny_official_v2.pt"}
 # the official stage names -> ours (its "mask_preds" are our mask_logits, its "mask_logits" our class_logits)
@@ -32,13 +31,7 @@ def _load(version: str) -> dict:
 
 
 def _model(golden: dict, tmp_path_factory) -> san.SAN:
-    path = tmp_path_factory.mktemp("golden") / "san-tiny-clip.json"
-    path.write_text(json.dumps(golden["open_clip_model_config"]))
-    overrides = list(golden["san_config_overrides"])
-    overrides[overrides.index("MODEL.SAN.CLIP_MODEL_NAME") + 1] = str(path)
-    cfg = san.get_cfg()
-    cfg.merge_from_list([*overrides, "MODEL.SAN.CLIP_PRETRAINED_NAME", ""])
-    model = san.build_model(cfg)
+    model = san.build_model(golden_cfg(golden, tmp_path_factory.mktemp("golden")))
     report = san.load_checkpoint(model, golden["state_dict"])
     assert report.ok and report.notes == []  # the official key layout, strictly
     return model.eval()
@@ -176,17 +169,7 @@ def test_sos_attention_rows_equal_the_official(v2, mode):
                 mask[..., torch.arange(q), torch.arange(q)] = 0.0
                 mask[..., q + 1 :] = bias
                 _close((logits + mask).softmax(-1), ref, f"{mode} SOS attention")
-                x = block(x, attn_mask=_dense_mask(bias, q, x.shape[1]))
-
-
-def _dense_mask(bias: torch.Tensor, q: int, n: int) -> torch.Tensor:
-    b, h = bias.shape[:2]
-    mask = bias.new_zeros(b, h, n, n)
-    mask[..., :q] = -100.0
-    mask[..., torch.arange(q), torch.arange(q)] = 0.0
-    mask[..., :q, q] = -100.0
-    mask[..., :q, q + 1 :] = bias
-    return mask
+                x = block(x, attn_mask=dense_mask(bias, q, x.shape[1]))
 
 
 # -- one official training step ---------------------------------------------------------------------

@@ -25,7 +25,7 @@ import san
 from san.inference.predictor import SANPredictor
 from san.inference.visualize import overlay
 
-from ..conftest import tiny_cfg
+from ..conftest import tiny_cfg, tiny_files
 from .colour_model import use_colour_model
 
 gr = pytest.importorskip("gradio", reason="the demo needs gradio (pip install -e '.[dev]')")
@@ -261,9 +261,7 @@ def test_an_offline_model_is_refused_at_once_and_the_loaded_one_kept(demo_url, t
 def test_demo_command_builds_the_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from san.apps import demo as demo_app
 
-    cfg = tiny_cfg(tmp_path)
-    (tmp_path / "tiny.yaml").write_text(cfg.dump())
-    san.save_checkpoint(san.build_model(cfg), tmp_path / "tiny.pth")
+    tiny_files(tmp_path)
     seen = {}
 
     def fake_build(factory, names, **kw):

@@ -15,14 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import san
 from san.inference.outputs import OutputError, check_output_dir
 from san.inference.visualize import legend
 
-from ..conftest import tiny_cfg
+from ..conftest import tiny_files
 
 ROOT = Path(__file__).resolve().parents[2]
 OPTS = ["INPUT.MIN_SIZE_TEST", "32", "INPUT.MAX_SIZE_TEST", "64"]
@@ -39,10 +38,7 @@ def san_cmd(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp("first_hour")
-    cfg = tiny_cfg(d)
-    (d / "tiny.yaml").write_text(cfg.dump())
-    torch.manual_seed(0)
-    san.save_checkpoint(san.build_model(cfg), d / "tiny.pth")
+    tiny_files(d)
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(d / "photo.png")
     return {"dir": d, "yaml": str(d / "tiny.yaml"), "pth": str(d / "tiny.pth"), "photo": str(d / "photo.png")}
 

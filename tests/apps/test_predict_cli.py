@@ -22,7 +22,7 @@ from san.inference.outputs import collect_inputs, output_stems
 from san.inference.predictor import SANPredictor
 from san.inference.visualize import legend, overlay
 
-from ..conftest import tiny_cfg
+from ..conftest import tiny_files
 from ..data.test_images import UPRIGHT
 from .colour_model import colour_classify, colour_encode, use_colour_model
 
@@ -33,10 +33,7 @@ VOC = "cat, grass|lawn, sky, wall"
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("cli")
-    cfg = tiny_cfg(root)
-    (root / "tiny.yaml").write_text(cfg.dump())
-    torch.manual_seed(0)
-    san.save_checkpoint(san.build_model(cfg), root / "tiny.pth")
+    tiny_files(root)
     skimage_data = pytest.importorskip("skimage.data")
     photo = np.array(Image.fromarray(skimage_data.chelsea()).resize((90, 60), Image.BILINEAR))  # [60, 90, 3]
     gray = np.array(Image.fromarray(photo).convert("L"))

@@ -23,6 +23,19 @@ VOCAB = ["sky", "grass", "road", "car", "tree"]
 GLOBAL_BATCH = 4
 
 
+def record_step_grads(trainer: Trainer) -> dict[str, torch.Tensor]:
+    """Copies of the gradients the optimizer's next steps see (after clipping), by parameter name."""
+    seen: dict[str, torch.Tensor] = {}
+    real_step = trainer.optimizer.step
+
+    def step(*args, **kwargs):
+        seen.update((n, p.grad.clone()) for n, p in trainer.model.named_parameters() if p.grad is not None)
+        return real_step(*args, **kwargs)
+
+    trainer.optimizer.step = step
+    return seen
+
+
 def fixed_points(rows: int, n: int, device: torch.device) -> torch.Tensor:
     """The same point set for every image and mask (stands in for ``rand_points``)."""
     g = torch.Generator().manual_seed(1234)

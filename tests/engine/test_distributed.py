@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .ddp_worker import global_batch, make_trainer
+from .ddp_worker import global_batch, make_trainer, record_step_grads
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -79,14 +79,7 @@ def test_one_process_accumulating_two_micro_batches_gives_the_two_process_gradie
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
     trainer = make_trainer(str(tmp_path), str(tmp_path / "acc"), accumulation=2)
-    seen = {}
-    real_step = trainer.optimizer.step
-
-    def step(*args, **kwargs):
-        seen.update((n, p.grad.clone()) for n, p in trainer.model.named_parameters() if p.grad is not None)
-        return real_step(*args, **kwargs)
-
-    trainer.optimizer.step = step
+    seen = record_step_grads(trainer)
     losses = trainer.run_step(global_batch())
     assert set(seen) == set(ddp["grads"])
     for name, g in seen.items():

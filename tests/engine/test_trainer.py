@@ -226,7 +226,7 @@ def test_evaluate_needs_test_datasets(tmp_path):
 def test_one_step_clips_the_global_norm_over_every_trainable_parameter(tmp_path):
     """SOLVER.CLIP_GRADIENTS full_model: the optimizer steps on gradients whose global norm is the clip
     value, over exactly the trainable parameters, each scaled by the same factor."""
-    from .ddp_worker import fixed_points, global_batch
+    from .ddp_worker import fixed_points, global_batch, record_step_grads
 
     clip = 1e-4
     cfg = tiny_cfg(tmp_path)
@@ -238,14 +238,7 @@ def test_one_step_clips_the_global_norm_over_every_trainable_parameter(tmp_path)
     crit.rand_points = crit.matcher.rand_points = fixed_points
     trainer.forward_backward(global_batch())
     raw = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-    seen = {}
-    real_step = trainer.optimizer.step
-
-    def step(*args, **kwargs):
-        seen.update((n, p.grad.clone()) for n, p in trainer.model.named_parameters() if p.grad is not None)
-        return real_step(*args, **kwargs)
-
-    trainer.optimizer.step = step
+    seen = record_step_grads(trainer)
     trainer.run_step(global_batch())
     trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert set(seen) == set(raw) == trainable

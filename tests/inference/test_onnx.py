@@ -20,7 +20,7 @@ from san.inference.onnx import export_onnx, read_metadata
 from san.inference.predictor import SANPredictor
 from san.inference.tta import resize_chw
 
-from ..conftest import tiny_cfg
+from ..conftest import tiny_cfg, tiny_files
 
 ort = pytest.importorskip("onnxruntime", reason="the ONNX tests need onnxruntime (the test extra installs it)")
 pytest.importorskip("onnxscript", reason="exporting needs onnxscript (the test extra installs it)")
@@ -103,10 +103,7 @@ def test_metadata_round_trips_and_the_file_runs_without_san(exported, photos):
 
 
 def test_export_command_and_its_refusals(tmp_path, capsys):
-    cfg = tiny_cfg(tmp_path)
-    (tmp_path / "tiny.yaml").write_text(cfg.dump())
-    torch.manual_seed(0)
-    san.save_checkpoint(san.build_model(cfg), tmp_path / "tiny.pth")
+    tiny_files(tmp_path)
     other = tiny_cfg(tmp_path)
     other.MODEL.SAN.FEATURE_LAST_LAYER_IDX = 3
     other.MODEL.SIDE_ADAPTER.FUSION_MAP = ["0->0", "3->1"]
