@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_tools import make_names  # noqa: E402
+from bench_tools import interleaved, make_names  # noqa: E402
 from benchmark import build, fill_random_embeddings, make_inputs  # noqa: E402
 
 import san  # noqa: E402
@@ -73,12 +73,7 @@ def speed(args: argparse.Namespace, work: Path) -> dict:
     runs = {"onnxruntime": ort_run, "torch_forward": torch_forward, "torch_labels": torch_labels}
     with torch.no_grad():
         results = {k: f() for k, f in runs.items()}  # warm-up, and the outputs compared
-        times: dict[str, list[float]] = {k: [] for k in runs}
-        for _ in range(args.repeat):
-            for k, f in runs.items():
-                t = time.perf_counter()
-                f()
-                times[k].append(time.perf_counter() - t)
+        times = interleaved(runs, args.repeat)
     ref_labels, ref_best = results["torch_forward"]
     rows = []
     for k, ts in times.items():

@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_tools import make_names  # noqa: E402
+from bench_tools import interleaved, make_names  # noqa: E402
 from benchmark import build, fill_random_embeddings  # noqa: E402
 
 import san  # noqa: E402
@@ -76,12 +76,7 @@ def encode_classify(args: argparse.Namespace, work: Path) -> dict:
     }
     for f in runs.values():
         f()
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(args.repeat):
-        for k, f in runs.items():
-            t = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t)
+    times = interleaved(runs, args.repeat)
     med = {k: statistics.median(v) for k, v in times.items()}
     assert np.array_equal(predictor.classify(encoding, names).labels, predictor.predict(photo, names).labels)
     sizes = {}

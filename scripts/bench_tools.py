@@ -80,6 +80,18 @@ def timeit(fn: Callable[[], object], device: torch.device, warmup: int, repeat: 
     return {"median_s": statistics.median(times), "p90_s": p90, "warmup_s": first, "n": repeat}
 
 
+def interleaved(runs: dict[str, Callable[[], object]], repeat: int) -> dict[str, list[float]]:
+    """Wall times (s) of each call in ``repeat`` rounds taken in turn (A B C, A B C, ...), so that
+    load from other processes hits all alike; warm-up is the caller's."""
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(repeat):
+        for k, f in runs.items():
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    return times
+
+
 def cpu_memory_pass(script: str, args: argparse.Namespace, rows: list[dict], argv: list[str] | None) -> None:
     """Re-run infer/train in a child whose glibc returns every large block to the OS on free.
 
