@@ -118,7 +118,8 @@ def _worker(args: argparse.Namespace, prepared: Any = None) -> int:
 def _build(args: argparse.Namespace, out: Path, files: list, missing: list, rank: int, world: int) -> int:
     from san.engine import comm
     from san.files import atomic_path
-    from san.inference.index import IndexRun, RegionIndex, RegionIndexError
+    from san.inference.index import RegionIndex, RegionIndexError
+    from san.inference.index_run import IndexRun
     from san.inference.runner import OutputFolderGone, RunInterrupted, merge_reports
 
     from .predict import load_predictor

@@ -56,24 +56,23 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``san search``; returns the exit code."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not args.query.strip():
-        return _fail("the query is empty: give a phrase, e.g. 'a red umbrella'")
-    if args.top < 1:
-        return _fail(f"--top must be >= 1, got {args.top}")
     from san.checkpoint import CheckpointError
     from san.config import ConfigError
     from san.data.images import ImageError, read_image
     from san.files import atomic_path
     from san.hub import HubFormatError
-    from san.inference.index import RegionIndex, RegionIndexError
+    from san.inference.index import RegionIndex, RegionIndexError, check_query
     from san.inference.outputs import OutputError, check_output_dir
     from san.inference.visualize import highlight
     from san.model_zoo import WeightsError
 
     try:
+        check_query(args.query, args.top)
+    except ValueError as e:
+        return _fail(str(e))
+    try:
         index = RegionIndex(args.index)
-        if not len(index):
-            raise RegionIndexError(f"{args.index} holds no images yet; add some with `san index`")
+        index.check_not_empty()
         out = check_output_dir(args.output) if args.output else None
         predictor = load_index_predictor(index, args.weights, args.device)
         hits = index.search(predictor, args.query, vocabulary=args.vocabulary, top=args.top)

@@ -25,7 +25,6 @@ import json
 import math
 import os
 import shutil
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +36,7 @@ from torch import Tensor
 
 from san.modeling.semantic import resize_mask_logits
 
-from .runner import OutputFolderGone, PredictionRun, RunReport
-
-__all__ = ["IndexRun", "RegionIndex", "RegionIndexError", "SearchHit"]
+__all__ = ["RegionIndex", "RegionIndexError", "SearchHit", "check_query"]
 
 FORMAT, VERSION = "san-region-index", 1
 INDEX_FILE = "index.json"
@@ -59,6 +56,16 @@ class SearchHit:
     part: str
     row: int
     region: int
+
+
+def check_query(query: str, top: int) -> str:
+    """The query without surrounding blanks; ValueError for an empty one or ``top < 1``."""
+    query = (query or "").strip()
+    if not query:
+        raise ValueError("the query is empty: give a phrase, e.g. 'a red umbrella'")
+    if top < 1:
+        raise ValueError(f"top must be >= 1, got {top}")
+    return query
 
 
 def _model_identity(predictor: Any) -> dict[str, Any]:
@@ -93,7 +100,8 @@ class _Part:
 
 class RegionIndex:
     """An index folder (see the module docstring): open it with ``RegionIndex(path)``; build one with
-    :meth:`create` and :meth:`write_part` (what ``san index`` does through :class:`IndexRun`)."""
+    :meth:`create` and :meth:`write_part` (what ``san index`` does through
+    :class:`~san.inference.index_run.IndexRun`)."""
 
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)
@@ -126,12 +134,12 @@ class RegionIndex:
         path = directory / INDEX_FILE
         if path.exists():
             index = cls(directory)
-            for key, value in identity.items():
-                if index.meta.get(key) != value:
-                    raise RegionIndexError(
-                        f"{directory} was built by another model ({key} differs): index into a new folder, or "
-                        f"use its model ({index.meta.get('weights')})"
-                    )
+            what = index._difference(identity)
+            if what:
+                raise RegionIndexError(
+                    f"{directory} was built by another model ({what} differ): index into a new folder, or "
+                    f"use its model ({index.meta.get('weights')})"
+                )
             if masks is not None and masks != index.has_masks:
                 made = "with" if index.has_masks else "without"
                 raise RegionIndexError(
@@ -179,7 +187,8 @@ class RegionIndex:
             inside = resize_mask_logits(logits, v.image_size, v.padded_size, on_image) > 0
             embeddings.append(v.mask_embeddings.float().cpu().numpy().astype(np.float16))
             areas.append(inside.float().mean((-2, -1)).cpu().numpy().astype(np.float16))
-            masks.append(logits.cpu().numpy().astype(np.float16).ravel())
+            if self.has_masks:
+                masks.append(logits.cpu().numpy().astype(np.float16).ravel())
             images.append(
                 {
                     "key": key,
@@ -192,7 +201,7 @@ class RegionIndex:
                     "mask_offset": offset,
                 }
             )
-            offset += masks[-1].size
+            offset += logits.numel()
         name = f"part-{items[0][0]}"
         final = self.directory / name
         tmp = self.directory / f".{name}.tmp-r{rank}-{os.getpid()}"
@@ -231,16 +240,27 @@ class RegionIndex:
         """Bytes on disk."""
         return sum(f.stat().st_size for f in self.directory.rglob("*") if f.is_file())
 
-    def check_model(self, predictor: Any) -> None:
-        """Refuse a model other than the one that built the index (image path or text tower)."""
-        identity = _model_identity(predictor)
+    def _difference(self, identity: dict[str, Any]) -> str | None:
+        """What differs between the model that built the index and ``identity`` (of
+        :func:`_model_identity`), in words; None if nothing does."""
         for key, value in identity.items():
             if self.meta.get(key) != value:
-                what = {"fingerprint": "image weights", "text_key": "text tower or templates"}.get(key, key)
-                raise RegionIndexError(
-                    f"{self.directory} was built by another model ({what} differ): search it with the model that "
-                    f"built it ({self.meta.get('weights')})"
-                )
+                return {"fingerprint": "image weights", "text_key": "text tower or templates"}.get(key, key)
+        return None
+
+    def check_model(self, predictor: Any) -> None:
+        """Refuse a model other than the one that built the index (image path or text tower)."""
+        what = self._difference(_model_identity(predictor))
+        if what:
+            raise RegionIndexError(
+                f"{self.directory} was built by another model ({what} differ): search it with the model that "
+                f"built it ({self.meta.get('weights')})"
+            )
+
+    def check_not_empty(self) -> None:
+        """Refuse an index with no images (before a model is loaded for it)."""
+        if not len(self):
+            raise RegionIndexError(f"{self.directory} holds no images yet; add some with `san index`")
 
     @torch.no_grad()
     def search(
@@ -250,17 +270,12 @@ class RegionIndex:
 
         ``vocabulary`` (names, or a comma-separated string) scopes the competition: a region's score is
         the query's probability in the softmax over the query, these names and the background.
-        The fast path bounds every region's score by the query-against-background logit alone (one
-        float16 product over the memory-mapped embeddings), then scores images exactly in the order of
-        their bounds until no remaining bound can beat the ``top``-th exact score; ``exhaustive=True``
-        scores every region exactly (the reference the fast path is tested against)."""
-        query = (query or "").strip()
-        if not query:
-            raise ValueError("the query is empty: give a phrase, e.g. 'a red umbrella'")
-        if top < 1:
-            raise ValueError(f"top must be >= 1, got {top}")
-        if not len(self):
-            raise RegionIndexError(f"{self.directory} holds no images yet; add some with `san index`")
+        The fast path bounds every region's score from two float16 products over the memory-mapped
+        embeddings (see :meth:`_bounded`), then scores images exactly in the order of their bounds
+        until no remaining bound can beat the ``top``-th exact score; ``exhaustive=True`` scores every
+        region exactly (the reference the fast path is tested against)."""
+        query = check_query(query, top)
+        self.check_not_empty()
         self.check_model(predictor)
         scope = [] if vocabulary is None else predictor.vocabulary(vocabulary).names
         names = [query, *[n for n in scope if n != query]]
@@ -315,17 +330,18 @@ class RegionIndex:
         mean); two float16 products give ``x`` and ``y``, their rounding covered by margins."""
         q, scope = self.meta["queries"], classifier.shape[0] - 2
         a = classifier[0] - classifier[-1]
-        b = (classifier[1:-1].mean(0) if scope else classifier[0] * 0) - classifier[0]
-        # each margin >= 4x the float16 error of a unit embedding's product (see _half_accurate)
-        margin_a, margin_b = (float(v.norm()) * 1.01 * 2.0**-8 for v in (a, b))
-        log_scope = math.log(scope) if scope else -math.inf
+        b = classifier[1:-1].mean(0) - classifier[0] if scope else None
+
+        def margin(v: Tensor) -> float:  # >= 4x the float16 error of a unit embedding's product (_half_accurate)
+            return float(v.norm()) * 1.01 * 2.0**-8
+
         bounds = []
         for part in self.parts:
-            x = _half_matvec(part.embeddings, a).double() + margin_a
-            y = _half_matvec(part.embeddings, b).double() - margin_b if scope else torch.zeros_like(x)
-            # log of the bound: -log(1 + exp(-x) + S exp(y)), computed without overflow
-            terms = torch.stack([torch.zeros_like(x), -x, log_scope + y])
-            bound = -torch.logsumexp(terms, 0)
+            x = _half_matvec(part.embeddings, a).double() + margin(a)
+            terms = [torch.zeros_like(x), -x]  # log of the bound: -log(1 + exp(-x) + S exp(y)), without overflow
+            if b is not None:
+                terms.append(math.log(scope) + _half_matvec(part.embeddings, b).double() - margin(b))
+            bound = -torch.logsumexp(torch.stack(terms), 0)
             bound[torch.from_numpy(np.asarray(part.areas, dtype=np.float32)) <= 0] = -math.inf
             bounds.append(bound.view(-1, q).amax(1))
         bound = torch.cat(bounds)
@@ -411,77 +427,3 @@ def _half_accurate() -> bool:
 def _grid_size(grid: tuple[int, int], image_size: Any, padded_size: Any) -> tuple[int, int]:
     """The side-grid cells that the image (without padding) covers, at least one each way."""
     return tuple(max(1, round(g * i / p)) for g, i, p in zip(grid, image_size, padded_size))  # type: ignore[return-value]
-
-
-class IndexRun(PredictionRun):
-    """:class:`~san.inference.runner.PredictionRun` that adds each image's encoding to a
-    :class:`RegionIndex` instead of writing pictures: the same decoding threads, batches, sharding and
-    progress; images already in the index are skipped (a build resumes by running it again)."""
-
-    def __init__(
-        self,
-        predictor: Any,
-        index: RegionIndex,
-        *,
-        part_size: int = 256,
-        batch_size: int = 1,
-        workers: int = 2,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        super().__init__(
-            predictor,
-            None,
-            index.directory,
-            meta={},
-            batch_size=batch_size,
-            workers=workers,
-            resume=True,
-            rank=rank,
-            world_size=world_size,
-        )
-        if part_size < 1:
-            raise ValueError(f"part_size must be >= 1, got {part_size}")
-        self.index, self.part_size = index, part_size
-        self._done = index.indexed()
-        self._paths: dict[str, str] = {}
-        self._lock = threading.Lock()
-        self._buffer: list[tuple[str, str, Any]] = []
-
-    @staticmethod
-    def keys(files: Sequence[Path]) -> list[str]:
-        """The images' keys: their zero-padded positions in the sorted input list (they name the parts)."""
-        return [f"{i:08d}" for i in range(len(files))]
-
-    def run(self, jobs: Sequence[tuple[Path, str]], *, progress: bool = True) -> RunReport:
-        jobs = [(Path(os.path.abspath(p)), key) for p, key in jobs]
-        self._paths = {key: str(p) for p, key in jobs}
-        try:
-            return super().run(jobs, progress=progress)
-        except OutputFolderGone:
-            self._buffer = []  # nowhere to put it
-            raise
-        finally:
-            self._flush()  # what is encoded is kept, even after Ctrl-C
-
-    def _flush(self) -> None:
-        with self._lock:
-            if self._buffer:
-                self.index.write_part(self._buffer, rank=self.rank)
-                self._buffer = []
-
-    def complete(self, stem: str) -> bool | None:
-        return True if self._paths.get(stem) in self._done else None
-
-    def _remove_stale(self, stems: Sequence[str]) -> int:
-        return self.index.remove_stale(self.rank, self.world_size)
-
-    def _model(self, images: list[np.ndarray]) -> list[tuple]:
-        return [(None, enc.to("cpu")) for enc in self.predictor.encode_batch(images, batch_size=self.batch_size)]
-
-    def _write(self, stem: str, path: Path, image: np.ndarray, pred: Any, encoding: Any) -> None:
-        with self._lock:  # writer threads share the buffer; a full one becomes a part
-            self._buffer.append((stem, str(path), encoding))
-            if len(self._buffer) >= self.part_size:
-                self.index.write_part(self._buffer, rank=self.rank)
-                self._buffer = []

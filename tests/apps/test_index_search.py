@@ -221,7 +221,7 @@ def test_an_index_folder_removed_mid_build_stops_it_with_one_message(
 def test_ctrl_c_keeps_what_was_encoded_and_the_next_run_adds_the_rest(
     golden_files, collection, tmp_path, monkeypatch, capsys
 ):
-    from san.inference.index import IndexRun
+    from san.inference.index_run import IndexRun
 
     index, real, seen = tmp_path / "index", IndexRun._write, []
 
