@@ -219,7 +219,7 @@ def test_an_index_folder_removed_mid_build_stops_it_with_one_message(
 
 
 def test_ctrl_c_keeps_what_was_encoded_and_the_next_run_adds_the_rest(
-    golden_files, collection, tmp_path, monkeypatch, capsys
+    golden_files, collection, tmp_path, monkeypatch, capsys, ctrl_c_raises
 ):
     from san.inference.index_run import IndexRun
 
@@ -232,11 +232,7 @@ def test_ctrl_c_keeps_what_was_encoded_and_the_next_run_adds_the_rest(
             signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(IndexRun, "_write", write_then_ctrl_c)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even under nohup
-    try:
-        assert san_main(_index_argv(golden_files, collection["dir"], index, "--workers", "0")) == 130
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    assert san_main(_index_argv(golden_files, collection["dir"], index, "--workers", "0")) == 130
     assert "interrupted after 3 new image(s); they are in the index" in capsys.readouterr().err
     assert len(RegionIndex(index)) == 3 and not [p for p in index.iterdir() if p.name.startswith(".")]
     monkeypatch.setattr(IndexRun, "_write", real)
