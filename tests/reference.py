@@ -54,3 +54,52 @@ def semantic_scores(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> to
     """``[C, H, W]`` = sum over queries of softmax(class)[q, :C] * sigmoid(mask)[q]."""
     probs = class_logits.softmax(-1)[:, :-1]
     return (probs[:, :, None, None] * mask_logits.sigmoid()[:, None]).sum(0)
+
+
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def golden_sem_seg_bound(golden: dict, i: int, class_logits: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+    """``[C, H, W]``: how far a correct float32 ``sem_seg`` of golden image ``i`` may lie from the official one.
+
+    Interval arithmetic in float64 on the official formula ``sum_q p[q, c] sigmoid(m_q)``: every mask
+    logit ``m_q`` (the official proposals upsampled exactly, in float64) lies within ``D_q`` of both
+    implementations' logits, where ``D_q`` is the measured difference of our proposals ``mask_logits``
+    ``[Q, h, w]`` from the official ones (bilinear resizing is a convex combination, so it never grows)
+    plus the float32 rounding of two bilinear resizes in each implementation (48 eps x max |m_q|: up to
+    16 products and sums per output value, both implementations); every class probability lies between
+    ours (from ``class_logits`` ``[Q, C + 1]``) and the official's, widened by float32 softmax rounding.
+    The width of the resulting interval of each score, plus the float32 rounding of the Q-term mixture in
+    both implementations, bounds the difference. Where a logit is large the sigmoid is flat and the bound
+    is tight; where it crosses zero with a large magnitude (golden v1: logits of std 2e4) the bound says how
+    much float32 rounding alone moves the official output there.
+    """
+    out = golden["outputs"]
+    official = out["eval"]["mask_preds"][-1][i].double()  # [Q, h, w]
+    padded = tuple(out["padded_input"].shape[-2:])
+    h, w = golden["images"][i].shape[-2:]
+    m = F.interpolate(official[None], size=padded, mode="bilinear", align_corners=False)[:, :, :h, :w]
+    m = F.interpolate(m, size=(2 * h, 2 * w), mode="bilinear", align_corners=False)[0]  # [Q, H, W]
+    diff = (mask_logits.double() - official).abs().amax((-2, -1))  # [Q]
+    d = (diff + 48 * EPS32 * official.abs().amax((-2, -1)))[:, None, None]
+    p_off = out["eval"]["mask_logits"][-1][i].double().softmax(-1)[:, :-1]  # [Q, C]
+    p_ours = class_logits.double().softmax(-1)[:, :-1]
+    slack = 8 * EPS32 * torch.maximum(p_off, p_ours)
+    p_lo, p_hi = torch.minimum(p_off, p_ours) - slack, torch.maximum(p_off, p_ours) + slack
+    lo, hi = (m - d).sigmoid(), (m + d).sigmoid()  # [Q, H, W]
+    width = torch.einsum("qc,qhw->chw", p_hi, hi) - torch.einsum("qc,qhw->chw", p_lo.clamp(min=0), lo)
+    q = official.shape[0]
+    mixture = 2 * q * EPS32 * torch.einsum("qc,qhw->chw", p_hi, hi)  # Q products and sums, each implementation
+    return width + mixture
+
+
+def assert_sem_seg_matches_golden(golden: dict, i: int, got: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+    """``got`` ``[C, H, W]`` within ``bound`` (:func:`golden_sem_seg_bound`) of the official ``sem_seg`` at
+    every pixel; returns ``[H, W]`` bool, the pixels whose label is decided (official top-2 margin above
+    twice the bound there: no score within its bound can swap the two)."""
+    ref = golden["outputs"]["sem_seg"][i].double()
+    err = (got.double() - ref).abs()
+    worst = (err - bound).amax().item()
+    assert worst <= 0, f"sem_seg[{i}]: exceeds its float32 bound by {worst:.3g} (max |diff| {err.max().item():.3g})"
+    top2 = ref.topk(2, dim=0).values
+    return (top2[0] - top2[1]) > 2 * bound.amax(0)

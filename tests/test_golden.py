@@ -17,7 +17,7 @@ import torch
 import san
 
 from .conftest import SHARED, golden_cfg
-from .reference import dense_mask
+from .reference import assert_sem_seg_matches_golden, dense_mask, golden_sem_seg_bound
 
 FILES = {"v1": SHARED / "golden" / "san_tiny_official.pt", "v2": SHARED / "golden" / "san_tiny_official_v2.pt"}
 # the official stage names -> ours (its "mask_preds" are our mask_logits, its "mask_logits" our class_logits)
@@ -122,18 +122,33 @@ def test_every_stage(case, mode):
 
 
 def test_final_sem_seg(case):
+    """``sem_seg`` within a bound derived from the computation (:func:`golden_sem_seg_bound`: the measured
+    stage differences and float32 rounding, propagated through the official formula in float64), and the
+    labels equal wherever that bound cannot swap the top two classes, on the forward and the label path.
+
+    Golden v1's proposals saturate (logits of std 2e4, up to 1e5): where one crosses zero, float32
+    rounding of the upsampled logit alone moves the official output by ~1e-2, so a fixed tolerance there
+    would be ill-conditioned (it fails on some CPUs); the bound is loose exactly there and tight elsewhere.
+    Golden v2 is well-conditioned: its bound is tight everywhere (checked), so it carries the close check.
+    """
     version, golden, model = case
     with torch.no_grad():
         results = model(_inputs(golden))
         labels = model.predict_labels(_inputs(golden))
-    for i, (got, lab, exp) in enumerate(zip(results, labels, golden["outputs"]["sem_seg"])):
-        _close(got["sem_seg"], exp, f"sem_seg[{i}]")
-        top2 = exp.topk(2, dim=0).values
-        tie = (top2[0] - top2[1]) < 2e-4  # labels may differ only at the official's own near ties
-        assert torch.equal(got["sem_seg"].argmax(0)[~tie], exp.argmax(0)[~tie])
-        assert torch.equal(lab["labels"][~tie], exp.argmax(0)[~tie])  # the label path too
-        if version == "v2":
-            assert tie.sum() < 0.01 * tie.numel()
+        _, stages = _stages(model, golden, False)
+    for i, (got, lab) in enumerate(zip(results, labels)):
+        ref = golden["outputs"]["sem_seg"][i]
+        bound = golden_sem_seg_bound(golden, i, stages["class_logits"][-1][i], stages["mask_logits"][-1][i])
+        decided = assert_sem_seg_matches_golden(golden, i, got["sem_seg"], bound)
+        best = (lab["scores"].double() - ref.double().amax(0)).abs()  # a max moves at most as far as its terms
+        assert (best <= bound.amax(0)).all(), f"label path scores[{i}]: {(best - bound.amax(0)).max().item():.3g}"
+        assert torch.equal(got["sem_seg"].argmax(0)[decided], ref.argmax(0)[decided])
+        assert torch.equal(lab["labels"][decided], ref.argmax(0)[decided])  # the label path too
+        tol = 1e-4 * max(1.0, ref.abs().max().item())
+        if version == "v2":  # the check is tight everywhere, and undecided only at the official's near ties
+            assert bound.max() < 1e-3 and (~decided).float().mean() < 0.001
+        else:  # tight on all but the thin bands where a saturated logit crosses zero
+            assert (bound <= tol).float().mean() > 0.99 and decided.float().mean() > 0.99
 
 
 def test_dense_reference_head_matches_golden(case):

@@ -216,12 +216,15 @@ def bgr_to_hsv(bgr: np.ndarray) -> np.ndarray:
     return np.stack([h, s, v], axis=-1).astype(np.uint8)
 
 
-def hsv_to_bgr(hsv: np.ndarray) -> np.ndarray:
-    """uint8 HSV ``[H, W, 3]`` (H 0..179) -> uint8 BGR exactly as OpenCV 5.0's ``COLOR_HSV2BGR``.
+def hsv_to_bgr(hsv: np.ndarray, lanes: int = 32) -> np.ndarray:
+    """uint8 HSV ``[H, W, 3]`` (H 0..179) -> uint8 BGR as OpenCV 5's ``COLOR_HSV2BGR`` with ``lanes``-pixel SIMD.
 
     float32 sector arithmetic with ``1 - a*b`` rounded once (a fused multiply-add). OpenCV converts
-    each row in blocks of 32 pixels that truncate to uint8, and the last ``W % 32`` pixels of a
-    row with a scalar path that rounds; both are reproduced (checked on all 2^24 inputs).
+    each row in SIMD blocks of ``lanes`` pixels that truncate to uint8, and the last ``W % lanes``
+    pixels of a row with a scalar path that rounds. The block width is the CPU's: 32 with AVX2, 64
+    with AVX-512, so OpenCV itself gives different pixels on different CPUs (by at most 1). san always
+    computes the AVX2 layout (the default), so its jitter is the same on every machine; with the lanes
+    of the machine it runs on, it equals that machine's OpenCV on every pixel.
     """
     h = hsv[..., 0].astype(np.float32) * np.float32(6.0 / 180.0)
     s = hsv[..., 1].astype(np.float32) * np.float32(1.0 / 255.0)
@@ -241,7 +244,7 @@ def hsv_to_bgr(hsv: np.ndarray) -> np.ndarray:
     bgr = np.where((s == 0)[..., None], v[..., None], bgr)
     scaled = bgr * np.float32(255.0)
     width = hsv.shape[-2] if hsv.ndim >= 2 else 1
-    tail = (np.arange(width) >= width // 32 * 32)[:, None]  # [W, 1]: pixels of the scalar path
+    tail = (np.arange(width) >= width // lanes * lanes)[:, None]  # [W, 1]: pixels of the scalar path
     return np.clip(np.where(tail, np.rint(scaled), np.floor(scaled)), 0, 255).astype(np.uint8)
 
 
