@@ -102,14 +102,19 @@ def golden() -> dict:
 
 
 @pytest.fixture(scope="session")
-def golden_v2_model(tmp_path_factory) -> san.SAN:
-    """The official tiny model of ``san_tiny_official_v2.pt`` (calibrated weights: labels vary over an
-    image), for tests that need varied labels from real SAN weights."""
+def golden_v2() -> dict:
+    """The contents of ``san_tiny_official_v2.pt`` (see the golden README)."""
     if not GOLDEN_V2.is_file():
         pytest.skip(f"golden outputs not found at {GOLDEN_V2} (they live in the project's shared/ folder)")
-    golden = torch.load(GOLDEN_V2, weights_only=True)
-    cfg = golden_cfg(golden, tmp_path_factory.mktemp("golden_v2"))
-    return san.build_model(cfg, golden["state_dict"]).eval()
+    return torch.load(GOLDEN_V2, weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def golden_v2_model(golden_v2, tmp_path_factory) -> san.SAN:
+    """The official tiny model of ``san_tiny_official_v2.pt`` (calibrated weights: labels vary over an
+    image), for tests that need varied labels from real SAN weights."""
+    cfg = golden_cfg(golden_v2, tmp_path_factory.mktemp("golden_v2"))
+    return san.build_model(cfg, golden_v2["state_dict"]).eval()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -59,7 +59,7 @@ def _eval_restricted(expr: str) -> Any:
         if isinstance(node, ast.Expression):
             return ev(node.body, env)
         if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
-            return node.value
+            return node.value if isinstance(node.value, bool) else number(node.value)  # a literal too has a limit
         if isinstance(node, ast.Name) and node.id in env:
             return env[node.id]
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):

@@ -129,6 +129,37 @@ def test_unsafe_yaml_is_refused(tmp_path, payload):
         san.get_cfg().merge_from_file(str(path))
 
 
+def _eval_tag(tmp_path, expr: str):
+    """``X`` of a YAML file whose value is ``expr`` under the official eval tag (the restricted interpreter)."""
+    from san.config.safe_yaml import load_yaml
+
+    path = tmp_path / "expr.yaml"
+    path.write_text(f'X: !!python/object/apply:eval ["{expr}"]\n')
+    return load_yaml(str(path))["X"]
+
+
+def test_the_restricted_interpreter_at_its_limits(tmp_path):
+    """Numbers up to MAX_DIGITS digits either sign, and one past refused, however they are reached;
+    booleans are not numbers; comprehensions with filters are refused, not silently unfiltered."""
+    from san.config.safe_yaml import MAX_DIGITS, MAX_ITEMS
+
+    top = 10**MAX_DIGITS - 1  # the largest number of MAX_DIGITS digits
+    assert _eval_tag(tmp_path, f"[{top}, -{top}, 0 - {top}, {top} - 1]") == [top, -top, -top, top - 1]
+    for expr in (f"[{top + 1}]", f"[-{top + 1}]", f"[0 - {top} - 1]", f"[{top} + 1]", f"[-{top} * 10]"):
+        with pytest.raises(ConfigError, match=f"more than {MAX_DIGITS} digits"):
+            _eval_tag(tmp_path, expr)
+    for expr in ("[True + 1]", "[1 - False]", "[2 * True]", "[-True]", "list(range(True))"):
+        with pytest.raises(ConfigError, match="numbers only, got bool"):
+            _eval_tag(tmp_path, expr)
+    for expr in ("[x for x in range(5) if x > 2]", "[x for x in range(9) if x if x]"):
+        with pytest.raises(ConfigError, match="unsupported comprehension"):
+            _eval_tag(tmp_path, expr)
+    assert _eval_tag(tmp_path, "[x * 2 for x in range(3)]") == [0, 2, 4]  # the supported form still works
+    assert len(_eval_tag(tmp_path, f"list(range({MAX_ITEMS}))")) == MAX_ITEMS
+    with pytest.raises(ConfigError, match=f"at most {MAX_ITEMS}"):
+        _eval_tag(tmp_path, f"list(range({MAX_ITEMS + 1}))")
+
+
 def test_unknown_keys_fail_with_a_suggestion(tmp_path):
     cfg = san.get_cfg()
     with pytest.raises(ConfigError, match=r"unknown config key 'MODEL.SAN.CLIP_RESOLUTON'.*MODEL.SAN.CLIP_RESOLUTION"):

@@ -109,6 +109,31 @@ def test_ade20k_847(tmp_path):
     assert len(get_dataset("ade20k_full_sem_seg_val").list_samples(root)) == 1
 
 
+@pytest.mark.parametrize(
+    "size, want",
+    [
+        ((400, 900), (400, 900)),  # short side 400 <= 512: kept, however long the long side
+        ((900, 400), (900, 400)),
+        ((512, 2000), (512, 2000)),  # exactly 512: kept
+        ((513, 700), (512, round(700 / 513 * 512))),  # short side just over: short side -> 512
+        ((700, 600), (round(700 / 600 * 512), 512)),  # portrait: the width is the short side
+        ((600, 600), (512, 512)),
+    ],
+)
+def test_ade20k_847_resizes_by_the_short_side_only(size, want):
+    from san.data.prepare.ade20k import resize_to_512
+
+    h, w = size
+    image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    label = np.random.default_rng(1).integers(0, 847, (h, w)).astype(np.uint16)
+    out, lab = resize_to_512(image, label)
+    assert out.shape == (*want, 3) and lab.shape == want and lab.dtype == np.uint16
+    if want == size:
+        assert out is image and lab is label  # untouched, not resampled
+    else:
+        assert np.array_equal(lab, resize_label(label, *want))
+
+
 class _Evil:
     def __reduce__(self):
         return (os.system, ("touch hacked",))

@@ -168,3 +168,53 @@ def test_boundary_iou_on_a_hand_computed_case():
     assert math.isnan(r["min(IoU, B-Iou)-a"]) and r["min(IoU, B-Iou)-b"] == 0
     assert list(r)[:5] == ["mIoU", "fwIoU", "IoU-a", "BoundaryIoU-a", "min(IoU, B-Iou)-a"]  # detectron2's order
     assert "BoundaryIoU-c0" not in SemSegEvaluator(300, 65535, [f"c{i}" for i in range(300)]).evaluate()["sem_seg"]
+
+
+def test_the_label_path_bounds_are_one_past_the_last_class():
+    """Labels 0..N-1 are classes; N (one past the last) and -1 are refused, from a label map as from
+    scores; a ground-truth N is refused too, while the ignore value is left out."""
+    ev = SemSegEvaluator(3, 255, list("abc"))
+    gt = torch.tensor([[0, 1, 2, 255]])
+    ev.process([{"sem_seg": gt}], [{"labels": torch.tensor([[0, 1, 2, 2]])}])  # the last class is a class
+    assert ev.conf_matrix[:3, :3].trace() == 3 and ev.conf_matrix[:, 3].sum() == 1  # the ignored pixel: its column
+    for bad in (3, -1):
+        with pytest.raises(ValueError, match=r"predicted labels outside 0..2"):
+            ev.process([{"sem_seg": gt}], [{"labels": torch.tensor([[0, 1, bad, 2]])}])
+    with pytest.raises(ValueError, match="value 3 is neither a class id"):
+        ev.process([{"sem_seg": torch.tensor([[0, 3]])}], [{"labels": torch.tensor([[0, 1]])}])
+    assert ev.conf_matrix.sum() == 4  # the refused batches added nothing
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_the_label_path_gives_the_score_paths_matrix_with_either_postprocess_order(golden_v2, tmp_path, before):
+    """``SEM_SEG_POSTPROCESS_BEFORE_INFERENCE`` both ways: evaluating on the label path
+    (``SAN.predict_labels``, no scores) and on the score maps give the same confusion matrix. The ground
+    truth is the score path's arg-max where its top-2 margin is clear of float32 rounding (1e-4: the two
+    paths sum the same Q <= 20 products of values <= 1 in other orders, ~1e-6 apart) and ignore elsewhere, so
+    the score path is a perfect diagonal and any label-path pixel off it is a real difference."""
+    import san
+    from san.engine.inference import _inference_on_dataset
+
+    from ..conftest import golden_cfg
+
+    cfg = golden_cfg(golden_v2, tmp_path)
+    cfg.merge_from_list(["MODEL.SAN.SEM_SEG_POSTPROCESS_BEFORE_INFERENCE", before])
+    model = san.build_model(cfg, golden_v2["state_dict"]).eval()
+    assert model.sem_seg_postprocess_before_inference is before
+    batches = []
+    for im in golden_v2["images"]:
+        x = {"image": im, "height": 2 * im.shape[1] - 3, "width": 2 * im.shape[2] + 5, "vocabulary": golden_v2["vocabulary"]}
+        with torch.no_grad():
+            scores = model([x])[0]["sem_seg"]
+        top2 = scores.topk(2, dim=0).values
+        gt = scores.argmax(0)
+        gt[(top2[0] - top2[1]) <= 1e-4] = 255
+        batches.append([{**x, "sem_seg": gt}])
+    matrices = []
+    for label_path in (True, False):
+        ev = SemSegEvaluator(5, 255, golden_v2["vocabulary"], distributed=False, boundary_iou=False)
+        _inference_on_dataset(model, batches, ev, "golden", label_path=label_path)
+        matrices.append(ev.conf_matrix.copy())
+    classes = matrices[1][:5, :5]  # the last row and column: pixels whose ground truth is ignored
+    assert (classes == np.diag(np.diag(classes))).all() and (np.diag(classes) > 0).sum() >= 3
+    np.testing.assert_array_equal(matrices[0], matrices[1])

@@ -212,6 +212,51 @@ def test_build_criterion_from_config_and_official_buffer(tmp_path):
     assert build_criterion(official).empty_weight.shape == (172,)  # criterion.empty_weight of the releases
 
 
+def test_each_config_weight_reaches_its_own_loss_and_matching_cost(tmp_path):
+    """MODEL.SAN.CLASS_WEIGHT / MASK_WEIGHT / DICE_WEIGHT all distinct (the official 2/5/5 hides a swap
+    of the last two): each weights its own loss term at every level and its own matching cost."""
+    cfg = tiny_cfg(tmp_path, num_classes=3)
+    cfg.merge_from_list(["MODEL.SAN.CLASS_WEIGHT", 1.5, "MODEL.SAN.MASK_WEIGHT", 3.0, "MODEL.SAN.DICE_WEIGHT", 7.0])
+    crit = build_criterion(cfg)
+    assert (crit.matcher.cost_class, crit.matcher.cost_mask, crit.matcher.cost_dice) == (1.5, 3.0, 7.0)
+    assert crit.weight_dict == {
+        "loss_ce": 1.5,
+        "loss_mask": 3.0,
+        "loss_dice": 7.0,
+        "loss_ce_0": 1.5,
+        "loss_mask_0": 3.0,
+        "loss_dice_0": 7.0,
+    }
+    assert loss_weights(1.0, 2.0, 3.0, 1) == {"loss_ce": 1.0, "loss_mask": 2.0, "loss_dice": 3.0}
+    # through the model: its losses are the config's weights times the unweighted terms
+    torch.manual_seed(0)
+    model = san.build_model(cfg).train()
+    masks = torch.zeros(2, 64, 64, dtype=torch.bool)
+    masks[0, :32], masks[1, 32:] = True, True
+    inputs = [
+        {
+            "image": torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)),
+            "vocabulary": ["a", "b", "c"],
+            "instances": {"labels": torch.tensor([0, 2]), "masks": masks},
+        }
+    ]
+    raw = {}
+    real = model.criterion.unweighted_losses
+
+    def spy(outputs, targets):
+        out = real(outputs, targets)
+        raw.update(out)
+        return out
+
+    model.criterion.unweighted_losses = spy
+    torch.manual_seed(2)
+    with torch.no_grad():
+        losses = model(inputs)
+    assert set(raw) == set(losses) and len({round(v.item(), 5) for k, v in raw.items() if "_0" not in k}) == 3
+    for key, value in losses.items():
+        assert value.item() == pytest.approx(crit.weight_dict[key] * raw[key].item(), rel=1e-6), key  # one product: 1 eps
+
+
 def test_tiny_model_loss_dict_has_every_weighted_key(tmp_path):
     cfg = tiny_cfg(tmp_path, num_classes=3)
     torch.manual_seed(0)
