@@ -291,3 +291,69 @@ def test_an_output_folder_removed_mid_run_stops_the_run_with_one_message(golden,
     err = capsys.readouterr().err
     assert f"the output folder {out} disappeared during the run, after 2 image(s)" in err
     assert len(started) < 9 and "FAILED" not in err and not out.exists()  # stopped at once; nothing recreated
+
+
+def test_a_missing_input_counts_in_the_summary_as_a_failed_image(golden, reference, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = _argv(golden, out)
+    gone = str(tmp_path / "gone.png")
+    argv.insert(argv.index("--input") + 2, gone)  # --input DIR gone.png
+    assert san_main(argv) == 1
+    printed, err = capsys.readouterr()
+    assert f"{gone}: no such file, folder or matching image" in err
+    summary = json.loads((out / SUMMARY).read_text())
+    assert (summary["images"], summary["written"], summary["failed"]) == (10, 9, 1)
+    assert summary["failures"] == [{"image": gone, "reason": "no such file"}]
+    assert "9/10 image(s) segmented" in printed and "1 failed" in printed
+    assert _outputs(out) == reference["files"]
+
+
+def test_every_kind_of_temporary_a_killed_run_leaves_is_removed_and_only_those(golden, tmp_path, caplog):
+    """Temporaries of the all-or-none commit (``.NAME.tmpPID``), its backups (``.NAME.oldPID``) and those of
+    an encoding's own atomic write (``..NAME.tmpPID.tmpPID``), for each kind of output file; another
+    image's temporaries and the user's own hidden files stay."""
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = [
+        ".a_labels.png.tmp12",
+        ".a_overlay.png.tmp12",
+        ".b_legend.png.old77",
+        ".b.json.old77",
+        ".a_crop.json.tmp3",
+        ".b_top.encoding.safetensors.tmp9",
+        "..b_top.encoding.safetensors.tmp9.tmp10",
+        ".a_left_labels.png.old5",
+    ]
+    keep = [".notes", ".zz_labels.png.tmp1", ".a_labels.png"]  # not temporaries of this run's images
+    for name in stale + keep:
+        (out / name).write_bytes(b"x")
+    caplog.set_level("INFO", logger="san.inference.runner")
+    assert san_main(_argv(golden, out, "--save-encodings", "--workers", "0")) == 0
+    assert _hidden(out) == sorted(keep)
+    assert f"removed {len(stale)} temporary file(s)" in caplog.text
+
+
+def test_a_model_failure_in_a_batch_of_two_fails_only_its_image(golden, reference, tmp_path, monkeypatch, capsys):
+    """b and b_mirror share a model input size, so --batch-size 2 runs them in one call; when that call
+    fails, each image is tried alone: b fails (reported once), b_mirror is written as in the plain run."""
+    b = np.asarray(Image.open(golden["dir"] / "b.png"))
+    real, calls = SANPredictor.predict_batch, []
+
+    def failing(self, images, *a, **k):
+        calls.append(len(images))
+        if any(im.shape == b.shape and np.array_equal(im, b) for im in images):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(self, images, *a, **k)
+
+    monkeypatch.setattr(SANPredictor, "predict_batch", failing)
+    out = tmp_path / "out"
+    assert san_main(_argv(golden, out, "--batch-size", "2", "--workers", "2")) == 1
+    assert 2 in calls and calls.count(1) >= 2  # the batch of two, then each of its images alone
+    summary = json.loads((out / SUMMARY).read_text())
+    reason = "RuntimeError: CUDA error: an illegal memory access was encountered"
+    assert summary["failures"] == [{"image": str(golden["dir"] / "b.png"), "reason": reason}]
+    assert (summary["written"], summary["failed"]) == (8, 1)
+    assert capsys.readouterr().err.count("FAILED") == 1
+    want = {k: v for k, v in reference["files"].items() if not (k.startswith("b_") or k.startswith("b."))}
+    want.update({k: v for k, v in reference["files"].items() if k.startswith(("b_mirror", "b_crop", "b_top"))})
+    assert _outputs(out) == want

@@ -79,24 +79,35 @@ def test_classify_equals_sans_own_path_on_varied_labels(tiny_model, monkeypatch)
 
 
 def test_classify_with_tta_averages_the_encoded_views(golden_v2_model, photos):
-    tta = {"tta": True, "tta_min_sizes": (96, 160), "tta_max_size": 320}
-    predictor = SANPredictor(golden_v2_model, device="cpu", min_size=160, **tta)
+    tta = {"tta": True, "tta_min_sizes": (160, 250), "tta_max_size": 1000}  # sizes where labels vary
+    predictor = SANPredictor(golden_v2_model, device="cpu", min_size=250, **tta)
     photo, names = photos[0], VOCABULARIES[0]
     encoding = predictor.encode(photo)
     assert [v.flipped for v in encoding.views] == [False, True, False, True]
     h, w = photo.shape[:2]
     total = 0
-    for short in (96, 160):  # the views by hand: resized, flipped, predicted, flipped back, averaged
-        image = resize_chw(torch.from_numpy(photo).permute(2, 0, 1), shortest_edge_size(h, w, short, 320))
+    for short in (160, 250):  # the views by hand: resized, flipped, predicted, flipped back, averaged
+        image = resize_chw(torch.from_numpy(photo).permute(2, 0, 1), shortest_edge_size(h, w, short, 1000))
         for flip in (False, True):
             x = {"image": image.flip(-1) if flip else image, "height": h, "width": w, "vocabulary": names}
             with torch.no_grad():
                 s = golden_v2_model([x])[0]["sem_seg"]
             total = total + (s.flip(-1) if flip else s)
     want = (total / 4).numpy()
+    # the same float32 operations on the same mask logits, but summed over 4 views and Q proposals in
+    # possibly other orders: 4 x Q terms, each rounded within eps32 of the largest score
+    q = golden_v2_model.side_adapter_network.num_queries
+    tol = 4 * q * np.finfo(np.float32).eps * max(1.0, float(np.abs(want).max()))
     got = predictor.classify(encoding, names, return_scores=True)
-    np.testing.assert_allclose(got.scores, want, rtol=0, atol=1e-6)
-    np.testing.assert_array_equal(got.labels, want.argmax(0))
+    np.testing.assert_allclose(got.scores, want, rtol=0, atol=tol)
+    top2 = np.sort(want, axis=0)[-2:]
+    decided = top2[1] - top2[0] > 2 * tol  # no score within tol can swap the top two here
+    assert decided.mean() > 0.99 and len(np.unique(want.argmax(0))) >= 3
+    np.testing.assert_array_equal(got.labels[decided], want.argmax(0)[decided])
+    for labels_only in (predictor.classify(encoding, names), predictor.classify(encoding, names, return_confidence=True)):
+        assert labels_only.scores is None  # the labels-only path, over all four views
+        np.testing.assert_array_equal(labels_only.labels[decided], want.argmax(0)[decided])
+    np.testing.assert_allclose(labels_only.confidence, want.max(0), rtol=0, atol=tol)
 
 
 def test_save_load_round_trip_and_half_storage(golden_v2_model, photos, tmp_path):

@@ -37,7 +37,8 @@ def photos(golden_v2_model) -> list[np.ndarray]:
     arrays = [im.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy().copy() for im in golden["images"]]
     data = pytest.importorskip("skimage.data", reason="the photos come from scikit-image (the test extra installs it)")
     real = [data.chelsea(), data.coffee()[::2, ::2].copy()]  # 300x451 and 200x300: shrunk and enlarged
-    return [*arrays, arrays[0][40:, 30:].copy(), np.ascontiguousarray(arrays[1].transpose(1, 0, 2)), *real]
+    wide = np.ascontiguousarray(arrays[0][:60])  # 60x330: the short side to 250 makes it 1375 long, capped at 1000
+    return [*arrays, arrays[0][40:, 30:].copy(), np.ascontiguousarray(arrays[1].transpose(1, 0, 2)), *real, wide]
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +79,20 @@ def test_with_its_own_resize_the_graph_agrees_with_the_predictor(golden_v2_model
         assert rel < 0.02, rel  # measured <= 0.9%: the two resize filters, not the model
     # ONNX's antialiased Resize vs PIL's bilinear filter: measured >= 99.9% of the labels on these photos
     assert min(agree) >= 0.99, agree
+
+
+@pytest.mark.parametrize("size", [(60, 330), (330, 60), (40, 900), (250, 1000), (251, 1005), (300, 451), (200, 300)])
+def test_the_graphs_resize_is_the_predictors_with_its_long_side_cap(size):
+    """The exported module's own test-time resize gives detectron2's target size (the short side to
+    ``min_size``, the long side at most ``max_size``), also where the cap decides the size."""
+    from san.inference.onnx import OnnxSegmenter
+
+    segmenter = OnnxSegmenter(torch.nn.Identity(), torch.zeros(2, 4), MIN, MAX)
+    image = torch.rand(1, 3, *size) * 255
+    want = shortest_edge_size(*size, MIN, MAX)
+    assert tuple(segmenter._resized(image).shape[-2:]) == want
+    if max(size) * MIN / min(size) > MAX:  # the first three sizes: the cap decides
+        assert max(want) == MAX
 
 
 def test_metadata_round_trips_and_the_file_runs_without_san(exported, photos):
