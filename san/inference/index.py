@@ -319,16 +319,14 @@ class RegionIndex:
                 best[block], regions[block] = log_p.view(-1, q).max(1)
         return best, regions
 
-    def _bounded(
-        self, classifier: Tensor, images: Sequence[tuple[_Part, int]], top: int
-    ) -> tuple[list[int], Tensor, Tensor]:
-        """The fast path of :meth:`search`: the chosen images in rank order, and exact scores and
-        log-probabilities and regions (valid where scored). With ``x = e . (query - background)`` and
+    def _region_bounds(self, classifier: Tensor) -> list[Tensor]:
+        """Per part, ``[images x Q]`` float64 log-probabilities that no region's exact score exceeds (-inf
+        for regions that cover no pixel). With ``x = e . (query - background)`` and
         ``y = e . (mean of the S scope rows - query)`` for a region's embedding ``e``, the query's
         probability ``1 / (1 + exp(-x) + sum_s exp(l_s - l_query))`` is at most
         ``1 / (1 + exp(-x) + S exp(y))`` (a mean of exponentials is at least the exponential of the
         mean); two float16 products give ``x`` and ``y``, their rounding covered by margins."""
-        q, scope = self.meta["queries"], classifier.shape[0] - 2
+        scope = classifier.shape[0] - 2
         a = classifier[0] - classifier[-1]
         b = classifier[1:-1].mean(0) - classifier[0] if scope else None
 
@@ -343,11 +341,25 @@ class RegionIndex:
                 terms.append(math.log(scope) + _half_matvec(part.embeddings, b).double() - margin(b))
             bound = -torch.logsumexp(torch.stack(terms), 0)
             bound[torch.from_numpy(np.asarray(part.areas, dtype=np.float32)) <= 0] = -math.inf
-            bounds.append(bound.view(-1, q).amax(1))
-        bound = torch.cat(bounds)
-        # [N] log-probabilities no image's score can exceed: the relative slack covers the exact
-        # scores' float32 logits (about 1e-5 of the log-probability, which is near 0 for strong matches)
-        bound = bound + bound.abs() * 1e-3
+            bounds.append(bound)
+        return bounds
+
+    def _image_bounds(self, classifier: Tensor) -> Tensor:
+        """``[N]`` log-probabilities no image's exact score (:meth:`_exact`) can exceed: each image's best
+        region bound, with a relative slack that covers the exact scores' float32 logits (about 1e-5 of
+        the log-probability, which is near 0 for strong matches)."""
+        q = self.meta["queries"]
+        bound = torch.cat([b.view(-1, q).amax(1) for b in self._region_bounds(classifier)])
+        return bound + bound.abs() * 1e-3
+
+    def _bounded(
+        self, classifier: Tensor, images: Sequence[tuple[_Part, int]], top: int
+    ) -> tuple[list[int], Tensor, Tensor]:
+        """The fast path of :meth:`search`: the chosen images in rank order, and exact scores and
+        log-probabilities and regions (valid where scored). Images are scored exactly in the order of
+        their bounds (:meth:`_image_bounds`), in blocks that double, until the ``top``-th exact score
+        beats the bound of every image not yet scored."""
+        bound = self._image_bounds(classifier)
         order = torch.argsort(bound, descending=True, stable=True)
         log_p = torch.full((len(images),), -math.inf, dtype=torch.float64)
         regions = torch.zeros(len(images), dtype=torch.long)

@@ -73,3 +73,108 @@ def test_the_stored_areas_are_the_image_fractions(synthetic):
     q = index.meta["queries"]
     areas = np.asarray(part.areas, dtype=np.float32).reshape(-1, q)
     assert (areas[3, :3] == 0).all() and (areas[3, 3:] > 0).all() and (areas[0] > 0).all()
+
+
+def _classifier(predictor, query: str, scope: str | None) -> torch.Tensor:
+    """The classifier rows :meth:`RegionIndex.search` scores with: the query, the scope, the background."""
+    names = [query, *[n for n in ([] if scope is None else scope.split(", ")) if n != query]]
+    with torch.no_grad():
+        return predictor.model.encode_vocabulary(names).float().cpu()
+
+
+def _exact64(index: RegionIndex, classifier: torch.Tensor) -> list[torch.Tensor]:
+    """Every region's log-probability of the query, in float64 from the stored float16 embeddings (an
+    independent computation: no float16 product, no bound), -inf where the region covers no pixel."""
+    out = []
+    for part in index.parts:
+        emb = torch.from_numpy(np.asarray(part.embeddings, dtype=np.float64))
+        log_p = (emb @ classifier.double().T).log_softmax(-1)[:, 0]
+        log_p[torch.from_numpy(np.asarray(part.areas, dtype=np.float64)) <= 0] = -np.inf
+        out.append(log_p)
+    return out
+
+
+@pytest.fixture(scope="module")
+def near_ties(golden_v2_model, tmp_path_factory) -> dict:
+    """64 images whose 20 regions all lie within 1e-3 of the query's text direction: their exact scores
+    differ by about what float16 rounding of the products does, so a bound without its margins fails."""
+    predictor = SANPredictor(golden_v2_model, device="cpu", min_size=64, max_size=128)
+    q = golden_v2_model.side_adapter_network.num_queries
+    with torch.no_grad():
+        text = torch.nn.functional.normalize(golden_v2_model.encode_vocabulary(["red umbrella"])[0].float(), dim=0)
+    gen = torch.Generator().manual_seed(5)
+    index = RegionIndex.create(tmp_path_factory.mktemp("ties") / "index", predictor, weights="w", config_yaml="")
+    fingerprint = golden_v2_model.image_fingerprint()
+    items = []
+    for i in range(64):
+        emb = torch.nn.functional.normalize(text + 1e-3 * torch.randn(q, text.shape[0], generator=gen), dim=-1)
+        view = EncodedView(torch.randn(q, 8, 12, generator=gen) * 4, emb, (64, 96), (64, 96))
+        items.append((f"{i:08d}", f"/ties/{i:03d}.jpg", ImageEncoding([view], (64, 96), fingerprint)))
+    index.write_part(items)
+    return {"index": RegionIndex(index.directory), "predictor": predictor}
+
+
+@pytest.mark.parametrize("which", ["synthetic", "near_ties"])
+@pytest.mark.parametrize("scope", [None, "dog, grass, sky", "cat, dog, grass, sky, traffic light"])
+def test_the_bound_is_a_bound_for_every_region(which, scope, request):
+    """Each region's float16 bound is at least its exact float64 score, and each image's bound (with its
+    slack) at least the exact float32 score the search ranks by: the fast path's correctness rests on it."""
+    data = request.getfixturevalue(which)
+    index, predictor = data["index"], data["predictor"]
+    classifier = _classifier(predictor, "red umbrella", scope)
+    bounds, exact = index._region_bounds(classifier), _exact64(index, classifier)
+    for b, e in zip(bounds, exact):
+        finite = torch.isfinite(e)
+        assert torch.equal(finite, torch.isfinite(b))  # the same regions answer
+        gap = b[finite] - e[finite]
+        assert gap.min() >= 0, f"a region's bound is {-gap.min().item():.3g} below its exact score"
+    images = [(part, row) for part in index.parts for row in range(len(part.images))]
+    scores, _ = index._exact(classifier, images)
+    assert (index._image_bounds(classifier) >= scores).all()
+    if which == "near_ties":  # the scores really are float16-close: the margins decide
+        finite = torch.cat(exact)[torch.isfinite(torch.cat(exact))]
+        assert finite.max() - finite.min() < 0.05
+
+
+def test_the_search_goes_on_until_the_top_th_score_beats_every_bound_left(synthetic, monkeypatch):
+    """Valid bounds that put the 150 worst images first (each bounded above every exact score): the first
+    block (64 images) holds only those, so the search must go on; after the next block (128 more, in
+    bound order the best images) the 10th exact score beats every remaining bound, so it stops at 192."""
+    index, predictor = synthetic["index"], synthetic["predictor"]
+    classifier = _classifier(predictor, "red umbrella", "dog, grass, sky")
+    images = [(part, row) for part in index.parts for row in range(len(part.images))]
+    exact, _ = index._exact(classifier, images)
+    worst = torch.argsort(exact)[:150]
+    crafted = exact + 1e-9
+    crafted[worst] = exact.max() + 1.0  # loose, still bounds
+    monkeypatch.setattr(RegionIndex, "_image_bounds", lambda self, c: crafted)
+    scored: list[int] = []
+    real = RegionIndex._exact
+    monkeypatch.setattr(RegionIndex, "_exact", lambda self, c, ims: scored.append(len(ims)) or real(self, c, ims))
+    fast = index.search(predictor, "red umbrella", vocabulary="dog, grass, sky", top=10)
+    slow = index.search(predictor, "red umbrella", vocabulary="dog, grass, sky", top=10, exhaustive=True)
+    assert [(h.image, h.region) for h in fast] == [(h.image, h.region) for h in slow]
+    assert scored[:-1] == [64, 128]  # the exhaustive search's one call comes last
+
+
+def test_an_index_refuses_a_model_whose_text_tower_or_templates_differ(golden_v2_model, synthetic):
+    """The image path is the same, so only the text side tells these models apart from the index's."""
+    import copy
+
+    from san.inference.index import RegionIndexError
+
+    index = synthetic["index"]
+    index.check_model(synthetic["predictor"])  # the index's own model
+    text = copy.deepcopy(golden_v2_model)
+    weights = text.state_dict()
+    weights["ov_classifier.text_projection"] = weights["ov_classifier.text_projection"] * 1.001
+    text.load_state_dict(weights)  # other text weights, as a fine-tuned text tower would load
+    templates = copy.deepcopy(golden_v2_model)
+    templates.ov_classifier.set_templates(["a photo of a {}.", "a picture of a {}."])
+    for model in (text, templates):
+        assert model.image_fingerprint() == golden_v2_model.image_fingerprint()
+        other = SANPredictor(model, device="cpu", min_size=64, max_size=128)
+        with pytest.raises(RegionIndexError, match=r"built by another model \(text tower or templates differ\)"):
+            index.check_model(other)
+        with pytest.raises(RegionIndexError, match="text tower or templates differ"):
+            index.search(other, "cat")
