@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -81,6 +83,27 @@ def golden_cfg(golden: dict, directory: str | os.PathLike) -> san.CfgNode:
     cfg = san.get_cfg()
     cfg.merge_from_list([*overrides, "MODEL.SAN.CLIP_PRETRAINED_NAME", ""])
     return cfg
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread, here and in the processes the test starts (``OMP_NUM_THREADS=1``).
+
+    Tests that compare two runs for equality (sharded against one process, batched against one at a time,
+    resumed against uninterrupted) run both under it: another thread count sums in another order, which
+    can flip a label at a near-tie (seen: one pixel of a 512 x 512 map between 1 and 2 threads). Tiny
+    models are also fastest on one thread."""
+    n, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+        if env is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = env
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ import san
 from .conftest import SHARED, golden_cfg
 from .reference import assert_sem_seg_matches_golden, dense_mask, golden_sem_seg_bound
 
+pytestmark = pytest.mark.numeric  # rerun in CI under each kernel setting of the float-noise matrix
+
 FILES = {"v1": SHARED / "golden" / "san_tiny_official.pt", "v2": SHARED / "golden" / "san_tiny_official_v2.pt"}
 # the official stage names -> ours (its "mask_preds" are our mask_logits, its "mask_logits" our class_logits)
 STAGES = {"mask_preds": "mask_logits", "mask_embeddings": "mask_embeddings", "mask_logits": "class_logits"}

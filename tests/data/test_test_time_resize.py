@@ -16,6 +16,8 @@ from san.data.transforms import resize_image, shortest_edge_size
 
 from .conftest import small_cfg
 
+pytestmark = pytest.mark.numeric  # rerun in CI under each kernel setting of the float-noise matrix
+
 SIZES = [(20, 100), (64, 1000), (40, 45)]  # (MIN_SIZE_TEST, MAX_SIZE_TEST): down, up, long side capped
 
 

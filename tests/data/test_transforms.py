@@ -20,6 +20,8 @@ from san.data.transforms import (
     shortest_edge_size,
 )
 
+pytestmark = pytest.mark.numeric  # rerun in CI under each kernel setting of the float-noise matrix
+
 
 def _coord_image(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     """An image and label whose values encode the pixel position, to follow geometric transforms."""

@@ -5,20 +5,18 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 
 from san.data import register_dataset, unregister_dataset
 
+from ..conftest import one_thread
 from .toy import CLASSES, write_toy_split
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """Tiny models run fastest on one thread, and do not stall when other jobs share the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    """Runs compared for equality (resumed, accumulated, distributed) on one thread each (see one_thread)."""
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

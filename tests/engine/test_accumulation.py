@@ -22,6 +22,8 @@ from san.engine.trainer import Trainer, check_batch
 
 from .toy import datasets_yaml, final, metrics, toy_cfg
 
+pytestmark = pytest.mark.numeric  # rerun in CI under each kernel setting of the float-noise matrix
+
 ITERS = 4
 # measured after 4 iterations: 1x2 vs 2x1 bit-identical (two gradients summed in the same order);
 # 1x4 vs 2x2 weights within 5.3e-7 of each tensor's norm, logged losses within 6.7e-8 relative.

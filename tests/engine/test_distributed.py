@@ -26,6 +26,8 @@ import torch
 
 from .ddp_worker import global_batch, make_trainer, record_step_grads
 
+pytestmark = pytest.mark.numeric  # rerun in CI under each kernel setting of the float-noise matrix
+
 REPO = Path(__file__).resolve().parents[2]
 
 

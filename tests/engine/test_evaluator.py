@@ -15,6 +15,8 @@ from PIL import Image
 from san.data.io import write_label
 from san.engine.evaluator import SemSegEvaluator, rle_decode, rle_encode, save_results
 
+pytestmark = pytest.mark.numeric  # rerun in CI under each kernel setting of the float-noise matrix
+
 
 def _scores(pred: list[list[int]], n: int) -> torch.Tensor:
     """One-hot scores [n, H, W] whose argmax is ``pred``."""
@@ -203,7 +205,12 @@ def test_the_label_path_gives_the_score_paths_matrix_with_either_postprocess_ord
     assert model.sem_seg_postprocess_before_inference is before
     batches = []
     for im in golden_v2["images"]:
-        x = {"image": im, "height": 2 * im.shape[1] - 3, "width": 2 * im.shape[2] + 5, "vocabulary": golden_v2["vocabulary"]}
+        x = {
+            "image": im,
+            "height": 2 * im.shape[1] - 3,
+            "width": 2 * im.shape[2] + 5,
+            "vocabulary": golden_v2["vocabulary"],
+        }
         with torch.no_grad():
             scores = model([x])[0]["sem_seg"]
         top2 = scores.topk(2, dim=0).values

@@ -14,6 +14,8 @@ import torch
 
 from .toy import datasets_yaml, final, metrics, toy_cfg
 
+pytestmark = pytest.mark.numeric  # rerun in CI under each kernel setting of the float-noise matrix
+
 MAX_ITER, PERIOD = 12, 4
 COMPARED = ("total_loss", "loss_ce", "loss_mask", "loss_dice", "lr")
 

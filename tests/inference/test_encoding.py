@@ -15,6 +15,8 @@ from san.inference.tta import resize_chw
 
 from ..conftest import GOLDEN_V2
 
+pytestmark = pytest.mark.numeric  # rerun in CI under each kernel setting of the float-noise matrix
+
 VOCABULARIES = [
     ["cat", "dog", "grass", "sky", "traffic light"],
     ["sky", "road"],
@@ -104,7 +106,10 @@ def test_classify_with_tta_averages_the_encoded_views(golden_v2_model, photos):
     decided = top2[1] - top2[0] > 2 * tol  # no score within tol can swap the top two here
     assert decided.mean() > 0.99 and len(np.unique(want.argmax(0))) >= 3
     np.testing.assert_array_equal(got.labels[decided], want.argmax(0)[decided])
-    for labels_only in (predictor.classify(encoding, names), predictor.classify(encoding, names, return_confidence=True)):
+    for labels_only in (
+        predictor.classify(encoding, names),
+        predictor.classify(encoding, names, return_confidence=True),
+    ):
         assert labels_only.scores is None  # the labels-only path, over all four views
         np.testing.assert_array_equal(labels_only.labels[decided], want.argmax(0)[decided])
     np.testing.assert_allclose(labels_only.confidence, want.max(0), rtol=0, atol=tol)

@@ -11,6 +11,8 @@ from san.inference.encoding import EncodedView, ImageEncoding
 from san.inference.index import RegionIndex
 from san.inference.predictor import SANPredictor
 
+pytestmark = pytest.mark.numeric  # rerun in CI under each kernel setting of the float-noise matrix
+
 NAMES = ["cat", "dog", "grass", "sky", "traffic light", "red umbrella"]
 
 

@@ -18,6 +18,8 @@ from ..apps.colour_model import colour_classify, colour_encode, dominant_channel
 from ..conftest import tiny_cfg
 from ..data.test_images import UPRIGHT
 
+pytestmark = pytest.mark.numeric  # rerun in CI under each kernel setting of the float-noise matrix
+
 VOC = "cat, grass, sky, wall, sofa"
 
 

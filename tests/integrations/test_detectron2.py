@@ -26,6 +26,8 @@ from ..conftest import tiny_cfg  # noqa: E402
 from ..reference import assert_sem_seg_matches_golden, golden_sem_seg_bound  # noqa: E402
 from .helpers import flat, tiny_overrides  # noqa: E402
 
+pytestmark = pytest.mark.numeric  # rerun in CI under each kernel setting of the float-noise matrix
+
 VOCAB = ["cat", "dog", "grass", "sky"]
 
 

@@ -15,6 +15,8 @@ from san.modeling.matcher import HungarianMatcher
 from ..conftest import tiny_cfg
 from .test_matcher import fixed_points
 
+pytestmark = pytest.mark.numeric  # rerun in CI under each kernel setting of the float-noise matrix
+
 
 class FixedMatcher(HungarianMatcher):
     """Returns a given assignment (per image: query indices, target indices)."""
@@ -254,7 +256,9 @@ def test_each_config_weight_reaches_its_own_loss_and_matching_cost(tmp_path):
         losses = model(inputs)
     assert set(raw) == set(losses) and len({round(v.item(), 5) for k, v in raw.items() if "_0" not in k}) == 3
     for key, value in losses.items():
-        assert value.item() == pytest.approx(crit.weight_dict[key] * raw[key].item(), rel=1e-6), key  # one product: 1 eps
+        assert value.item() == pytest.approx(crit.weight_dict[key] * raw[key].item(), rel=1e-6), (
+            key
+        )  # one product: 1 eps
 
 
 def test_tiny_model_loss_dict_has_every_weighted_key(tmp_path):

@@ -21,6 +21,8 @@ from san.modeling.semantic import (
 )
 from san.modeling.text_classifier import TextClassifier
 
+pytestmark = pytest.mark.numeric  # rerun in CI under each kernel setting of the float-noise matrix
+
 NAMES = ["cat", "dog", "traffic light", "a very long class name with many many words in it", "sky"]
 
 

@@ -9,6 +9,8 @@ import san
 
 from ..conftest import tiny_cfg
 
+pytestmark = pytest.mark.numeric  # rerun in CI under each kernel setting of the float-noise matrix
+
 VOCAB = ["cat", "dog", "grass"]
 
 
@@ -174,5 +176,3 @@ def test_train_mode_levels_equal_eval_mode_level_by_level(tiny_model):
             noise = (a32.double() - a64).abs().max() + (b32.double() - b64).abs().max()
             assert (a32.double() - b32.double()).abs().max() <= noise + 1e4 * torch.finfo(torch.float64).eps * scale
             assert noise < 1e-3 * scale  # float32 rounding, not a different computation
-
-

@@ -13,6 +13,8 @@ from san.modeling import ClipFeatureExtractor, RecognitionHead
 
 from ..conftest import TINY_CLIP
 
+pytestmark = pytest.mark.numeric  # rerun in CI under each kernel setting of the float-noise matrix
+
 
 def _features_and_biases(model: san.SAN, seed: int = 0):
     torch.manual_seed(seed)

@@ -11,6 +11,8 @@ import torch
 from san.modeling.matcher import HungarianMatcher
 from san.modeling.point_sampling import point_sample, uncertain_points
 
+pytestmark = pytest.mark.numeric  # rerun in CI under each kernel setting of the float-noise matrix
+
 
 def pixel_centres(h: int, w: int) -> torch.Tensor:
     """``[h * w, 2]`` (x, y) coordinates of the pixel centres of an h x w grid in [0, 1]."""

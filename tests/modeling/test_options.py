@@ -19,6 +19,8 @@ from san.assets import read_prompts
 from ..conftest import tiny_cfg
 from ..reference import adaptive_pool, reference_rec_head, semantic_scores
 
+pytestmark = pytest.mark.numeric  # rerun in CI under each kernel setting of the float-noise matrix
+
 VOCAB = ["cat", "grass", "sky"]
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import san
+
+pytestmark = pytest.mark.numeric  # rerun in CI under each kernel setting of the float-noise matrix
 
 
 def test_full_precision_side_adapter_ignores_autocast(tiny_model: san.SAN) -> None:
