@@ -301,7 +301,8 @@ class RegionIndex:
     def _exact(self, classifier: Tensor, images: Sequence[tuple[_Part, int]]) -> tuple[Tensor, Tensor]:
         """Each image's best region and its log-probability ``[N]`` (float64, -inf: no region covers
         a pixel). Images rank by log-probability: probabilities near 1 that float32 rounds to 1.0 stay
-        apart (the logits are float32, the softmax float64)."""
+        apart. The logits are float64 products of the stored float16 embeddings with the classifier, so
+        the scores (and the ranks) are the same on every CPU, and the bound's margins cover them."""
         q = self.meta["queries"]
         best = torch.full((len(images),), -math.inf, dtype=torch.float64)
         regions = torch.zeros(len(images), dtype=torch.long)
@@ -313,8 +314,8 @@ class RegionIndex:
             for s in range(0, len(ns), 1024):  # bounded memory: 1024 images at a time
                 block = ns[s : s + 1024]
                 rows = (np.asarray([images[n][1] for n in block])[:, None] * q + np.arange(q)).ravel()
-                emb = torch.from_numpy(np.asarray(part.embeddings[rows], dtype=np.float32))
-                log_p = (emb @ classifier.T).double().log_softmax(-1)[:, 0]
+                emb = torch.from_numpy(np.asarray(part.embeddings[rows], dtype=np.float64))
+                log_p = (emb @ classifier.double().T).log_softmax(-1)[:, 0]
                 log_p[torch.from_numpy(np.asarray(part.areas[rows], dtype=np.float32)) <= 0] = -math.inf
                 best[block], regions[block] = log_p.view(-1, q).max(1)
         return best, regions
@@ -346,11 +347,10 @@ class RegionIndex:
 
     def _image_bounds(self, classifier: Tensor) -> Tensor:
         """``[N]`` log-probabilities no image's exact score (:meth:`_exact`) can exceed: each image's best
-        region bound, with a relative slack that covers the exact scores' float32 logits (about 1e-5 of
-        the log-probability, which is near 0 for strong matches)."""
+        region bound (the exact scores are float64 products of the same float16 embeddings, so the
+        margins of :meth:`_region_bounds` cover them with no further slack)."""
         q = self.meta["queries"]
-        bound = torch.cat([b.view(-1, q).amax(1) for b in self._region_bounds(classifier)])
-        return bound + bound.abs() * 1e-3
+        return torch.cat([b.view(-1, q).amax(1) for b in self._region_bounds(classifier)])
 
     def _bounded(
         self, classifier: Tensor, images: Sequence[tuple[_Part, int]], top: int

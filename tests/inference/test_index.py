@@ -98,18 +98,24 @@ def _exact64(index: RegionIndex, classifier: torch.Tensor) -> list[torch.Tensor]
 
 @pytest.fixture(scope="module")
 def near_ties(golden_v2_model, tmp_path_factory) -> dict:
-    """64 images whose 20 regions all lie within 1e-3 of the query's text direction: their exact scores
-    differ by about what float16 rounding of the products does, so a bound without its margins fails."""
+    """64 images whose 20 regions all lie within 1e-3 of one direction: the query's text embedding (32
+    images), or the midpoint of the query's and "dog"'s (32 images, where the two logits tie, so that with
+    the scope "dog" the bound's Jensen step is exact). Their exact scores differ by about what float16
+    rounding of the products does, so a bound without either of its margins fails here."""
     predictor = SANPredictor(golden_v2_model, device="cpu", min_size=64, max_size=128)
     q = golden_v2_model.side_adapter_network.num_queries
     with torch.no_grad():
-        text = torch.nn.functional.normalize(golden_v2_model.encode_vocabulary(["red umbrella"])[0].float(), dim=0)
+        text = torch.nn.functional.normalize(
+            golden_v2_model.encode_vocabulary(["red umbrella", "dog"])[:2].float(), dim=-1
+        )
+    directions = [text[0], torch.nn.functional.normalize(text[0] + text[1], dim=0)]
     gen = torch.Generator().manual_seed(5)
     index = RegionIndex.create(tmp_path_factory.mktemp("ties") / "index", predictor, weights="w", config_yaml="")
     fingerprint = golden_v2_model.image_fingerprint()
     items = []
     for i in range(64):
-        emb = torch.nn.functional.normalize(text + 1e-3 * torch.randn(q, text.shape[0], generator=gen), dim=-1)
+        direction = directions[i % 2]
+        emb = torch.nn.functional.normalize(direction + 1e-3 * torch.randn(q, text.shape[1], generator=gen), dim=-1)
         view = EncodedView(torch.randn(q, 8, 12, generator=gen) * 4, emb, (64, 96), (64, 96))
         items.append((f"{i:08d}", f"/ties/{i:03d}.jpg", ImageEncoding([view], (64, 96), fingerprint)))
     index.write_part(items)
@@ -117,7 +123,7 @@ def near_ties(golden_v2_model, tmp_path_factory) -> dict:
 
 
 @pytest.mark.parametrize("which", ["synthetic", "near_ties"])
-@pytest.mark.parametrize("scope", [None, "dog, grass, sky", "cat, dog, grass, sky, traffic light"])
+@pytest.mark.parametrize("scope", [None, "dog", "dog, grass, sky", "cat, dog, grass, sky, traffic light"])
 def test_the_bound_is_a_bound_for_every_region(which, scope, request):
     """Each region's float16 bound is at least its exact float64 score, and each image's bound (with its
     slack) at least the exact float32 score the search ranks by: the fast path's correctness rests on it."""
@@ -133,9 +139,12 @@ def test_the_bound_is_a_bound_for_every_region(which, scope, request):
     images = [(part, row) for part in index.parts for row in range(len(part.images))]
     scores, _ = index._exact(classifier, images)
     assert (index._image_bounds(classifier) >= scores).all()
-    if which == "near_ties":  # the scores really are float16-close: the margins decide
-        finite = torch.cat(exact)[torch.isfinite(torch.cat(exact))]
-        assert finite.max() - finite.min() < 0.05
+    if which == "near_ties":  # within each direction the scores really are close: the margins decide
+        q = index.meta["queries"]
+        for k in (0, 1):
+            cluster = exact[0].view(-1, q)[k::2]
+            cluster = cluster[torch.isfinite(cluster)]
+            assert cluster.max() - cluster.min() < 0.25
 
 
 def test_the_search_goes_on_until_the_top_th_score_beats_every_bound_left(synthetic, monkeypatch):
