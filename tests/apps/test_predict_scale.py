@@ -368,3 +368,22 @@ def test_a_model_failure_in_a_batch_of_two_fails_only_its_image(golden, referenc
     want = {k: v for k, v in reference["files"].items() if not (k.startswith("b_") or k.startswith("b."))}
     want.update({k: v for k, v in reference["files"].items() if k.startswith(("b_mirror", "b_crop", "b_top"))})
     assert _outputs(out) == want
+
+
+def test_an_images_json_is_renamed_into_place_last(tmp_path, monkeypatch):
+    """The JSON's presence marks a complete set (resume trusts it), so it is committed after every other
+    file of the image, encodings included."""
+    import san.inference.outputs as outputs
+    from san.inference.result import Prediction
+
+    renamed: list[str] = []
+    real = os.replace
+    monkeypatch.setattr(outputs.os, "replace", lambda src, dst: renamed.append(Path(dst).name) or real(src, dst))
+    pred = Prediction(labels=np.array([[0, 1], [1, 1]], np.int32), class_names=["a", "b"])
+    image = np.zeros((2, 2, 3), np.uint8)
+    extra = {tmp_path / "x.encoding.safetensors": lambda p: Path(p).write_bytes(b"e")}
+    outputs.write_outputs(tmp_path, "x", image, pred, {}, extra=extra)
+    assert sorted(renamed) == sorted(
+        ["x_labels.png", "x_overlay.png", "x_legend.png", "x.encoding.safetensors", "x.json"]
+    )
+    assert renamed[-1] == "x.json"

@@ -165,3 +165,20 @@ def test_foreign_and_mismatched_encodings_are_refused(golden_v2_model, tiny_mode
     finally:
         golden_v2_model.load_state_dict(sd)
     assert golden_v2_model.image_fingerprint() == before
+
+
+def test_a_tta_encoding_round_trips_with_its_flipped_views(golden_v2_model, photos, tmp_path):
+    tta = {"tta": True, "tta_min_sizes": (160, 250), "tta_max_size": 1000}
+    predictor = SANPredictor(golden_v2_model, device="cpu", min_size=250, **tta)
+    encoding = predictor.encode(photos[0])
+    encoding.save(tmp_path / "tta.safetensors")
+    loaded = ImageEncoding.load(tmp_path / "tta.safetensors")
+    assert [v.flipped for v in loaded.views] == [v.flipped for v in encoding.views] == [False, True, False, True]
+    names = VOCABULARIES[0]
+    a = predictor.classify(encoding, names, return_scores=True)
+    b = predictor.classify(loaded, names, return_scores=True)
+    for x, y in zip(encoding.views, loaded.views):  # float32 storage keeps every number
+        assert torch.equal(x.mask_logits, y.mask_logits) and torch.equal(x.mask_embeddings, y.mask_embeddings)
+    # the same computation on tensors of another memory layout: 4 views x Q terms of float32 rounding
+    tol = 4 * encoding.num_queries * np.finfo(np.float32).eps * max(1.0, float(np.abs(a.scores).max()))
+    np.testing.assert_allclose(b.scores, a.scores, rtol=0, atol=tol)

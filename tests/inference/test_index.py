@@ -189,3 +189,62 @@ def test_an_index_refuses_a_model_whose_text_tower_or_templates_differ(golden_v2
             index.check_model(other)
         with pytest.raises(RegionIndexError, match="text tower or templates differ"):
             index.search(other, "cat")
+
+
+def test_parts_are_named_and_ordered_by_their_first_key_whatever_order_the_writers_hand_them(synthetic, tmp_path):
+    """Writer threads finish in any order: a part is still named by its smallest key and lists its images
+    in key order, so a sharded or resumed build names parts as one ordered build would."""
+    src = synthetic["index"]
+    index = RegionIndex.create(tmp_path / "index", synthetic["predictor"], weights="w", config_yaml="")
+    part = src.parts[0]
+    q = src.meta["queries"]
+    items = []
+    for row in (3, 0, 2, 1):
+        im = part.images[row]
+        emb = torch.from_numpy(np.asarray(part.embeddings[row * q : (row + 1) * q], dtype=np.float32))
+        start, (gh, gw) = im["mask_offset"], im["grid"]
+        logits = torch.from_numpy(np.asarray(part.masks[start : start + q * gh * gw], dtype=np.float32))
+        view = EncodedView(logits.view(q, gh, gw), emb, tuple(im["image_size"]), tuple(im["padded_size"]))
+        enc = ImageEncoding([view], (im["height"], im["width"]), synthetic["predictor"].model.image_fingerprint())
+        items.append((f"{row + 40:08d}", im["path"], enc))
+    index.write_part(items)
+    written = RegionIndex(index.directory).parts
+    assert [p.name for p in written] == ["part-00000040"]
+    assert [im["path"] for im in written[0].images] == [part.images[r]["path"] for r in range(4)]
+    np.testing.assert_array_equal(np.asarray(written[0].embeddings), np.asarray(part.embeddings[: 4 * q]))
+
+
+def test_stale_temporary_parts_go_only_with_their_own_process(synthetic, tmp_path):
+    """A killed build leaves ``.part-*.tmp-r<rank>-<pid>`` folders: each process removes its own; rank 0
+    also those of ranks the new run does not have (a build that had more processes), never another live
+    rank's."""
+    index = RegionIndex.create(tmp_path / "index", synthetic["predictor"], weights="w", config_yaml="")
+    names = [".part-00000000.tmp-r0-11", ".part-00000005.tmp-r1-12", ".part-00000009.tmp-r3-13"]
+    for name in names:
+        (index.directory / name).mkdir()
+    (index.directory / ".part-00000002.tmp-rx-1").mkdir()  # not a rank: not ours to judge
+    assert index.remove_stale(rank=1, world_size=2) == 1
+    assert not (index.directory / names[1]).exists() and (index.directory / names[0]).exists()
+    assert index.remove_stale(rank=0, world_size=2) == 2  # its own, and rank 3's (no such rank now)
+    assert sorted(p.name for p in index.directory.glob(".part-*")) == [".part-00000002.tmp-rx-1"]
+
+
+def test_an_image_no_region_of_which_covers_a_pixel_is_never_a_hit(golden_v2_model, tmp_path):
+    predictor = SANPredictor(golden_v2_model, device="cpu", min_size=64, max_size=128)
+    q = golden_v2_model.side_adapter_network.num_queries
+    gen = torch.Generator().manual_seed(2)
+    index = RegionIndex.create(tmp_path / "index", predictor, weights="w", config_yaml="")
+    items = []
+    for i in range(5):
+        logits = torch.randn(q, 8, 12, generator=gen) * 4
+        if i == 2:  # every proposal of this image lies on the padding (columns 9-11) only
+            logits[:, :, :9] = -5.0
+        emb = torch.nn.functional.normalize(torch.randn(q, 64, generator=gen), dim=-1)
+        view = EncodedView(logits, emb, (48, 64), (64, 96))
+        items.append((f"{i:08d}", f"/p/{i}.jpg", ImageEncoding([view], (96, 128), golden_v2_model.image_fingerprint())))
+    index.write_part(items)
+    index = RegionIndex(index.directory)
+    for exhaustive in (False, True):
+        hits = index.search(predictor, "cat", top=10, exhaustive=exhaustive)
+        assert sorted(h.image for h in hits) == ["/p/0.jpg", "/p/1.jpg", "/p/3.jpg", "/p/4.jpg"]
+        assert all(0 < h.score <= 1 for h in hits)

@@ -124,9 +124,11 @@ def test_score_budget_and_pixel_limit(predictor: SANPredictor, photo: np.ndarray
     with pytest.raises(ValueError, match="max_score_bytes"):
         predictor.predict(photo, VOC, return_scores=True)
     scores = torch.randn(7, 9, 11)
+    scores[5] = scores[2]  # an exact tie across chunks: the lower index wins, as in argmax
     up = F.interpolate(scores[None], size=(40, 50), mode="bilinear", align_corners=False)[0]
     labels, best = predictor._upsampled_argmax(scores, 40, 50)
     assert torch.equal(labels, up.argmax(0)) and torch.equal(best, up.amax(0))  # class-chunked == all at once
+    assert (labels == 2).any() and not (labels == 5).any()
     predictor.max_pixels = 75 * 113 - 1
     with pytest.raises(ImageError, match="113x75 = 8475 pixels, above the limit of 8474 pixels"):
         predictor.predict(photo, VOC)
