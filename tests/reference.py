@@ -103,3 +103,18 @@ def assert_sem_seg_matches_golden(golden: dict, i: int, got: torch.Tensor, bound
     assert worst <= 0, f"sem_seg[{i}]: exceeds its float32 bound by {worst:.3g} (max |diff| {err.max().item():.3g})"
     top2 = ref.topk(2, dim=0).values
     return (top2[0] - top2[1]) > 2 * bound.amax(0)
+
+
+def float32_tolerance(ref: torch.Tensor, terms: int) -> float:
+    """``terms`` x float32 epsilon x the largest magnitude in ``ref`` (at least 1): how far ``terms``
+    roundings of values that size can move a float32 result. For two float32 computations of one formula
+    that differ only in the order or grouping of ``terms`` operations (sums over taps, proposals, channels)."""
+    return terms * EPS32 * max(1.0, float(torch.as_tensor(ref).abs().max()))
+
+
+def decided(scores: torch.Tensor, tol: float) -> torch.Tensor:
+    """``[H, W]`` bool: pixels whose top-2 margin in ``scores`` ``[C, H, W]`` exceeds ``2 tol``. Where two
+    score maps differ by at most ``tol``, their arg-max can differ only outside these pixels (the near
+    ties a different reduction order may flip); label comparisons between two code paths use them."""
+    top2 = torch.as_tensor(scores).topk(2, dim=0).values
+    return (top2[0] - top2[1]) > 2 * tol

@@ -17,8 +17,12 @@ from san.model_zoo import WeightsError
 from ..apps.colour_model import colour_classify, colour_encode, dominant_channel, use_colour_model
 from ..conftest import tiny_cfg
 from ..data.test_images import UPRIGHT
+from ..reference import decided, float32_tolerance
 
 pytestmark = pytest.mark.numeric  # rerun in CI under each kernel setting of the float-noise matrix
+# Float tolerances: 1e-6 where both sides run the same operations on the same arrays (measured 0 under
+# ATEN_CPU_CAPABILITY=default, avx2, avx512 (native) and OMP_NUM_THREADS=1 and 2 (AMD EPYC, 2026-12)); batch against
+# single: see that test.
 
 VOC = "cat, grass, sky, wall, sofa"
 
@@ -57,8 +61,12 @@ def test_every_input_type_gives_the_same_result(predictor: SANPredictor, photo: 
         got = predictor.predict(x, VOC, return_scores=True)
         np.testing.assert_array_equal(got.labels, ref.labels, err_msg=name)
         np.testing.assert_array_equal(got.scores, ref.scores, err_msg=name)
-    # the label-only path (no score volume) agrees with the arg-max of the scores
-    np.testing.assert_array_equal(predictor.predict(photo, VOC).labels, ref.scores.argmax(0))
+    # the label-only path (no score volume) agrees with the arg-max of the scores, off near ties: it sums the
+    # Q-term mixture and the 16 resize taps in other orders
+    q = predictor.model.side_adapter_network.num_queries
+    clear = decided(torch.from_numpy(ref.scores), float32_tolerance(torch.from_numpy(ref.scores), q + 16)).numpy()
+    assert clear.mean() > 0.99
+    np.testing.assert_array_equal(predictor.predict(photo, VOC).labels[clear], ref.scores.argmax(0)[clear])
 
 
 def test_labels_follow_the_official_forward(predictor: SANPredictor, photo: np.ndarray) -> None:
@@ -83,8 +91,13 @@ def test_batch_equals_single_predictions(predictor: SANPredictor, photo: np.ndar
     for im, got in zip(images, batch):
         one = predictor.predict(im, VOC, return_scores=True)
         assert got.labels.shape == im.shape[:2]
-        np.testing.assert_array_equal(got.labels, one.labels)
+        # a batch of 3 runs every layer at other matrix shapes (other kernels, other summation orders):
+        # measured <= 9.5e-7 apart under ATEN_CPU_CAPABILITY=default/avx2/avx512 and 1 or 2 threads (30x below)
         np.testing.assert_allclose(got.scores, one.scores, rtol=1e-5, atol=1e-6)
+        tol = 1e-6 + 1e-5 * float(np.abs(one.scores).max())
+        clear = decided(torch.from_numpy(one.scores), tol).numpy()
+        assert clear.mean() > 0.99
+        np.testing.assert_array_equal(got.labels[clear], one.labels[clear])
 
 
 def test_distractors_collapse_into_other(predictor: SANPredictor, photo: np.ndarray) -> None:

@@ -21,7 +21,14 @@ from san.modeling.semantic import (
 )
 from san.modeling.text_classifier import TextClassifier
 
+from ..reference import decided, float32_tolerance
+
 pytestmark = pytest.mark.numeric  # rerun in CI under each kernel setting of the float-noise matrix
+# Float tolerances: fast paths against their references where the two differ through a whole transformer (no closed-
+# form term count), the fixed tolerance 1e-5 on unit-norm embeddings is >= 60x the largest difference measured under
+# ATEN_CPU_CAPABILITY=default, avx2, avx512 (native) and OMP_NUM_THREADS=1 and 2 (AMD EPYC, 2026-12): text encoding
+# 8.9e-8, recognition head 1.5e-7 (its gradients 1.7e-6 against 1e-5 + 1e-4 |g|). Tolerances of single resizes and
+# mixtures are derived in place (reference.float32_tolerance).
 
 NAMES = ["cat", "dog", "traffic light", "a very long class name with many many words in it", "sky"]
 
@@ -153,7 +160,7 @@ def test_resize_matrix_matches_interpolate():
     x = torch.randn(3, 7, 9)
     ref = F.interpolate(x[None], size=(13, 5), mode="bilinear", align_corners=False)[0]
     out = resize_matrix(7, 13) @ x @ resize_matrix(9, 5).T
-    torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out, ref, atol=float32_tolerance(ref, 8), rtol=0)  # 2 x 2 taps, 2 ways: 8 roundings
 
 
 @pytest.mark.parametrize("prune", [True, False], ids=["pruned", "dense"])
@@ -171,13 +178,15 @@ def test_semantic_labels_equal_full_scores(before, max_elements, prune):
     opts = {"postprocess_before_inference": before, "max_elements": max_elements, "prune": prune}
     labels, scores = semantic_labels(cls, masks, image, padded, out, **opts)
     assert labels.shape == scores.shape == out and labels.dtype == torch.long
-    torch.testing.assert_close(scores, ref.max(0).values, atol=1e-5, rtol=0)
-    assert torch.equal(labels, ref.argmax(0))
+    tol = float32_tolerance(ref, q + 16)  # the Q-term mixture and 16 resize taps, in other orders
+    torch.testing.assert_close(scores, ref.max(0).values, atol=tol, rtol=0)
+    clear = decided(ref, tol)
+    assert clear.float().mean() > 0.99 and torch.equal(labels[clear], ref.argmax(0)[clear])
     only, none = semantic_labels(cls, masks, image, padded, out, with_scores=False, **opts)
-    assert none is None and torch.equal(only, labels)
+    assert none is None and torch.equal(only[clear], labels[clear])
     # reduced mode scoring every output pixel is the exact path
     full, _ = semantic_labels(cls, masks, image, padded, out, postprocess_before_inference=before, reduced=100)
-    assert torch.equal(full, labels)
+    assert torch.equal(full[clear], labels[clear])
 
 
 def _region_masks(q: int, grid: tuple[int, int], seed: int) -> torch.Tensor:
@@ -220,7 +229,7 @@ def test_class_pruning_is_exact_and_skips_tiles_with_one_possible_winner(before,
     assert (per_tile > 1).any() and per_tile.max() < c  # boundaries are scored, over a few classes only
     labels2, scores = semantic_labels(cls, masks, image, padded, out, postprocess_before_inference=before)
     assert torch.equal(labels2, labels)
-    torch.testing.assert_close(scores, ref.max(0).values, atol=1e-5, rtol=0)
+    torch.testing.assert_close(scores, ref.max(0).values, atol=float32_tolerance(ref, q + 16), rtol=0)
 
 
 def test_predict_labels_equals_forward_argmax(tiny_model):
@@ -239,10 +248,14 @@ def test_predict_labels_equals_forward_argmax(tiny_model):
         out = tiny_model.predict_labels(inputs, max_elements=3000)
         only = tiny_model.predict_labels(inputs, with_scores=False)
         reduced = tiny_model.predict_labels(inputs, reduced=2)
+    q = tiny_model.side_adapter_network.num_queries
     for r, o, red, lab in zip(ref, out, reduced, only):
         best, arg = r["sem_seg"].max(0)
-        assert torch.equal(o["labels"], arg) and torch.equal(lab["labels"], arg) and set(lab) == {"labels"}
-        torch.testing.assert_close(o["scores"], best, atol=1e-5, rtol=0)
+        tol = float32_tolerance(best, q + 16)  # the Q-term mixture and 16 resize taps, in other orders
+        clear = decided(r["sem_seg"], tol)
+        assert clear.float().mean() > 0.99 and set(lab) == {"labels"}
+        assert torch.equal(o["labels"][clear], arg[clear]) and torch.equal(lab["labels"][clear], arg[clear])
+        torch.testing.assert_close(o["scores"], best, atol=tol, rtol=0)
         assert red["labels"].shape == arg.shape and int(red["labels"].max()) < len(NAMES)
 
 
@@ -267,4 +280,4 @@ def test_separable_mask_resize_equals_the_two_interpolations(grid, padded, image
     want = sem_seg_postprocess(up, image, *out)
     got = resize_mask_logits(masks, image, padded, out)
     assert got.shape == want.shape == (5, *out)
-    torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
+    torch.testing.assert_close(got, want, rtol=0, atol=float32_tolerance(want, 16))  # 2 resizes of 4 taps, both ways

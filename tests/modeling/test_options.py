@@ -17,9 +17,13 @@ import san
 from san.assets import read_prompts
 
 from ..conftest import tiny_cfg
-from ..reference import adaptive_pool, reference_rec_head, semantic_scores
+from ..reference import adaptive_pool, float32_tolerance, reference_rec_head, semantic_scores
 
 pytestmark = pytest.mark.numeric  # rerun in CI under each kernel setting of the float-noise matrix
+# Float tolerances: the fixed tolerance 1e-5 on unit-norm embeddings (template sets, attention bias rescaling) is >=
+# 100x the largest difference measured under ATEN_CPU_CAPABILITY=default, avx2, avx512 (native) and OMP_NUM_THREADS=1
+# and 2 (AMD EPYC, 2026-12): 8.9e-8; the others are derived in place from the terms summed
+# (reference.float32_tolerance).
 
 VOCAB = ["cat", "grass", "sky"]
 
@@ -139,8 +143,10 @@ def test_rescale_attn_bias(tmp_path, rescale):
         want_masks = (q[:, :, :, None, None] * k[:, None]).sum(2)
         want_bias = (q[:, None, None, :, :, None, None] * attn[:, :, :, None]).sum(4)[:, 0]
     scale = (1.7, -0.3) if rescale else (1.0, 0.0)
-    torch.testing.assert_close(masks, want_masks, rtol=0, atol=1e-5)
-    torch.testing.assert_close(biases[0], want_bias * scale[0] + scale[1], rtol=0, atol=1e-5)
+    channels = q.shape[2]  # dot products over the embedding channels, summed in other orders
+    torch.testing.assert_close(masks, want_masks, rtol=0, atol=float32_tolerance(want_masks, channels))
+    want_bias = want_bias * scale[0] + scale[1]
+    torch.testing.assert_close(biases[0], want_bias, rtol=0, atol=float32_tolerance(want_bias, channels + 2))
 
 
 @pytest.mark.parametrize(("resolution", "asymmetric"), [(0.5, True), (0.75, True), (1.0, True), (0.5, False)])
@@ -183,10 +189,11 @@ def test_sem_seg_postprocess_before_inference_through_forward(tmp_path, before):
         want = semantic_scores(cls, F.interpolate(up[None], size=(77, 101), mode="bilinear", align_corners=False)[0])
     else:  # the mixture at the input size, then the scores resized
         want = F.interpolate(semantic_scores(cls, up)[None], size=(77, 101), mode="bilinear", align_corners=False)[0]
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    tol = float32_tolerance(want, masks.shape[0] + 16)  # the Q-term mixture and 16 resize taps, in other orders
+    torch.testing.assert_close(got, want, rtol=0, atol=tol)
     assert masks.abs().max() > 3  # the two orders differ here, so the test tells them apart
     top2 = want.topk(2, dim=0).values
-    clear = (top2[0] - top2[1]) > 1e-4
+    clear = (top2[0] - top2[1]) > 2 * tol
     assert torch.equal(labels[clear], want.argmax(0)[clear])
 
 
@@ -239,7 +246,7 @@ def test_the_only_fusion_type_is_add(tmp_path):
         want = tokens + F.interpolate(proj, size=(3, 4), mode="bilinear", align_corners=False).flatten(2).transpose(
             1, 2
         )
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got, want, rtol=0, atol=float32_tolerance(want, 64 + 8))  # 64-channel projection, taps
     cfg = tiny_cfg(tmp_path)
     cfg.MODEL.SIDE_ADAPTER.FUSION_TYPE = "concat"
     with pytest.raises(ValueError, match="FUSION_TYPE 'concat' .only 'add' exists"):
