@@ -64,7 +64,7 @@ def test_two_gloo_processes_under_torchrun_match_one_process_on_the_same_global_
         err = (ddp["grads"][name] - g).norm().item()
         assert err <= 1e-5 * g.norm().item() + 1e-12, f"{name}: |diff| {err:.3g} vs |g| {g.norm().item():.3g}"
     # the mask losses (sums / global num_masks) average to the one-process values; CE too (2 masks per image)
-    for k, v in losses.items():  # means over 12544 points summed in another order: measured <= 2e-7 relative
+    for k, v in losses.items():  # means over 12544 points summed in another order: measured <= 7e-8 relative
         assert ddp["losses"][k] == pytest.approx(v, rel=1e-5), k
     assert max(g.abs().max().item() for g in grads.values()) > 1e-3  # non-trivial gradients were compared
 
@@ -87,5 +87,5 @@ def test_one_process_accumulating_two_micro_batches_gives_the_two_process_gradie
     for name, g in seen.items():
         err = (ddp["grads"][name] - g).norm().item()
         assert err <= 1e-5 * g.norm().item() + 1e-12, f"{name}: |diff| {err:.3g} vs |g| {g.norm().item():.3g}"
-    for k, v in losses.items():  # means over 12544 points summed in another order: measured <= 2e-7 relative
+    for k, v in losses.items():  # means over 12544 points summed in another order: measured <= 7e-8 relative
         assert ddp["losses"][k] == pytest.approx(v, rel=1e-5), k
