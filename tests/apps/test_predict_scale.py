@@ -387,3 +387,39 @@ def test_an_images_json_is_renamed_into_place_last(tmp_path, monkeypatch):
         ["x_labels.png", "x_overlay.png", "x_legend.png", "x.encoding.safetensors", "x.json"]
     )
     assert renamed[-1] == "x.json"
+
+
+@pytest.mark.parametrize(
+    "change", [["--tta"], ["--precision", "bf16"], ["INPUT.MIN_SIZE_TEST", "200"], ["INPUT.MAX_SIZE_TEST", "900"]]
+)
+def test_resume_redoes_outputs_made_with_other_settings(golden, tmp_path, monkeypatch, change):
+    """Every setting an output records must match for --resume to keep it: test-time augmentation,
+    precision and the test-time resize each change the labels, so each makes the outputs redone."""
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(golden["dir"] / "b_top.png", images)
+    out = tmp_path / "out"
+    local = {**golden, "dir": images}
+    assert san_main(_argv(local, out)) == 0
+    seen = _spy_batches(monkeypatch)
+    assert san_main(_argv(local, out, "--resume")) == 0 and seen == []  # the same settings: kept
+    flag = change[0].startswith("--")
+    assert san_main(_argv(local, out, "--resume", *(change if flag else [])) + ([] if flag else change)) == 0
+    assert len(seen) == 1, change
+    summary = json.loads((out / SUMMARY).read_text())
+    assert (summary["resumed"], summary["redone"], summary["written"]) == (0, 1, 1)
+
+
+def test_a_launched_run_that_writes_no_summary_is_a_failure_even_over_an_old_summary(tmp_path, monkeypatch, capsys):
+    """A summary left by an earlier run must not stand for this one: it is removed before the processes
+    start, so a run whose processes end without writing one exits 2, not with the old run's result."""
+    import argparse
+
+    import san.engine.launch as launch
+
+    summary = tmp_path / SUMMARY
+    summary.write_text(json.dumps({"failed": 0}))  # the earlier run's: all good
+    monkeypatch.setattr(launch, "launch", lambda worker, args, prog: None)  # processes that wrote nothing
+    args = argparse.Namespace(num_gpus=2, num_machines=1, machine_rank=0, dist_url="auto")
+    assert launch.run_launched(lambda a: 0, args, "san predict", summary, "finished images keep their outputs") == 2
+    assert "ended without writing" in capsys.readouterr().err and not summary.exists()
