@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -85,9 +84,9 @@ def golden_cfg(golden: dict, directory: str | os.PathLike) -> san.CfgNode:
     return cfg
 
 
-@contextlib.contextmanager
+@pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
-    """torch on one thread, here and in the processes the test starts (``OMP_NUM_THREADS=1``).
+    """torch on one thread for a module, here and in the processes its tests start (``OMP_NUM_THREADS=1``).
 
     Tests that compare two runs for equality (sharded against one process, batched against one at a time,
     resumed against uninterrupted) run both under it: another thread count sums in another order, which

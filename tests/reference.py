@@ -101,8 +101,7 @@ def assert_sem_seg_matches_golden(golden: dict, i: int, got: torch.Tensor, bound
     err = (got.double() - ref).abs()
     worst = (err - bound).amax().item()
     assert worst <= 0, f"sem_seg[{i}]: exceeds its float32 bound by {worst:.3g} (max |diff| {err.max().item():.3g})"
-    top2 = ref.topk(2, dim=0).values
-    return (top2[0] - top2[1]) > 2 * bound.amax(0)
+    return decided(ref, bound.amax(0))
 
 
 def float32_tolerance(ref: torch.Tensor, terms: int) -> float:

@@ -24,18 +24,12 @@ from san.inference.index import RegionIndex, RegionIndexError
 from san.inference.predictor import SANPredictor
 from san.modeling.semantic import resize_mask_logits
 
-from ..conftest import one_thread, tiny_cfg
+from ..conftest import tiny_cfg
 
-pytestmark = pytest.mark.numeric  # rerun in CI under each kernel setting of the float-noise matrix
+# rerun in CI under each kernel setting of the float-noise matrix; every run compared here on one thread
+pytestmark = [pytest.mark.numeric, pytest.mark.usefixtures("one_thread")]
 
 OPTS = ["INPUT.MIN_SIZE_TEST", "250", "INPUT.MAX_SIZE_TEST", "1000"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Every run compared here (batched, threaded, sharded, resumed) on one thread (see one_thread)."""
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

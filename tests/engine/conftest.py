@@ -8,15 +8,12 @@ import pytest
 
 from san.data import register_dataset, unregister_dataset
 
-from ..conftest import one_thread
 from .toy import CLASSES, write_toy_split
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
+def _one_thread(one_thread):
     """Runs compared for equality (resumed, accumulated, distributed) on one thread each (see one_thread)."""
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

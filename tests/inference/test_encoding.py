@@ -14,12 +14,14 @@ from san.inference.predictor import SANPredictor
 from san.inference.tta import resize_chw
 
 from ..conftest import GOLDEN_V2
+from ..reference import decided, float32_tolerance
 
 pytestmark = pytest.mark.numeric  # rerun in CI under each kernel setting of the float-noise matrix
 # Float tolerances: classify(encode(x)) against SAN's own path runs the same operations on the same arrays: measured 0
 # under ATEN_CPU_CAPABILITY=default, avx2, avx512 (native) and OMP_NUM_THREADS=1 and 2 (AMD EPYC, 2026-12); 1e-6
 # allows a reordering; TTA tolerances are derived in place.
 
+TTA = {"tta": True, "tta_min_sizes": (160, 250), "tta_max_size": 1000}  # view sizes where the labels vary
 VOCABULARIES = [
     ["cat", "dog", "grass", "sky", "traffic light"],
     ["sky", "road"],
@@ -84,8 +86,7 @@ def test_classify_equals_sans_own_path_on_varied_labels(tiny_model, monkeypatch)
 
 
 def test_classify_with_tta_averages_the_encoded_views(golden_v2_model, photos):
-    tta = {"tta": True, "tta_min_sizes": (160, 250), "tta_max_size": 1000}  # sizes where labels vary
-    predictor = SANPredictor(golden_v2_model, device="cpu", min_size=250, **tta)
+    predictor = SANPredictor(golden_v2_model, device="cpu", min_size=250, **TTA)
     photo, names = photos[0], VOCABULARIES[0]
     encoding = predictor.encode(photo)
     assert [v.flipped for v in encoding.views] == [False, True, False, True]
@@ -98,23 +99,22 @@ def test_classify_with_tta_averages_the_encoded_views(golden_v2_model, photos):
             with torch.no_grad():
                 s = golden_v2_model([x])[0]["sem_seg"]
             total = total + (s.flip(-1) if flip else s)
-    want = (total / 4).numpy()
+    mean = total / 4
+    want = mean.numpy()
     # the same float32 operations on the same mask logits, but summed over 4 views and Q proposals in
     # possibly other orders: 4 x Q terms, each rounded within eps32 of the largest score
-    q = golden_v2_model.side_adapter_network.num_queries
-    tol = 4 * q * np.finfo(np.float32).eps * max(1.0, float(np.abs(want).max()))
+    tol = float32_tolerance(mean, 4 * golden_v2_model.side_adapter_network.num_queries)
     got = predictor.classify(encoding, names, return_scores=True)
     np.testing.assert_allclose(got.scores, want, rtol=0, atol=tol)
-    top2 = np.sort(want, axis=0)[-2:]
-    decided = top2[1] - top2[0] > 2 * tol  # no score within tol can swap the top two here
-    assert decided.mean() > 0.99 and len(np.unique(want.argmax(0))) >= 3
-    np.testing.assert_array_equal(got.labels[decided], want.argmax(0)[decided])
+    clear = decided(mean, tol).numpy()  # no score within tol can swap the top two here
+    assert clear.mean() > 0.99 and len(np.unique(want.argmax(0))) >= 3
+    np.testing.assert_array_equal(got.labels[clear], want.argmax(0)[clear])
     for labels_only in (
         predictor.classify(encoding, names),
         predictor.classify(encoding, names, return_confidence=True),
     ):
         assert labels_only.scores is None  # the labels-only path, over all four views
-        np.testing.assert_array_equal(labels_only.labels[decided], want.argmax(0)[decided])
+        np.testing.assert_array_equal(labels_only.labels[clear], want.argmax(0)[clear])
     np.testing.assert_allclose(labels_only.confidence, want.max(0), rtol=0, atol=tol)
 
 
@@ -171,8 +171,7 @@ def test_foreign_and_mismatched_encodings_are_refused(golden_v2_model, tiny_mode
 
 
 def test_a_tta_encoding_round_trips_with_its_flipped_views(golden_v2_model, photos, tmp_path):
-    tta = {"tta": True, "tta_min_sizes": (160, 250), "tta_max_size": 1000}
-    predictor = SANPredictor(golden_v2_model, device="cpu", min_size=250, **tta)
+    predictor = SANPredictor(golden_v2_model, device="cpu", min_size=250, **TTA)
     encoding = predictor.encode(photos[0])
     encoding.save(tmp_path / "tta.safetensors")
     loaded = ImageEncoding.load(tmp_path / "tta.safetensors")
@@ -183,5 +182,5 @@ def test_a_tta_encoding_round_trips_with_its_flipped_views(golden_v2_model, phot
     for x, y in zip(encoding.views, loaded.views):  # float32 storage keeps every number
         assert torch.equal(x.mask_logits, y.mask_logits) and torch.equal(x.mask_embeddings, y.mask_embeddings)
     # the same computation on tensors of another memory layout: 4 views x Q terms of float32 rounding
-    tol = 4 * encoding.num_queries * np.finfo(np.float32).eps * max(1.0, float(np.abs(a.scores).max()))
+    tol = float32_tolerance(torch.from_numpy(a.scores), 4 * encoding.num_queries)
     np.testing.assert_allclose(b.scores, a.scores, rtol=0, atol=tol)

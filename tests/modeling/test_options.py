@@ -17,7 +17,7 @@ import san
 from san.assets import read_prompts
 
 from ..conftest import tiny_cfg
-from ..reference import adaptive_pool, float32_tolerance, reference_rec_head, semantic_scores
+from ..reference import adaptive_pool, decided, float32_tolerance, reference_rec_head, semantic_scores
 
 pytestmark = pytest.mark.numeric  # rerun in CI under each kernel setting of the float-noise matrix
 # Float tolerances: the fixed tolerance 1e-5 on unit-norm embeddings (template sets, attention bias rescaling) is >=
@@ -192,8 +192,7 @@ def test_sem_seg_postprocess_before_inference_through_forward(tmp_path, before):
     tol = float32_tolerance(want, masks.shape[0] + 16)  # the Q-term mixture and 16 resize taps, in other orders
     torch.testing.assert_close(got, want, rtol=0, atol=tol)
     assert masks.abs().max() > 3  # the two orders differ here, so the test tells them apart
-    top2 = want.topk(2, dim=0).values
-    clear = (top2[0] - top2[1]) > 2 * tol
+    clear = decided(want, tol)
     assert torch.equal(labels[clear], want.argmax(0)[clear])
 
 
