@@ -125,8 +125,8 @@ def near_ties(golden_v2_model, tmp_path_factory) -> dict:
 @pytest.mark.parametrize("which", ["synthetic", "near_ties"])
 @pytest.mark.parametrize("scope", [None, "dog", "dog, grass, sky", "cat, dog, grass, sky, traffic light"])
 def test_the_bound_is_a_bound_for_every_region(which, scope, request):
-    """Each region's float16 bound is at least its exact float64 score, and each image's bound (with its
-    slack) at least the exact float32 score the search ranks by: the fast path's correctness rests on it."""
+    """Each region's float16 bound is at least its exact float64 score, and each image's bound at least the
+    exact score the search ranks it by (:meth:`RegionIndex._exact`): the fast path's correctness rests on it."""
     data = request.getfixturevalue(which)
     index, predictor = data["index"], data["predictor"]
     classifier = _classifier(predictor, "red umbrella", scope)
