@@ -39,7 +39,7 @@ from san.data.images import DEFAULT_MAX_PIXELS, ImageError, to_rgb_array
 from san.data.transforms import shortest_edge_size
 from san.devices import autocast, check_precision, precision_name, resolve_device
 from san.model_zoo import get_model_info
-from san.modeling.semantic import semantic_labels
+from san.modeling.semantic import semantic_confidence, semantic_labels
 
 from .encoding import EncodedView, EncodingError, ImageEncoding
 from .result import Prediction
@@ -177,12 +177,14 @@ class SANPredictor:
         *,
         other: str = "none",
         return_scores: bool = False,
-        return_confidence: bool = False,
+        return_confidence: bool = True,
     ) -> Prediction:
         """Segment one image (path, PIL image, HxWx3 numpy array or tensor) with a vocabulary.
 
-        ``return_scores``: also the per-class scores ``[C, H, W]``; ``return_confidence``: the winning
-        score of every pixel ``[H, W]`` (cheap: no score volume)."""
+        ``return_scores``: also the per-class scores ``[C, H, W]``. ``return_confidence`` (default):
+        every pixel's winning class probability ``[H, W]`` in 0..1 (its share of the pixel's class
+        scores) and the raw winning score (``Prediction.score``), computed in the labels' pass with
+        no score volume; ``False`` gives the labels alone (slightly faster)."""
         return self.predict_batch(
             [image], vocabulary, other=other, return_scores=return_scores, return_confidence=return_confidence
         )[0]
@@ -195,7 +197,7 @@ class SANPredictor:
         other: str = "none",
         return_scores: bool = False,
         batch_size: int = 1,
-        return_confidence: bool = False,
+        return_confidence: bool = True,
     ) -> list[Prediction]:
         """Segment several images with one vocabulary; images whose model inputs have the same size
         (:meth:`input_size_key`) share a forward pass, up to ``batch_size`` at a time, never padded
@@ -283,7 +285,7 @@ class SANPredictor:
         *,
         other: str = "none",
         return_scores: bool = False,
-        return_confidence: bool = False,
+        return_confidence: bool = True,
     ) -> Prediction:
         """Label an :meth:`encode` result with a vocabulary: the :class:`Prediction` that
         :meth:`predict` gives for the image, at the cost of the text classifier and the label map."""
@@ -302,7 +304,7 @@ class SANPredictor:
 
     @torch.no_grad()
     def _classify(
-        self, encoding: ImageEncoding, voc: Vocabulary, return_scores: bool, return_confidence: bool = False
+        self, encoding: ImageEncoding, voc: Vocabulary, return_scores: bool, return_confidence: bool = True
     ) -> Prediction:
         names, (h, w) = voc.names, encoding.output_size
         fits = self._score_bytes(len(names), h, w) <= self.max_score_bytes
@@ -317,17 +319,15 @@ class SANPredictor:
             logits = [model.classify(v.mask_embeddings[None], classifier)[0] for v in encoding.views]
             if len(encoding.views) == 1 and not return_scores:  # the label path: no [C, H, W] volume
                 v = encoding.views[0]
+                sizes = (v.image_size, v.padded_size, (h, w))
                 before = model.sem_seg_postprocess_before_inference
-                labels, best = semantic_labels(
-                    logits[0],
-                    v.mask_logits,
-                    v.image_size,
-                    v.padded_size,
-                    (h, w),
-                    postprocess_before_inference=before,
-                    with_scores=return_confidence,
+                if not return_confidence:
+                    labels, _ = semantic_labels(logits[0], v.mask_logits, *sizes, postprocess_before_inference=before)
+                    return self._result(labels, None, voc)
+                labels, best, total = semantic_confidence(
+                    logits[0], v.mask_logits, *sizes, postprocess_before_inference=before
                 )
-                return self._result(labels, None, voc, best)
+                return self._result(labels, None, voc, best, total)
             out = (h, w) if fits else shortest_edge_size(h, w, self.min_size, self.max_size)
             total = None
             for v, cls in zip(encoding.views, logits):  # as SemSegTTA: flips undone, scores averaged
@@ -337,11 +337,14 @@ class SANPredictor:
                 sem = sem.flip(-1) if v.flipped else sem
                 total = sem if total is None else total + sem
         scores = total / len(encoding.views)
+        want = return_confidence or return_scores
         if fits:
             best, labels = scores.max(0)
-            return self._result(labels, scores if return_scores else None, voc, best if return_confidence else None)
+            sums = scores.sum(0) if want else None
+            return self._result(labels, scores if return_scores else None, voc, best, sums)
         labels, best = self._upsampled_argmax(scores, h, w)
-        return self._result(labels, None, voc, best if return_confidence else None)
+        sums = F.interpolate(scores.sum(0)[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+        return self._result(labels, None, voc, best, sums if want else None)
 
     @staticmethod
     def _inputs(arrays: list[np.ndarray]) -> list[dict]:
@@ -364,13 +367,26 @@ class SANPredictor:
 
     @staticmethod
     def _result(
-        labels: torch.Tensor, scores: torch.Tensor | None, voc: Vocabulary, confidence: torch.Tensor | None = None
+        labels: torch.Tensor,
+        scores: torch.Tensor | None,
+        voc: Vocabulary,
+        best: torch.Tensor | None = None,
+        total: torch.Tensor | None = None,
     ) -> Prediction:
+        """The :class:`Prediction`; with ``total`` (the sum of all class scores per pixel, distractors
+        included) it holds the winning score ``best`` and its share ``best / total`` as confidence."""
         n_user = len(voc.user)
         labels = labels.to(torch.int32).clamp_(max=n_user).cpu().numpy()  # distractors -> "other"
         if scores is not None:
             if voc.distractors:
                 scores = torch.cat([scores[:n_user], scores[n_user:].amax(0, keepdim=True)])
             scores = scores.float().cpu().numpy()
-        best = None if confidence is None else confidence.float().cpu().numpy()
-        return Prediction(labels=labels, class_names=voc.class_names, scores=scores, vocabulary=voc, confidence=best)
+        raw = confidence = None
+        if total is not None and best is not None:
+            best = best.float()
+            raw = best.cpu().numpy()
+            # the scores are >= 0, so best <= total; clamped against the rounding of the two sums
+            confidence = (best / total.float().clamp_min(torch.finfo(torch.float32).tiny)).clamp_(0, 1).cpu().numpy()
+        return Prediction(
+            labels=labels, class_names=voc.class_names, scores=scores, vocabulary=voc, confidence=confidence, score=raw
+        )

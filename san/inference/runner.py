@@ -307,9 +307,12 @@ class PredictionRun:
     def _model(self, images: list[np.ndarray]) -> list[tuple]:
         p = self.predictor
         if not self.save_encodings:
-            return [(pred, None) for pred in p.predict_batch(images, self.voc, batch_size=self.batch_size)]
+            return [
+                (pred, None)
+                for pred in p.predict_batch(images, self.voc, batch_size=self.batch_size, return_confidence=False)
+            ]
         encodings = p.encode_batch(images, batch_size=self.batch_size)
-        return [(p.classify(enc, self.voc), enc.to("cpu")) for enc in encodings]
+        return [(p.classify(enc, self.voc, return_confidence=False), enc.to("cpu")) for enc in encodings]
 
     def _write(self, stem: str, path: Path, image: np.ndarray, pred: Any, encoding: Any) -> None:
         extra: dict[Path, Callable[[Path], None]] = {}

@@ -31,7 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["resize_mask_logits", "resize_matrix", "sem_seg_postprocess", "semantic_inference", "semantic_labels"]
+__all__ = [
+    "resize_mask_logits",
+    "resize_matrix",
+    "sem_seg_postprocess",
+    "semantic_confidence",
+    "semantic_inference",
+    "semantic_labels",
+]
 
 
 def sem_seg_postprocess(result: Tensor, image_size: tuple[int, int], height: int, width: int) -> Tensor:
@@ -131,7 +138,8 @@ def _label_bands(
     max_elements: int,
     with_scores: bool = True,
     prune: bool = False,
-) -> tuple[Tensor, Tensor | None]:
+    total_weights: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Arg-max/max over classes of ``probs^T f(R @ maps)``, a band of rows at a time.
 
     Args:
@@ -144,12 +152,17 @@ def _label_bands(
             there (bilinear values are convex combinations of their taps) and score only the
             classes that can win; without ``with_scores``, tiles with one possible winner are
             not scored at all. Exact; it syncs with the device once per band (CPU default).
+        total_weights: ``[Q]``; also return ``total_weights^T f(R @ maps)`` per pixel (with
+            ``probs.sum(1)``: the sum of all class scores), which needs ``with_scores``.
     """
+    if total_weights is not None and not with_scores:
+        raise ValueError("the class-score totals are computed with the scores: pass with_scores=True")
     q, c = probs.shape
     idx, weights = rows
     height, width = idx.shape[0], maps.shape[-1]
     labels = torch.empty(height, width, dtype=torch.long, device=maps.device)
     scores = torch.empty(height, width, dtype=maps.dtype, device=maps.device) if with_scores else None
+    totals = None if total_weights is None else torch.empty_like(scores)
     band = _band_rows(height, (q * 2 + c) * width, max_elements)
     if prune:
         band = min(band, _TILE_ROWS)
@@ -186,7 +199,8 @@ def _label_bands(
         if sigmoid:
             up.sigmoid_()
         p = probs if classes is None else probs.index_select(1, classes)
-        s = torch.matmul(up.reshape(q, -1).T, p)  # [b*W', C']
+        flat = up.reshape(q, -1).T  # [b*W', Q]
+        s = torch.matmul(flat, p)  # [b*W', C']
         best, arg = s.max(dim=1)
         if classes is not None:
             arg = classes[arg]
@@ -195,9 +209,15 @@ def _label_bands(
             labels[start : start + b] = arg.view(b, -1)
             if scores is not None:
                 scores[start : start + b] = best.view(b, -1)
+            if totals is not None:
+                totals[start : start + b] = torch.mv(flat, total_weights).view(b, -1)
         else:
             labels[start : start + b, cols] = arg.view(b, -1)
-    return labels, scores
+    return labels, scores, totals
+
+
+# (image size inside the padded batch, padded batch size, output size), each (h, w)
+_Sizes = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 
 
 def semantic_labels(
@@ -230,6 +250,63 @@ def semantic_labels(
         prune: exact pruning of the classes scored per tile (see :func:`_label_bands`); default on
             the CPU, off on GPUs (it syncs once per band).
     """
+    labels, scores, _ = _semantic(
+        class_logits,
+        mask_logits,
+        (tuple(image_size), tuple(padded_size), tuple(out_size)),
+        postprocess_before_inference,
+        reduced,
+        max_elements=max_elements,
+        with_scores=with_scores,
+        prune=prune,
+        with_totals=False,
+    )
+    return labels, scores
+
+
+def semantic_confidence(
+    class_logits: Tensor,
+    mask_logits: Tensor,
+    image_size: tuple[int, int],
+    padded_size: tuple[int, int],
+    out_size: tuple[int, int],
+    *,
+    postprocess_before_inference: bool = True,
+    max_elements: int | None = None,
+    prune: bool | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`semantic_labels` with the sum of all class scores: ``(labels, best, total)``, each ``[H, W]``.
+
+    ``best / total`` is the winning class's share of the pixel's class scores, a probability in
+    [0, 1] (the scores are a mixture of masks and per-mask class probabilities, so their shares per
+    pixel form a distribution over the vocabulary). The total is one extra mask mixture, computed
+    in the same pass as the labels: no ``[C, H, W]`` volume.
+    """
+    return _semantic(
+        class_logits,
+        mask_logits,
+        (tuple(image_size), tuple(padded_size), tuple(out_size)),
+        postprocess_before_inference,
+        None,
+        max_elements=max_elements,
+        with_scores=True,
+        prune=prune,
+        with_totals=True,
+    )  # type: ignore[return-value]
+
+
+def _semantic(
+    class_logits: Tensor,
+    mask_logits: Tensor,
+    sizes: _Sizes,
+    before: bool,
+    reduced: int | None,
+    *,
+    max_elements: int | None,
+    with_scores: bool,
+    prune: bool | None,
+    with_totals: bool,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     if class_logits.dim() != 2 or mask_logits.dim() != 3 or class_logits.shape[0] != mask_logits.shape[0]:
         raise ValueError(
             f"expected class_logits [Q, C+1] and mask_logits [Q, h, w], got {list(class_logits.shape)} and "
@@ -243,19 +320,16 @@ def semantic_labels(
     with torch.autocast(mask_logits.device.type, enabled=False):
         masks = mask_logits.float()
         probs = class_logits.float().softmax(dim=-1)[:, :-1]  # [Q, C]
-        sizes = (tuple(image_size), tuple(padded_size), tuple(out_size))
+        if with_totals:
+            opts["total_weights"] = probs.sum(dim=1)  # [Q]: every class's share of each mask
         if reduced is not None:
-            return _reduced_labels(probs, masks, sizes, postprocess_before_inference, reduced, **opts)
-        return _exact_labels(probs, masks, sizes, postprocess_before_inference, **opts)
-
-
-# (image size inside the padded batch, padded batch size, output size), each (h, w)
-_Sizes = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+            return _reduced_labels(probs, masks, sizes, before, reduced, **opts)
+        return _exact_labels(probs, masks, sizes, before, **opts)
 
 
 def _exact_labels(
     probs: Tensor, mask_logits: Tensor, sizes: _Sizes, postprocess_before_inference: bool, **opts: Any
-) -> tuple[Tensor, Tensor | None]:
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     dtype, device = mask_logits.dtype, mask_logits.device
     (h0, w0), (hp, wp), (ho, wo) = sizes
     h, w = mask_logits.shape[-2:]
@@ -272,7 +346,7 @@ def _exact_labels(
 
 def _reduced_labels(
     probs: Tensor, mask_logits: Tensor, sizes: _Sizes, before: bool, k: int, **opts: Any
-) -> tuple[Tensor, Tensor | None]:
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     image_size, padded_size, out_size = sizes
     if k < 1:
         raise ValueError(f"reduced must be a positive integer (scores at k x the mask grid), got {k}")
@@ -294,5 +368,5 @@ def _reduced_labels(
         top = s.topk(min(2, s.shape[0]), dim=0).indices.flatten().unique()
         cand[start + top] = True
     keep = cand.nonzero().flatten()
-    labels, scores = _exact_labels(probs[:, keep], mask_logits, sizes, before, **opts)
-    return keep[labels], scores
+    labels, scores, totals = _exact_labels(probs[:, keep], mask_logits, sizes, before, **opts)
+    return keep[labels], scores, totals  # the totals' weights cover every class
