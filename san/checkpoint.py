@@ -95,15 +95,22 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                 'files. If you trust the file, convert it once to a plain state_dict: python -c "import torch; '
                 f"c = torch.load('{path}', weights_only=False); torch.save(c.get('model', c), 'converted.pth')\""
             ) from None
-        raise CheckpointError(f"{path} is truncated or not a checkpoint ({file_size(path)}): {e}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(
-            f"{path} is truncated or not a checkpoint ({file_size(path)}; {type(e).__name__}: {str(e)[:200]}); "
-            "download it again"
-        ) from None
+        raise CheckpointError(_unreadable(path)) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError):
+        raise CheckpointError(_unreadable(path)) from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: a checkpoint must hold a dict, got {type(obj).__name__}")
     return dict(obj)
+
+
+def _unreadable(path: str) -> str:
+    """One line on a file ``torch.load`` cannot read; PyTorch's own paragraph (about ``weights_only`` and
+    filing issues with PyTorch) is no help for a file that is simply not a checkpoint."""
+    if not zipfile.is_zipfile(path):
+        what = "not a zip archive, as torch.save writes"
+    else:
+        what = "a zip archive without readable PyTorch records"
+    return f"{path} is truncated or not a checkpoint ({file_size(path)}; {what}): download it again or check the path"
 
 
 def read_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, Tensor]:

@@ -9,6 +9,7 @@ so that the command line can offer the choices before any heavy import (``san --
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -18,6 +19,7 @@ __all__ = [
     "PRECISIONS",
     "amp_settings",
     "autocast",
+    "check_device_name",
     "check_precision",
     "precision_dtype",
     "precision_name",
@@ -61,6 +63,20 @@ def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractC
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
+_DEVICE_NAME = re.compile(r"(cpu|cuda|mps|xpu|hpu|mtia|meta)(:\d+)?")
+
+
+def _unknown_device(device: Any, why: str = "") -> str:
+    return f"unknown device {device!r}{f' ({why})' if why else ''}; use cpu, cuda or cuda:N"
+
+
+def check_device_name(device: str | None) -> None:
+    """Refuse a device name that cannot be one (``cuda:x``, ``gpu``) without importing torch, so that
+    a command says so at once; :func:`resolve_device` checks that the device exists."""
+    if device is not None and not _DEVICE_NAME.fullmatch(str(device)):
+        raise ValueError(_unknown_device(device))
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """A usable device: ``None`` picks CUDA when available, else the CPU; unknown or absent devices
     raise a ValueError that says what exists."""
@@ -71,7 +87,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"unknown device {device!r} ({e}); use cpu, cuda or cuda:N") from None
+        raise ValueError(_unknown_device(device, str(e))) from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r}: CUDA is not available on this machine; use device 'cpu'")

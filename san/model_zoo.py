@@ -21,8 +21,10 @@ import logging
 import os
 import re
 import socket
+import sys
 import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -89,11 +91,28 @@ def sha256sum(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def _command_run() -> str | None:
+    """The ``san`` command this process runs (``san export hub``), read from ``sys.argv``; None in Python."""
+    argv = sys.argv
+    if not argv:
+        return None
+    prog = Path(argv[0])
+    if prog.parent.name == "apps" and prog.parent.parent.name == "san":  # python -m san.apps.predict
+        argv = ["san", prog.stem.replace("_", "-"), *argv[1:]]
+    elif prog.name not in ("san", "san.exe", "__main__.py") or len(argv) < 2 or argv[1].startswith("-"):
+        return None
+    words = ["san", argv[1]]
+    if argv[1] == "export" and len(argv) > 2 and not argv[2].startswith("-"):
+        words.append(argv[2])
+    return " ".join(words)
+
+
 def _offline_hint(filename: str, url: str) -> str:
+    command = _command_run()
+    shell = f"`{command} --weights /path/to/{filename} ...` " if command else ""
     return (
-        f"Download {url} elsewhere and pass the local file: "
-        f"`san predict --weights /path/to/{filename} ...` (Python: "
-        f"SANPredictor.from_pretrained(..., weights='/path/to/{filename}'))."
+        f"Download {url} elsewhere and pass the local file: {shell}"
+        f"(Python: SANPredictor.from_pretrained(..., weights='/path/to/{filename}'))."
     )
 
 

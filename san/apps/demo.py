@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from san.apps.common import cli_logging
 from san.model_zoo import MODELS
 
 logger = logging.getLogger("san.demo")
@@ -228,7 +229,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run ``san demo`` until interrupted."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cli_logging()
+    from san.devices import check_device_name
+
+    try:
+        check_device_name(args.device)
+    except ValueError as e:
+        print(f"san demo: {e}", file=sys.stderr)
+        return 2
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
         import gradio  # noqa: F401

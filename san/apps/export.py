@@ -13,12 +13,13 @@ temporary name and renamed when complete; an existing output is refused without 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+from san.apps.common import cli_logging
 
 __all__ = ["build_parser", "main"]
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     problem = _check_target(output, args.force)
     if problem:
         return _fail(problem)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cli_logging()
     from san.build import build_model
     from san.checkpoint import CheckpointError
     from san.config import ConfigError, get_cfg, get_config_file
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             from san.inference.onnx import export_onnx
 
             sizes = {"min_size": cfg.INPUT.MIN_SIZE_TEST, "max_size": cfg.INPUT.MAX_SIZE_TEST}
+            print(f"san export: tracing the model ({len(names)} classes) to ONNX opset {args.opset}, about a minute")
             export_onnx(model, names, tmp, **sizes, opset=args.opset, config_yaml=cfg.dump())
         _replace(tmp, output)
     print(f"san export: wrote {output}")

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from san.apps.common import cli_logging
 from san.engine.launch import add_launch_arguments, check_launch_arguments, needs_launch, run_launched, worker_group
 
 SUMMARY = "build_summary.json"
@@ -57,6 +57,12 @@ def _fail(message: str) -> int:
 
 def _prepare(args: argparse.Namespace) -> Any:
     """``(index folder, files, missing)`` or exit code 2: every check that needs no model."""
+    from san.devices import check_device_name
+
+    try:  # before the heavy imports
+        check_device_name(args.device)
+    except ValueError as e:
+        return _fail(str(e))
     from san.inference.index import INDEX_FILE, RegionIndex, RegionIndexError
     from san.inference.outputs import OutputError, check_output_dir, collect_inputs
 
@@ -93,7 +99,7 @@ def _prepare(args: argparse.Namespace) -> Any:
 def main(argv: list[str] | None = None) -> int:
     """Run ``san index``; returns the exit code."""
     args = build_parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cli_logging()
     prepared = _prepare(args)
     if isinstance(prepared, int):
         return prepared

@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from san.apps.common import cli_logging
 from san.engine.launch import add_launch_arguments, check_launch_arguments, needs_launch, run_launched, worker_group
 
 logger = logging.getLogger("san.predict")
@@ -113,6 +114,7 @@ def _fail(message: str) -> int:
 def _prepare(args: argparse.Namespace) -> Any:
     """``(vocabulary, output folder, files, missing inputs)``, or exit code 2 with a message: every
     check that needs no model."""
+    from san.devices import check_device_name
     from san.inference.outputs import OutputError, check_output_dir, collect_inputs
     from san.inference.vocabulary import build_vocabulary
 
@@ -124,6 +126,7 @@ def _prepare(args: argparse.Namespace) -> Any:
     if problem:
         return _fail(problem)
     try:
+        check_device_name(args.device)
         voc = build_vocabulary(
             args.vocabulary, file=args.vocabulary_file, dataset=args.dataset_vocabulary, other=args.other
         )
@@ -141,7 +144,7 @@ def _prepare(args: argparse.Namespace) -> Any:
 def main(argv: list[str] | None = None) -> int:
     """Run ``san predict``; returns the exit code."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cli_logging()
     prepared = _prepare(args)
     if isinstance(prepared, int):
         return prepared
@@ -276,3 +279,7 @@ def _settings(predictor: Any, meta: dict, args: argparse.Namespace) -> dict:
         "text_cache": args.text_cache,
         **({"vocabulary_file": args.vocabulary_file} if args.vocabulary_file else {}),
     }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

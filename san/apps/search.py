@@ -16,9 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from san.apps.common import cli_logging
 
 __all__ = ["build_parser", "main"]
 
@@ -45,31 +48,43 @@ def load_index_predictor(index: Any, weights: str | None, device: str | None) ->
     """The predictor of the model that built ``index`` (its config and weights, or ``weights``)."""
     from san.build import build_model
     from san.hub import read_config_text
+    from san.inference.index import RegionIndexError
     from san.inference.predictor import SANPredictor
+    from san.model_zoo import get_model_info
 
+    source = weights or index.meta["weights"]
+    if weights is None and get_model_info(str(source)) is None and not os.path.exists(source):
+        raise RegionIndexError(
+            f"the index was built with the weights {source}, which are no longer there: pass --weights PATH "
+            "(the same weights, wherever they are now)"
+        )
     cfg = read_config_text(index.meta["config_yaml"])
-    model = build_model(cfg, weights or index.meta["weights"]).eval()
+    model = build_model(cfg, source).eval()
     return SANPredictor(model, device=device, min_size=index.meta["min_size"], max_size=index.meta["max_size"])
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``san search``; returns the exit code."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cli_logging(logging.WARNING)
+    from san.devices import check_device_name
+    from san.inference.vocabulary import check_query
+
+    try:  # the checks that need no model, before the heavy imports
+        check_query(args.query, args.top)
+        check_device_name(args.device)
+    except ValueError as e:
+        return _fail(str(e))
     from san.checkpoint import CheckpointError
     from san.config import ConfigError
     from san.data.images import ImageError, read_image
     from san.files import atomic_path
     from san.hub import HubFormatError
-    from san.inference.index import RegionIndex, RegionIndexError, check_query
+    from san.inference.index import RegionIndex, RegionIndexError
     from san.inference.outputs import OutputError, check_output_dir
     from san.inference.visualize import highlight
     from san.model_zoo import WeightsError
 
-    try:
-        check_query(args.query, args.top)
-    except ValueError as e:
-        return _fail(str(e))
     try:
         index = RegionIndex(args.index)
         index.check_not_empty()

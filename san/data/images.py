@@ -131,6 +131,8 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         raise ImageError(f"{path}: no such file")
     if os.path.isdir(path):
         raise ImageError(f"{path}: is a directory, not an image")
+    if os.path.getsize(path) == 0:
+        raise ImageError(f"{path}: empty file (0 bytes)")
     with warnings.catch_warnings(), _pillow_limit(max_pixels):
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies below
         try:

@@ -36,6 +36,8 @@ from torch import Tensor
 
 from san.modeling.semantic import resize_mask_logits
 
+from .vocabulary import check_query
+
 __all__ = ["RegionIndex", "RegionIndexError", "SearchHit", "check_query"]
 
 FORMAT, VERSION = "san-region-index", 1
@@ -56,16 +58,6 @@ class SearchHit:
     part: str
     row: int
     region: int
-
-
-def check_query(query: str, top: int) -> str:
-    """The query without surrounding blanks; ValueError for an empty one or ``top < 1``."""
-    query = (query or "").strip()
-    if not query:
-        raise ValueError("the query is empty: give a phrase, e.g. 'a red umbrella'")
-    if top < 1:
-        raise ValueError(f"top must be >= 1, got {top}")
-    return query
 
 
 def _model_identity(predictor: Any) -> dict[str, Any]:

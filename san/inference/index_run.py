@@ -23,6 +23,8 @@ class IndexRun(PredictionRun):
     :class:`RegionIndex` instead of writing pictures: the same decoding threads, batches, sharding and
     progress; images already in the index are skipped (a build resumes by running it again)."""
 
+    command = "san index"
+
     def __init__(
         self,
         predictor: Any,

@@ -143,7 +143,7 @@ def export_onnx(
     path = Path(path)
     with atomic_path(path) as tmp:
         onnx.save_model(proto, tmp)
-    logger.info("wrote %s (%d classes, opset %d)", path, len(names), opset)
+    logger.debug("wrote %s (%d classes, opset %d)", path, len(names), opset)
     return path
 
 

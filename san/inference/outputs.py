@@ -15,6 +15,7 @@ import glob
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,10 +49,11 @@ class OutputError(OSError):
 
 
 def check_output_dir(path: str | os.PathLike) -> Path:
-    """Check, without creating anything, that ``path`` is or can become a writable folder.
+    """Check, leaving nothing behind, that ``path`` is or can become a writable folder.
 
     Refused: an existing file; a path below a file; a folder (or nearest existing parent) that is not
-    writable, including a read-only filesystem.
+    writable, including a read-only filesystem and pseudo-filesystems such as ``/proc`` that permission
+    bits do not describe (a temporary folder is created there and removed again to be sure).
     """
     out = Path(path)
     probe = out
@@ -66,6 +68,11 @@ def check_output_dir(path: str | os.PathLike) -> Path:
     if not os.access(probe, os.W_OK | os.X_OK):
         what = "the folder" if probe == out else f"its parent {probe}"
         raise OutputError(f"--output {out}: {what} is not writable (read-only, or no permission); choose another")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".san-write-check-", dir=probe))
+    except OSError as e:
+        what = "the folder" if probe == out else f"its parent {probe}"
+        raise OutputError(f"--output {out}: cannot create folders in {what} ({e.strerror}); choose another") from None
     return out
 
 

@@ -114,6 +114,8 @@ class PredictionRun:
         rank, world_size: this process's share of the files.
     """
 
+    command = "san predict"  # what the progress bar and the failure lines are labelled with
+
     def __init__(
         self,
         predictor: Any,
@@ -195,7 +197,7 @@ class PredictionRun:
         if report.redone:
             logger.warning("resume: %d image(s) with incomplete or different outputs are done again", report.redone)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        bar = tqdm(total=len(todo), desc="san predict", unit="img", disable=not progress or len(todo) < 2)
+        bar = tqdm(total=len(todo), desc=self.command, unit="img", disable=not progress or len(todo) < 2)
         pool = ThreadPoolExecutor if self.workers else _Inline  # workers=0: all in this thread, in order
         readers = pool(max(1, self.workers), thread_name_prefix="san-read")
         writers = pool(max(1, self.workers), thread_name_prefix="san-write")
@@ -243,7 +245,10 @@ class PredictionRun:
     def _fail(self, report: RunReport, path: Path, reason: str, image: np.ndarray | None = None) -> None:
         size = "" if image is None else f" ({image.shape[1]}x{image.shape[0]})"
         report.failures.append({"image": str(path), "reason": reason})
-        print(f"san predict: FAILED {path}{size}: {reason}", file=sys.stderr)
+        from tqdm import tqdm
+
+        # tqdm.write: on a line of its own, above the progress bar, which is redrawn below it
+        tqdm.write(f"{self.command}: FAILED {path}{size}: {reason}", file=sys.stderr)
 
     def _decoded(
         self, todo: Sequence[tuple[Path, str]], pool: ThreadPoolExecutor, report: RunReport

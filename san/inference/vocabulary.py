@@ -36,6 +36,7 @@ __all__ = [
     "OTHER_SETS",
     "Vocabulary",
     "build_vocabulary",
+    "check_query",
     "distractor_names",
     "parse_vocabulary",
     "read_vocabulary_file",
@@ -164,3 +165,13 @@ def build_vocabulary(
     if OTHER in (n.casefold() for n in user) and other != "none":
         raise ValueError(f"the class name {OTHER!r} is reserved for distractor pixels when other={other!r}")
     return Vocabulary(tuple(user), tuple(distractor_names(other, user)))
+
+
+def check_query(query: str, top: int) -> str:
+    """A search phrase without surrounding blanks; ValueError for an empty one or ``top < 1``."""
+    query = (query or "").strip()
+    if not query:
+        raise ValueError("the query is empty: give a phrase, e.g. 'a red umbrella'")
+    if top < 1:
+        raise ValueError(f"top must be >= 1, got {top}")
+    return query

@@ -5,8 +5,10 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import san
 
@@ -22,6 +24,17 @@ def golden_files(golden_v2_model, tmp_path_factory) -> dict[str, Path]:
     g = torch.load(GOLDEN_V2, weights_only=True)
     images = [im.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy() for im in g["images"]]
     return {"yaml": root / "model.yaml", "pth": root / "model.pth", "images": images, "vocabulary": g["vocabulary"]}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    """A tiny random SAN as ``tiny.yaml`` + ``tiny.pth`` and a 56x40 photo, as paths."""
+    from ..conftest import tiny_files
+
+    d = tmp_path_factory.mktemp("first_hour")
+    tiny_files(d)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(d / "photo.png")
+    return {"dir": d, "yaml": str(d / "tiny.yaml"), "pth": str(d / "tiny.pth"), "photo": str(d / "photo.png")}
 
 
 @pytest.fixture

@@ -21,8 +21,6 @@ import san
 from san.inference.outputs import OutputError, check_output_dir
 from san.inference.visualize import legend
 
-from ..conftest import tiny_files
-
 ROOT = Path(__file__).resolve().parents[2]
 OPTS = ["INPUT.MIN_SIZE_TEST", "32", "INPUT.MAX_SIZE_TEST", "64"]
 
@@ -33,14 +31,6 @@ def san_cmd(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
     cmd = [exe] if exe else [sys.executable, "-m", "san"]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict:
-    d = tmp_path_factory.mktemp("first_hour")
-    tiny_files(d)
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(d / "photo.png")
-    return {"dir": d, "yaml": str(d / "tiny.yaml"), "pth": str(d / "tiny.pth"), "photo": str(d / "photo.png")}
 
 
 def predict(tiny: dict, *args: str, weights: str | None = None, env: dict | None = None):
