@@ -149,14 +149,21 @@ def build_demo(
     import gradio as gr
 
     from san.data.images import DEFAULT_MAX_PIXELS, ImageError, read_image
+    from san.inference.vocabulary import EmptyVocabularyError
 
     models = _Models(factory)
     encodings: dict[str, _Encodings] = {}
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
 
+    def refused(message: str) -> tuple:
+        """No result, and the reason in Messages (where it stays; the toast goes after a few seconds)."""
+        gr.Warning(message)
+        return None, None, None, message
+
     def run(image_path: str | None, vocabulary: str, other: str, model_name: str):
         if not image_path:
-            raise gr.Error("upload an image first")
+            return refused("Upload an image first.")
+        upload = os.path.basename(image_path)  # the upload's own name (gradio keeps it in its cache path)
         try:
             with collect_warnings() as notes:
                 if not available(model_name):
@@ -175,9 +182,12 @@ def build_demo(
                 result = segment(predictor, encoding, rgb, vocabulary or "", other)
                 t2 = time.perf_counter()
         except ImageError as e:
-            raise gr.Error(f"cannot use this upload: {e}") from None
+            return refused(f"Cannot use the upload {upload}: {str(e).replace(image_path, upload)}")
+        except EmptyVocabularyError:
+            return refused("Type one or more class names under “Class names”, separated by commas: cat, grass, sky")
         except (ModelUnavailable, ValueError, TypeError, RuntimeError, OSError, MemoryError) as e:
-            raise gr.Error(str(e) or type(e).__name__) from None
+            logger.warning("demo request failed: %s", e)
+            return refused(str(e) or type(e).__name__)
         for note in notes:
             gr.Warning(note)
         step = "image encoding reused" if reused else f"image encoded in {t1 - t0:.2f} s"
@@ -266,7 +276,13 @@ def main(argv: list[str] | None = None) -> int:
         return SANPredictor.from_pretrained(name, **kw)
 
     app = build_demo(factory, names, available=lambda name: not offline.get(name, False))
-    app.launch(server_name=args.host, server_port=args.port, share=args.share)
+    app.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True, prevent_thread_lock=True)
+    print(f"san demo: running at {app.local_url} (Ctrl-C stops it)")
+    if args.share:
+        print(f"san demo: public link {app.share_url}")
+    else:
+        print("san demo: `san demo --share` also makes a public gradio.live link")
+    app.block_thread()
     return 0
 
 

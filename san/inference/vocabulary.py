@@ -32,6 +32,7 @@ from san.assets import list_class_sets, read_classes
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "EmptyVocabularyError",
     "OTHER",
     "OTHER_SETS",
     "Vocabulary",
@@ -67,6 +68,10 @@ def _dedupe(names: list[str]) -> list[str]:
     return list(seen.values())
 
 
+class EmptyVocabularyError(ValueError):
+    """A vocabulary with no class name in it (what to type depends on where it was typed)."""
+
+
 def parse_vocabulary(vocabulary: str | Sequence[str]) -> list[str]:
     """Class names from ``"cat, grass, sky"`` (commas/newlines separate, ``|`` or ``;`` join
     synonyms) or from a list (each entry is one class; ``|``/``;`` still join synonyms)."""
@@ -80,7 +85,7 @@ def parse_vocabulary(vocabulary: str | Sequence[str]) -> list[str]:
     cleaned = [_clean(n) for n in raw]
     names = [c for c in cleaned if c]
     if not names:
-        raise ValueError(
+        raise EmptyVocabularyError(
             f"the vocabulary is empty ({vocabulary!r}): give class names separated by commas, e.g. "
             "'cat, grass, sky', or a dataset's classes with --dataset-vocabulary "
             f"({', '.join(list_class_sets())})"
