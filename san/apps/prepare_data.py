@@ -6,9 +6,10 @@ The conversions live in :mod:`san.data.prepare`; this module is only the command
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
+
+from san.apps.common import cli_logging
 
 __all__ = ["build_parser", "main"]
 
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``san prepare-data NAME --raw RAW_DIR [--root ROOT] [--workers N] [--copy]``."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cli_logging()
     from san.data.io import DataError
     from san.data.prepare import PrepareError, PrepareOptions, prepare
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import textwrap
 from typing import Any
 
 import numpy as np
@@ -89,14 +90,28 @@ def write_json(path: str, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def _finite(v: Any) -> bool:
+    return v is not None and bool(np.isfinite(v))
+
+
+def _with_ground_truth(r: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Class names with ground truth in the evaluated images, and those without: a class has ground
+    truth where its accuracy is finite (its IoU, where no accuracy is given)."""
+    names = [k[4:] for k in r if k.startswith("IoU-")]
+    has = [n for n in names if _finite(r.get(f"ACC-{n}", r[f"IoU-{n}"]))]
+    seen = set(has)
+    return has, [n for n in names if n not in seen]
+
+
 def format_results(results: dict[str, Any], header_only: bool = False) -> str:
-    """A plain-text table: the four headline metrics, then per-class IoU and accuracy."""
+    """A plain-text table: the four headline metrics, then per-class IoU and accuracy of the classes
+    with ground truth (the others are counted in one line; the JSON keeps every class)."""
     r = results.get("sem_seg", results)
     head = ["mIoU", "fwIoU", "mACC", "pACC"]
     line = "  ".join(f"{k} {r[k]:.2f}" for k in head)
     if header_only:
         return line
-    names = [k[4:] for k in r if k.startswith("IoU-")]
+    names, absent = _with_ground_truth(r)
     width = max([len(n) for n in names] + [5])
     rows = [
         line,
@@ -107,6 +122,10 @@ def format_results(results: dict[str, Any], header_only: bool = False) -> str:
     for n in names:
         iou, acc = r[f"IoU-{n}"], r[f"ACC-{n}"]
         rows.append(f"{n:<{width}}  {_fmt(iou):>7}  {_fmt(acc):>7}")
+    if absent:
+        predicted = sum(1 for n in absent if _finite(r[f"IoU-{n}"]))
+        also = f", {predicted} of them predicted somewhere (IoU 0)" if predicted else ""
+        rows += ["", f"{len(absent)} class(es) without ground truth in these images are not listed{also}"]
     return "\n".join(rows) + "\n"
 
 
@@ -117,8 +136,9 @@ def _fmt(v: float) -> str:
 def save_results(results: dict[str, Any], output_dir: str | os.PathLike, name: str) -> dict[str, str]:
     """Write ``<name>.json`` (NaN as null), ``<name>.txt`` (table) and ``<name>_iou.png`` (bar chart).
 
-    Returns the written paths by kind. Classes without ground truth are listed as n/a in the table
-    and left out of the chart, which draws every other class, sorted by IoU, in up to four columns.
+    Returns the written paths by kind. Classes without ground truth are counted, not listed, in the
+    table and left out of the chart, which draws every other class, sorted by IoU, in up to four
+    columns; the JSON keeps every class.
     Without matplotlib the chart is skipped (one warning per process) and ``"chart"`` is absent.
     """
     output_dir = os.fspath(output_dir)
@@ -165,15 +185,21 @@ def bar_chart(r: dict[str, Any], title: str, path: str) -> bool:
             _warned_no_matplotlib = True
         return False
 
-    ious = [(k[4:], v) for k, v in r.items() if k.startswith("IoU-")]
+    shown, absent = _with_ground_truth(r)
+    ious = [(n, r[f"IoU-{n}"]) for n in shown]
     items = sorted(((n, float(v)) for n, v in ious if v is not None and np.isfinite(v)), key=lambda kv: -kv[1])
-    absent = len(ious) - len(items)
     cols = min(MAX_COLUMNS, max(1, -(-len(items) // BARS_PER_COLUMN)))
     rows = max(1, -(-len(items) // cols))
     names = [n if len(n) <= _LABEL_CHARS else n[: _LABEL_CHARS - 1] + "…" for n, _ in items]
     label_inch = 0.06 * max([len(n) for n in names] + [4])  # ~7 pt characters
     col_inch = label_inch + 2.7  # labels, 2.2 in of bars, room for the value and the gap to the next column
-    fig_w, fig_h = cols * col_inch, 1.1 + rows * BAR_PITCH_INCH
+    fig_w = cols * col_inch
+    note = f", {len(absent)} without ground truth not shown" if absent else ""
+    heading = f"{title}: mIoU {_fmt(r.get('mIoU'))} ({len(items)} classes{note})"
+    # 9 pt title characters are at most ~0.075 in wide: wrap it to the figure, with room for its lines
+    lines = textwrap.wrap(heading, width=max(20, int((fig_w - 0.2) / 0.075)), break_long_words=True)
+    title_inch = 0.15 * len(lines)
+    fig_h = 1.1 + title_inch + rows * BAR_PITCH_INCH
     fig = Figure(figsize=(fig_w, fig_h), dpi=CHART_DPI)
     for c in range(cols):
         chunk = list(zip(names, items))[c * rows : (c + 1) * rows]
@@ -186,10 +212,7 @@ def bar_chart(r: dict[str, Any], title: str, path: str) -> bool:
         ax.set_xlim(0, 100)
         ax.tick_params(axis="x", labelsize=7)
         ax.set_xlabel("IoU (%)", fontsize=7)
-    note = f", {absent} without ground truth not shown" if absent else ""
-    fig.suptitle(
-        f"{title}: mIoU {_fmt(r.get('mIoU'))} ({len(items)} classes{note})", fontsize=9, y=1 - 0.15 / fig_h, va="top"
-    )
+    fig.suptitle("\n".join(lines), fontsize=9, y=1 - 0.15 / fig_h, va="top")
     tmp = f"{path}.tmp{os.getpid()}.png"
     fig.savefig(tmp, format="png")
     os.replace(tmp, path)

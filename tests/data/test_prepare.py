@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -197,8 +199,11 @@ def test_voc_and_the_command_line(tmp_path, capsys):
     _png(raw / "SegmentationClassAug" / "x3.png", np.array([[15, 15], [15, 0]], np.uint8))
     (raw / "train.txt").write_text("x1\nx2\n")
     (raw / "val.txt").write_text("x3\n")
-    assert main(["voc", "--raw", str(raw), "--root", str(root), "--workers", "0"]) == 0
-    assert "voc train: 1 written, 0 already there (verified), 1 skipped" in capsys.readouterr().out
+    argv = ["prepare-data", "voc", "--raw", str(raw), "--root", str(root), "--workers", "0"]
+    r = subprocess.run([sys.executable, "-m", "san", *argv], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    said = [line for line in (r.stdout + r.stderr).splitlines() if "train" in line]
+    assert said == ["voc train: 1 written, 0 already there (verified), 1 skipped (no valid pixel)"], said  # once
     assert read_label(root / "VOC2012/annotations_detectron2/train/x1.png").tolist() == [[255, 0], [19, 255]]
     assert read_label(root / "VOC2012/annotations_detectron2/val/x3.png").tolist() == [[14, 14], [14, 255]]
     samples = get_dataset("voc_sem_seg_train").list_samples(root)  # JPEGImages holds every image: intersection

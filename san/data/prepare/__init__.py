@@ -121,5 +121,5 @@ def prepare(
                     counts[_run(task)] += 1
                     bar.update()
         summary[split] = counts
-        logger.info("%s %s: %s", name, split, dict(counts))
+        logger.debug("%s %s: %s", name, split, dict(counts))  # the command line prints its own line
     return summary
