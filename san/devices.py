@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PRECISIONS",
     "amp_settings",
+    "available_cpus",
     "autocast",
     "check_device_name",
     "check_precision",
@@ -61,6 +62,13 @@ def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractC
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one, else all of them)."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 _DEVICE_NAME = re.compile(r"(cpu|cuda|mps|xpu|hpu|mtia|meta)(:\d+)?")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from san.apps.common import cli_logging
+from san.devices import available_cpus
 from san.engine.launch import add_launch_arguments, check_launch_arguments, needs_launch, run_launched, worker_group
 
 SUMMARY = "build_summary.json"
@@ -38,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--max-pixels", type=float, default=100e6, help="refuse larger images (default 100e6)")
     p.add_argument("--batch-size", type=int, default=1, help="images per model call (same model input size)")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding threads (default 4)")
+    workers = min(4, available_cpus())
+    p.add_argument(
+        "--workers", type=int, default=workers, help=f"decoding threads (default {workers}: 4, at most the CPUs)"
+    )
     p.add_argument("--part-size", type=int, default=256, help="images per index part (the unit written at once)")
     p.add_argument(
         "--no-masks",

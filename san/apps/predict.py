@@ -28,7 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from san.apps.common import cli_logging
-from san.engine.launch import add_launch_arguments, check_launch_arguments, needs_launch, run_launched, worker_group
+from san.devices import available_cpus
+from san.engine.launch import (
+    add_launch_arguments,
+    check_launch_arguments,
+    needs_launch,
+    run_launched,
+    say,
+    worker_group,
+)
 
 logger = logging.getLogger("san.predict")
 SUMMARY = "san_predict_summary.json"
@@ -81,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=1, help="images per model call (those with the same model input size)"
     )
     p.add_argument(
-        "--workers", type=int, default=min(4, os.cpu_count() or 1), help="threads decoding and writing (default 4)"
+        "--workers",
+        type=int,
+        default=min(4, available_cpus()),
+        help=f"threads decoding and writing (default {min(4, available_cpus())}: 4, at most the CPUs)",
     )
     p.add_argument("--resume", action="store_true", help="skip images whose outputs are complete (same settings)")
     p.add_argument(
@@ -261,7 +272,7 @@ def load_predictor(args: argparse.Namespace, prog: str = "san predict") -> Any:
             max_pixels=int(args.max_pixels),
         )
     except (WeightsError, CheckpointError, ConfigError, OSError, ValueError, KeyError, RuntimeError) as e:
-        print(f"{prog}: {e}", file=sys.stderr)
+        say(f"{prog}: {e}")  # once, however many processes meet it
         return 2
     return predictor, {"weights": str(args.weights or model), "config": model}
 

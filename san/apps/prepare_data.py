@@ -6,10 +6,10 @@ The conversions live in :mod:`san.data.prepare`; this module is only the command
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from san.apps.common import cli_logging
+from san.devices import available_cpus
 
 __all__ = ["build_parser", "main"]
 
@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=DATASET_NAMES, help="which benchmark to prepare")
     p.add_argument("--raw", required=True, help="the raw download (see README, Datasets)")
     p.add_argument("--root", default=None, help="dataset root (default $DETECTRON2_DATASETS or ./datasets)")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="processes (0/1: none)")
+    workers = min(8, available_cpus())
+    p.add_argument("--workers", type=int, default=workers, help=f"processes (default {workers}; 0/1: none)")
     p.add_argument("--copy", action="store_true", help="copy images instead of symlinking them")
     p.add_argument("--anno-dir", default=None, help="pcontext: folder of the per-image .mat files")
     return p

@@ -21,10 +21,11 @@ import os
 import sys
 from typing import Any
 
+from san.apps.common import fail
 from san.devices import PRECISIONS, amp_settings
 from san.engine.launch import add_launch_arguments, check_launch_arguments, launch, needs_launch
 
-__all__ = ["build_parser", "main", "setup"]
+__all__ = ["build_config", "build_parser", "main", "preflight", "setup"]
 
 logger = logging.getLogger("san.train")
 
@@ -107,11 +108,10 @@ def _setup_logging(output_dir: str | None, rank: int) -> None:
         root.addHandler(h)
 
 
-def setup(args: argparse.Namespace) -> Any:
-    """Config from the file, overrides and flags (frozen); logging; ``OUTPUT_DIR/config.yaml``."""
+def build_config(args: argparse.Namespace) -> Any:
+    """The frozen config of the file, the overrides and the flags; writes nothing."""
     from san.config import get_cfg, get_config_file
     from san.data import register_datasets_from_yaml
-    from san.engine import comm
 
     for path in args.datasets_yaml:
         register_datasets_from_yaml(path, overwrite=True)
@@ -124,6 +124,27 @@ def setup(args: argparse.Namespace) -> Any:
     if args.dump_predictions:
         cfg.SAN_ENGINE.DUMP_PREDICTIONS = True
     cfg.freeze()
+    return cfg
+
+
+def preflight(args: argparse.Namespace, world_size: int) -> Any:
+    """The config, after the checks that need no model (batch split, training data size, class count):
+    run before any process is spawned and before ``OUTPUT_DIR`` gets a file, so that bad input ends
+    with one line, exit code 2 and nothing written."""
+    from san.engine.trainer import check_batch, check_training_classes
+
+    cfg = build_config(args)
+    if not args.eval_only:
+        check_batch(cfg, world_size)
+        check_training_classes(cfg)
+    return cfg
+
+
+def setup(args: argparse.Namespace) -> Any:
+    """Config from the file, overrides and flags (frozen); logging; ``OUTPUT_DIR/config.yaml``."""
+    from san.engine import comm
+
+    cfg = build_config(args)
     rank = int(os.environ.get("RANK", comm.get_rank()))
     _setup_logging(cfg.OUTPUT_DIR, rank)
     if rank == 0:
@@ -170,16 +191,52 @@ def _main_worker(args: argparse.Namespace) -> dict[str, Any]:
             dist.destroy_process_group()
 
 
+def _flags_among_overrides(opts: list[str]) -> str | None:
+    """A hint when a flag was given after the KEY VALUE overrides (argparse takes it as a key)."""
+    flags = [o for o in opts if str(o).startswith("--")]
+    if not flags:
+        return None
+    return (
+        f"{flags[0]} comes after the KEY VALUE config overrides, where only config keys go: put the flags "
+        f"first, e.g. san train --config-file FILE {flags[0]} ... KEY VALUE ..."
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``san train`` and ``python -m san train``."""
+    """Entry point of ``san train`` and ``python -m san train``; returns the exit code: 0 done,
+    2 bad input (one line on stderr, nothing written), 1 a process failed unexpectedly."""
+    from san.engine.launch import LaunchFailed
+
     args = build_parser().parse_args(argv)
-    problem = check_launch_arguments(args)
+    problem = _flags_among_overrides(args.opts) or check_launch_arguments(args)
     if problem:
-        raise SystemExit(f"san train: {problem}")
+        return fail("train", problem)
+    from san.checkpoint import CheckpointError
+    from san.config import ConfigError
+    from san.model_zoo import WeightsError
+
+    world = int(os.environ.get("WORLD_SIZE", args.num_gpus * args.num_machines))
+    try:
+        preflight(args, world)
+    except (FileNotFoundError, ConfigError, CheckpointError, WeightsError) as e:
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process checks; one says so
+            fail("train", str(e))
+        return 2
     if needs_launch(args):
-        launch(_main_worker, args, "san train")
-    else:
+        try:
+            launch(_main_worker, args, "san train")
+        except LaunchFailed as e:
+            for message in e.messages:
+                print(message, file=sys.stderr)
+            return 2 if e.refused else 1
+        return 0
+    try:
         _main_worker(args)
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            return 2
+        raise
     return 0
 
 

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from san.devices import available_cpus
+
 from .catalog import get_dataset
 from .mapper import SemanticTestMapper, SemanticTrainMapper
 
@@ -123,6 +125,23 @@ def _shared_seed(seed: int | None, cfg_seed: int) -> int:
     return value
 
 
+_said_capped: set[tuple[int, int]] = set()
+
+
+def capped_workers(requested: int) -> int:
+    """``DATALOADER.NUM_WORKERS`` limited to the CPUs this process may use (PyTorch warns about more,
+    and they only compete for the same cores); the cap is logged once per process and value."""
+    cpus = available_cpus()
+    if requested <= cpus:
+        return requested
+    if (requested, cpus) not in _said_capped:
+        _said_capped.add((requested, cpus))
+        logger.info(
+            "DATALOADER.NUM_WORKERS %d: this machine has %d CPUs for this process; using %d", requested, cpus, cpus
+        )
+    return cpus
+
+
 def build_train_loader(
     cfg: Any,
     *,
@@ -160,7 +179,7 @@ def build_train_loader(
     loader = DataLoader(
         _TrainDataset(records, stream, mapper),
         batch_sampler=_BatchPositions(total // virtual, rank, world_size, start_iter, accumulation),
-        num_workers=int(cfg.DATALOADER.NUM_WORKERS),
+        num_workers=capped_workers(int(cfg.DATALOADER.NUM_WORKERS)),
         collate_fn=_as_list,
         persistent_workers=False,
     )
@@ -200,7 +219,7 @@ def build_test_loader(
     records = load_records(dataset_name)
     shard = shard_range(len(records), rank, world_size)
     mapper = mapper if mapper is not None else SemanticTestMapper(cfg, dataset_name)
-    workers = int(cfg.DATALOADER.NUM_WORKERS) if num_workers is None else int(num_workers)
+    workers = capped_workers(int(cfg.DATALOADER.NUM_WORKERS) if num_workers is None else int(num_workers))
     return DataLoader(
         _ListDataset([records[i] for i in shard], mapper),
         batch_size=1,

@@ -15,17 +15,21 @@ import argparse
 import json
 import os
 import sys
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "LaunchFailed",
     "add_launch_arguments",
     "check_launch_arguments",
     "launch",
     "needs_launch",
     "run_launched",
+    "say",
     "under_torchrun",
     "worker_group",
 ]
@@ -65,6 +69,38 @@ def needs_launch(args: argparse.Namespace) -> bool:
     return not under_torchrun() and args.num_gpus * args.num_machines > 1
 
 
+_MESSAGES = "SAN_LAUNCH_MESSAGES"  # the folder where launched processes leave what they have to say
+
+
+class LaunchFailed(RuntimeError):
+    """A process of a launched run failed. ``messages``: what the processes said, each distinct one
+    once (a refusal's one line, or an unexpected error's traceback); ``refused``: every failed process
+    refused with a message (bad input: exit code 2) rather than crashing."""
+
+    def __init__(self, messages: list[str], refused: bool) -> None:
+        super().__init__("; ".join(messages) or "a process failed")
+        self.messages, self.refused = messages, refused
+
+
+def say(message: str) -> None:
+    """Print a process's error line. In a process that :func:`launch` started, the line goes to the
+    launcher instead, which prints each distinct line once when the processes are done: N processes
+    that meet the same bad input say so once, not N times."""
+    folder = os.environ.get(_MESSAGES)
+    if not folder or not os.path.isdir(folder):
+        print(message, file=sys.stderr)
+        return
+    name = f"{int(os.environ.get('RANK', '0')):06d}-{time.monotonic_ns()}.txt"
+    with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+        f.write(message)
+
+
+def _said(folder: str) -> list[str]:
+    """The distinct messages left in ``folder``, in rank order."""
+    texts = [Path(folder, n).read_text(encoding="utf-8") for n in sorted(os.listdir(folder))]
+    return list(dict.fromkeys(texts))
+
+
 def _spawned(local_rank: int, worker: Callable[[Any], Any], args: argparse.Namespace, world: int, addr: str, port: int):
     rank = args.machine_rank * args.num_gpus + local_rank
     os.environ.update(
@@ -75,14 +111,22 @@ def _spawned(local_rank: int, worker: Callable[[Any], Any], args: argparse.Names
         MASTER_ADDR=addr,
         MASTER_PORT=str(port),
     )
-    worker(args)
+    try:
+        worker(args)
+    except SystemExit as e:  # a refusal with a message: said through the launcher, exit code 2
+        if isinstance(e.code, str):
+            say(e.code)
+            raise SystemExit(2) from None
+        raise
 
 
 def launch(worker: Callable[[Any], Any], args: argparse.Namespace, prog: str) -> None:
     """Run ``worker(args)`` in ``--num-gpus`` processes on this machine and wait for them all.
 
     ``worker`` must be a module-level function (processes are spawned, so it is pickled by name).
-    A process that fails makes this raise (torch.multiprocessing's ``ProcessRaisedException``)."""
+    A process that fails makes this raise :class:`LaunchFailed` with what the processes said (see
+    :func:`say`; a ``SystemExit("message")`` in a worker is said the same way), without the
+    launcher's own traceback. Lines said by processes that did not fail are printed once at the end."""
     import torch
     import torch.multiprocessing as mp
 
@@ -101,9 +145,29 @@ def launch(worker: Callable[[Any], Any], args: argparse.Namespace, prog: str) ->
     else:
         addr, port_s = args.dist_url[6:].rsplit(":", 1)
         port = int(port_s)
-    mp.start_processes(
-        _spawned, args=(worker, args, world, addr, port), nprocs=args.num_gpus, join=True, start_method="spawn"
-    )
+    with tempfile.TemporaryDirectory(prefix="san-launch-") as folder:
+        before = os.environ.get(_MESSAGES)
+        os.environ[_MESSAGES] = folder  # the spawned processes inherit it
+        try:
+            mp.start_processes(
+                _spawned, args=(worker, args, world, addr, port), nprocs=args.num_gpus, join=True, start_method="spawn"
+            )
+        except mp.ProcessRaisedException as e:  # an unexpected error: the process's traceback, once
+            crash = str(e).split("terminated with the following error:", 1)[-1].strip()
+            raise LaunchFailed([*_said(folder), crash], refused=False) from None
+        except mp.ProcessExitedException as e:
+            said = _said(folder)
+            refused = e.exit_code == 2 and bool(said)
+            raise LaunchFailed(
+                said or [f"{prog}: process {e.error_index} exited with code {e.exit_code}"], refused
+            ) from None
+        finally:
+            if before is None:
+                os.environ.pop(_MESSAGES, None)
+            else:
+                os.environ[_MESSAGES] = before
+        for message in _said(folder):
+            print(message, file=sys.stderr)
 
 
 def run_launched(worker: Callable[[Any], Any], args: argparse.Namespace, prog: str, summary: Path, kept: str) -> int:
@@ -116,10 +180,11 @@ def run_launched(worker: Callable[[Any], Any], args: argparse.Namespace, prog: s
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; {kept}", file=sys.stderr)
         return 130
-    except Exception as e:  # a process died: its message was printed by that process
-        print(f"{prog}: a process of the run failed ({type(e).__name__}); see the messages above", file=sys.stderr)
+    except LaunchFailed as e:
+        for message in e.messages:
+            print(message, file=sys.stderr)
         return 2
-    if not summary.is_file():
+    if not summary.is_file():  # a process refused (its line was printed once) or died without a word
         print(f"{prog}: the run ended without writing {summary}", file=sys.stderr)
         return 2
     return 1 if json.loads(summary.read_text())["failed"] else 0

@@ -119,7 +119,7 @@ def check_batch(cfg: Any, world_size: int) -> int:
     return k_all
 
 
-def _check_training_classes(cfg: Any) -> None:
+def check_training_classes(cfg: Any) -> None:
     """``MODEL.SAN.NUM_CLASSES`` must be the class count of every ``DATASETS.TRAIN`` set (checked before
     any model is built: the criterion's no-object index depends on it)."""
     counts = {name: get_dataset(name).num_classes for name in cfg.DATASETS.TRAIN}
@@ -154,7 +154,7 @@ class Trainer:
         self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
         s = cfg.SOLVER
         self.accumulation = check_batch(cfg, self.world_size)
-        _check_training_classes(cfg)
+        check_training_classes(cfg)
         self.max_iter = int(s.MAX_ITER)
         engine = cfg.get("SAN_ENGINE", {})
         self.log_period = int(log_period if log_period is not None else engine.get("LOG_PERIOD", 20))

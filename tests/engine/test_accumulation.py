@@ -12,6 +12,7 @@ below is derived from that noise as measured (see TOL).
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import torch
@@ -127,14 +128,15 @@ def test_logged_iterations_count_iterations_not_micro_batches(toy_root, tmp_path
         (64, 2, 1, "holds 6 images, fewer than one iteration of SOLVER.IMS_PER_BATCH=64"),
     ],
 )
-def test_bad_batch_settings_are_refused_before_any_model(toy_root, tmp_path, images, k, world, match):
+def test_bad_batch_settings_are_refused_before_any_model(toy_root, tmp_path, images, k, world, match, capsys):
     cfg = _cfg(tmp_path, tmp_path / "o", k, **{"SOLVER.IMS_PER_BATCH": images})
     with pytest.raises(ConfigError, match=match):
         check_batch(cfg, world)
-    if world == 1:
-        with pytest.raises(SystemExit, match=match):  # the command line says it in one line
-            (tmp_path / "bad.yaml").write_text(cfg.dump())
-            ds = datasets_yaml(str(tmp_path / "ds.yaml"))
-            train_main(
-                ["--config-file", str(tmp_path / "bad.yaml"), "--datasets-yaml", ds, "OUTPUT_DIR", str(tmp_path / "o")]
-            )
+    if world == 1:  # the command line says it in one line, exit code 2, and writes nothing
+        (tmp_path / "bad.yaml").write_text(cfg.dump())
+        ds = datasets_yaml(str(tmp_path / "ds.yaml"))
+        argv = ["--config-file", str(tmp_path / "bad.yaml"), "--datasets-yaml", ds, "OUTPUT_DIR", str(tmp_path / "o")]
+        assert train_main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(match, err[0]), err
+        assert not (tmp_path / "o").exists()  # no config.yaml, no log.txt

@@ -168,19 +168,25 @@ def test_eval_only_dumps_the_evaluated_predictions(uninterrupted, toy_root, tmp_
         assert res[f"IoU-{name}"] == pytest.approx(100 * conf[c, c] / union), name
 
 
-def test_command_line_flags_follow_the_official_train_net():
+def test_command_line_flags_follow_the_official_train_net(capsys):
     args = build_parser().parse_args(
         ["--config-file", "c.yaml", "--num-gpus", "8", "--resume", "SOLVER.IMS_PER_BATCH", "16", "OUTPUT_DIR", "o"]
     )
     assert (args.config_file, args.num_gpus, args.resume, args.eval_only) == ("c.yaml", 8, True, False)
     assert (args.num_machines, args.machine_rank) == (1, 0) and args.dist_url.startswith("tcp://127.0.0.1:")
     assert args.opts == ["SOLVER.IMS_PER_BATCH", "16", "OUTPUT_DIR", "o"]
-    with pytest.raises(SystemExit):
-        train_main(["--num-gpus", "2", "--num-machines", "2", "--machine-rank", "2"])
-    with pytest.raises(SystemExit, match="neither a file nor a bundled config"):
-        train_main(["--config-file", "no_such_config.yaml"])
-    with pytest.raises(SystemExit, match="unknown config key 'SOLVER.BASE_LRR'"):
-        train_main(["SOLVER.BASE_LRR", "0.1"])
+    for argv, message in [
+        (["--num-gpus", "2", "--num-machines", "2", "--machine-rank", "2"], "0 <= --machine-rank < --num-machines"),
+        (["--config-file", "no_such_config.yaml"], "neither a file nor a bundled config"),
+        (["SOLVER.BASE_LRR", "0.1"], "unknown config key 'SOLVER.BASE_LRR'"),
+        (
+            ["SOLVER.BASE_LR", "0.1", "--precision", "fp32"],
+            "--precision comes after the KEY VALUE config overrides, where only config keys go: put the flags first",
+        ),
+    ]:
+        assert train_main(argv) == 2  # bad input: one line, exit code 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("san train: ") and message in err[0], err
 
 
 def test_two_processes_from_the_command_line(toy_root, tmp_path, monkeypatch):
