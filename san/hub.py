@@ -12,6 +12,7 @@ read and write it through this module; uploads and downloads are huggingface_hub
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -140,15 +141,33 @@ def read_config_text(text: str) -> CfgNode:
     return cfg
 
 
-def model_card(cfg: Any, results: dict[str, Any] | None = None, *, name: str = "SAN") -> str:
-    """The README.md of a model folder: YAML front matter (library, pipeline, licence, tags, datasets,
-    evaluation results) and a short text with the way to use it."""
-    clip = str(cfg.MODEL.SAN.CLIP_MODEL_NAME)
+def _clip_description(cfg: Any, clip_config: dict[str, Any] | None) -> str:
+    """How the card names the CLIP: ``CLIP ViT-B-16 (openai weights)``, or for a local open_clip
+    JSON config the shape it describes (a file name tells a reader nothing)."""
+    name = str(cfg.MODEL.SAN.CLIP_MODEL_NAME)
+    if not name.endswith(".json"):
+        pretrained = str(cfg.MODEL.SAN.CLIP_PRETRAINED_NAME)
+        return f"CLIP {name}" + (f" ({pretrained} weights)" if pretrained else "")
+    vision = (clip_config or {}).get("vision_cfg", {})
+    shape = ", ".join(
+        f"{label} {vision[key]}"
+        for key, label in (("width", "width"), ("layers", "layers"), ("patch_size", "patch"))
+        if key in vision
+    )
+    return f"a custom CLIP ViT ({shape or 'its open_clip config'}; in {CLIP_CONFIG_FILE})"
+
+
+def model_card(
+    cfg: Any, results: dict[str, Any] | None = None, *, name: str = "SAN", clip_config: dict[str, Any] | None = None
+) -> str:
+    """The README.md of a model folder: YAML front matter (library, pipeline, licence, tags, the
+    datasets it was trained and evaluated on, evaluation results) and a short text with the way to
+    use it. Only datasets with ``results`` count as evaluated; ``clip_config``: the open_clip JSON
+    config of a custom CLIP."""
+    clip = _clip_description(cfg, clip_config)
     trained = [TRAINED_ON.get(d, d) for d in cfg.DATASETS.TRAIN]
     flat = {k: v for k, v in (results or {}).items() if isinstance(v, dict)}
-    evaluated = [EVALUATED_ON.get(d, d) for d in flat] or [
-        EVALUATED_ON[d] for d in cfg.DATASETS.TEST if d in EVALUATED_ON
-    ]
+    evaluated = [EVALUATED_ON.get(d, d) for d in flat]
     meta: dict[str, Any] = {
         "library_name": "san",
         "pipeline_tag": "image-segmentation",
@@ -183,7 +202,7 @@ def model_card(cfg: Any, results: dict[str, Any] | None = None, *, name: str = "
 
 # {name}: Side Adapter Network for open-vocabulary semantic segmentation
 
-A SAN model (Xu et al., CVPR 2023) with CLIP {clip}, trained on {", ".join(trained) or "its training set"}.
+A SAN model (Xu et al., CVPR 2023) with {clip}, trained on {", ".join(trained) or "its training set"}.
 It segments an image with any list of class names.
 
 ```python
@@ -197,6 +216,8 @@ Files: `{WEIGHTS_FILE}` (weights), `{CONFIG_FILE}` (the full config, official ke
 
 
 def write_card(directory: Path, cfg: Any, results: dict[str, Any] | None = None) -> None:
-    """Write ``README.md`` atomically."""
+    """Write ``README.md`` atomically (after :func:`write_config`, whose CLIP JSON it describes)."""
+    clip_json = Path(directory) / CLIP_CONFIG_FILE
+    clip_config = json.loads(clip_json.read_text(encoding="utf-8")) if clip_json.is_file() else None
     with atomic_path(directory / "README.md") as tmp:
-        Path(tmp).write_text(model_card(cfg, results), encoding="utf-8")
+        Path(tmp).write_text(model_card(cfg, results, clip_config=clip_config), encoding="utf-8")

@@ -5,6 +5,7 @@ trainer write it; folders that are not the format are refused with what to do.""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -86,10 +87,15 @@ def test_the_model_card_reads_back_through_huggingface_hub(trained, tmp_path):
     assert got == {("ADE20K-150", "mIoU"): 27.46, ("Pascal VOC", "mIoU"): 94.04}
     assert "| ADE20K-150 | 27.46 |" in card.text and 'from_pretrained("THIS_REPO_OR_FOLDER")' in card.text
 
-    trained.save_pretrained(tmp_path / "plain")  # without results: no model-index, datasets from the config
+    assert {"COCO-Stuff", "ADE20K-150", "Pascal VOC"} == set(card.data.datasets)  # trained on + evaluated on
+
+    trained.save_pretrained(tmp_path / "plain")  # never evaluated: no model-index, no benchmark named
     plain = ModelCard.load(tmp_path / "plain" / "README.md")
     assert plain.data.eval_results is None
-    assert plain.data.datasets == ["COCO-Stuff", "Pascal Context-59"]  # unknown test sets are not named
+    assert plain.data.datasets == ["COCO-Stuff"]  # what it was trained on; DATASETS.TEST was not run
+    vision = json.loads((tmp_path / "plain" / "clip_config.json").read_text())["vision_cfg"]
+    shape = f"a custom CLIP ViT (width {vision['width']}, layers {vision['layers']}, patch {vision['patch_size']}"
+    assert shape in plain.text and "CLIP clip_config.json" not in plain.text
 
 
 def test_push_to_hub_uploads_the_folder(trained, monkeypatch):
@@ -192,3 +198,10 @@ def test_export_hub_converts_a_checkpoint_and_never_clobbers(trained, tmp_path, 
 
     assert export_main([*args, str(out), "--force"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_the_card_names_an_official_clip_by_its_name_and_weights():
+    from san.hub import model_card
+
+    card = model_card(san.get_cfg())
+    assert "with CLIP ViT-B/16 (openai weights), trained on" in card
