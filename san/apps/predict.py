@@ -251,7 +251,7 @@ def _run(args: argparse.Namespace, voc: Any, out_dir: Any, files: list, missing:
 def load_predictor(args: argparse.Namespace, prog: str = "san predict") -> Any:
     """The predictor of the command line's model flags (``--config-file``, ``--weights``, ``--device``,
     ``--precision``, ``--tta``, ``--text-cache``, ``--max-pixels``, overrides) and what to record of it,
-    ``(predictor, {"weights", "config"})``; or exit code 2 with a message when it cannot be had."""
+    ``(predictor, {"weights", "config", "overrides"})``; or exit code 2 with a message when it cannot be had."""
     from san.checkpoint import CheckpointError
     from san.config import ConfigError
     from san.inference.predictor import SANPredictor
@@ -274,7 +274,8 @@ def load_predictor(args: argparse.Namespace, prog: str = "san predict") -> Any:
     except (WeightsError, CheckpointError, ConfigError, OSError, ValueError, KeyError, RuntimeError) as e:
         say(f"{prog}: {e}")  # once, however many processes meet it
         return 2
-    return predictor, {"weights": str(args.weights or model), "config": model}
+    # the overrides are part of the model's identity: they are recorded, and --resume compares them
+    return predictor, {"weights": str(args.weights or model), "config": model, "overrides": list(args.opts)}
 
 
 def _settings(predictor: Any, meta: dict, args: argparse.Namespace) -> dict:

@@ -39,7 +39,17 @@ __all__ = ["ENCODING_SUFFIX", "OutputFolderGone", "PredictionRun", "RunInterrupt
 
 ENCODING_SUFFIX = ".encoding.safetensors"
 # the settings an output records that must match for --resume to keep it
-_SAME_FOR_RESUME = ("weights", "config", "vocabulary", "class_names", "min_size", "max_size", "tta", "precision")
+_SAME_FOR_RESUME = (
+    "weights",
+    "config",
+    "overrides",
+    "vocabulary",
+    "class_names",
+    "min_size",
+    "max_size",
+    "tta",
+    "precision",
+)
 
 
 @dataclass

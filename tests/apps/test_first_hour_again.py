@@ -126,3 +126,25 @@ def test_every_command_runs_as_a_python_module(command):
     module = f"san.apps.{command.replace('-', '_')}"
     r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 0 and r.stdout.startswith(f"usage: san {command}"), (r.stdout[:300], r.stderr[-1000:])
+
+
+# -- what a run records -------------------------------------------------------------------------------------
+def test_the_outputs_record_the_overrides_and_help_and_summary_agree_on_workers(tiny, tmp_path):
+    import json
+    import re
+
+    out = tmp_path / "o"
+    r = predict(tiny, "--input", tiny["photo"], "--output", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    record = json.loads((out / "photo.json").read_text())
+    assert record["overrides"] == OPTS  # the model the overrides made, not only the config's name
+    summary = json.loads((out / "san_predict_summary.json").read_text())
+    shown = re.search(
+        r"threads decoding and writing \(default (\d+)", " ".join(san_cmd("predict", "--help").stdout.split())
+    )
+    assert shown and summary["workers"] == int(shown.group(1))
+    # other overrides make another model: --resume redoes the image instead of keeping it
+    base = ["predict", "--config-file", tiny["yaml"], "--weights", tiny["pth"], "--vocabulary", "a, b"]
+    r = san_cmd(*base, "--input", tiny["photo"], "--output", str(out), "--resume", *OPTS, "SEED", "3")
+    assert r.returncode == 0 and "already complete" not in r.stdout, r.stdout + r.stderr
+    assert json.loads((out / "photo.json").read_text())["overrides"] == [*OPTS, "SEED", "3"]
