@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="san prepare-data", description="Turn a raw dataset download into the benchmark layout san reads."
     )
     p.add_argument("name", choices=DATASET_NAMES, help="which benchmark to prepare")
-    p.add_argument("--raw", required=True, help="the raw download (see README, Datasets)")
+    p.add_argument("--raw", required=True, help="the raw download (see docs/training.md, Datasets)")
     p.add_argument("--root", default=None, help="dataset root (default $DETECTRON2_DATASETS or ./datasets)")
     workers = min(8, available_cpus())
     p.add_argument("--workers", type=int, default=workers, help=f"processes (default {workers}; 0/1: none)")

@@ -103,10 +103,10 @@ def test_metadata_round_trips_and_the_file_runs_without_san(exported, photos):
 
     photo = exported["dir"] / "photo.png"
     Image.fromarray(photos[0]).save(photo)
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text()
     snippet = readme.split("Running it needs only onnxruntime")[1].split("```python\n")[1].split("```")[0]
     snippet = snippet.replace('"model.onnx"', repr(str(exported["full_path"]))).replace('"photo.jpg"', repr(str(photo)))
-    code = (  # the README's snippet, where san is not importable
+    code = (  # docs/deploy.md's snippet, where san is not importable
         "import sys, json\nsys.modules['san'] = None\n"
         + snippet
         + "print(json.dumps({'shape': list(labels.shape), 'names': names, 'classes': len(set(labels.ravel()))}))\n"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 pytest.importorskip(
-    "detectron2", reason="detectron2 is not installed (CI installs it with shared/tools/install_detectron2.sh)"
+    "detectron2", reason="detectron2 is not installed (python scripts/install_detectron2.py installs it)"
 )
 
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402

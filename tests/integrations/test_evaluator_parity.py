@@ -15,7 +15,7 @@ import pytest
 import torch
 
 pytest.importorskip(
-    "detectron2", reason="detectron2 is not installed (CI installs it with shared/tools/install_detectron2.sh)"
+    "detectron2", reason="detectron2 is not installed (python scripts/install_detectron2.py installs it)"
 )
 
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402

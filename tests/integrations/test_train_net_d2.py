@@ -12,7 +12,7 @@ import pytest
 import torch
 
 pytest.importorskip(
-    "detectron2", reason="detectron2 is not installed (CI installs it with shared/tools/install_detectron2.sh)"
+    "detectron2", reason="detectron2 is not installed (python scripts/install_detectron2.py installs it)"
 )
 
 import san  # noqa: E402

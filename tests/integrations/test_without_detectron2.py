@@ -57,7 +57,8 @@ def test_every_module_outside_the_integration_imports_without_detectron2(report)
 def test_using_the_integration_without_detectron2_says_what_to_install(report):
     msg = report["integration"]
     assert "needs detectron2, which is not installed" in msg
-    assert "pip install" in msg and "install_detectron2.sh" in msg and "README" in msg
+    assert "pip install" in msg and "python scripts/install_detectron2.py" in msg and "README" in msg
+    assert (Path(__file__).resolve().parents[2] / "scripts" / "install_detectron2.py").is_file()  # in a clone
 
 
 def test_the_training_script_without_detectron2_says_what_to_install(report):

@@ -15,9 +15,9 @@ from __future__ import annotations
 _INSTALL_HINT = (
     "san.integrations.detectron2 needs detectron2, which is not installed. Install it with its own "
     "instructions (https://detectron2.readthedocs.io/en/latest/tutorials/install.html, e.g. "
-    "pip install 'git+https://github.com/facebookresearch/detectron2.git'); on a CPU-only machine the "
-    "project's tools/install_detectron2.sh route installs detectron2 0.6 from PyPI's pb1-detectron2 source "
-    "release (see the README section 'detectron2 integration'). The rest of san works without detectron2."
+    "pip install 'git+https://github.com/facebookresearch/detectron2.git', which needs a compiler); without "
+    "a toolchain, python scripts/install_detectron2.py in a clone of san installs detectron2 0.6's Python "
+    "code from PyPI (see docs/detectron2.md, linked from the README). The rest of san works without detectron2."
 )
 
 try:
