@@ -166,7 +166,7 @@ class DatasetSpec:
         if prep:
             return (
                 f"Prepare it with `san prepare-data {prep} --raw RAW_DIR` and make sure the dataset root {root} "
-                "points at it (README, section Datasets)."
+                "points at it (docs/training.md, section Datasets)."
             )
         return f"Check the dataset's paths (relative ones are under the dataset root {root})."
 

@@ -1,7 +1,7 @@
 """Raw dataset downloads -> the benchmark layout the catalog reads (``san prepare-data``).
 
 One module per dataset holds its label conversion (those of the official release and its
-predecessor) and the raw layout it expects (see the README's Datasets section):
+predecessor) and the raw layout it expects (see docs/training.md, Datasets):
 :mod:`.coco_stuff`, :mod:`.ade20k` (150 and 847), :mod:`.pcontext` (59 and 459), :mod:`.voc`.
 Outputs are written atomically; existing outputs are verified and kept, so a run can be interrupted
 and restarted. Every label written or kept is read back and checked (value range, size equal to
