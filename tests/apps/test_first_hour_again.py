@@ -148,3 +148,23 @@ def test_the_outputs_record_the_overrides_and_help_and_summary_agree_on_workers(
     r = san_cmd(*base, "--input", tiny["photo"], "--output", str(out), "--resume", *OPTS, "SEED", "3")
     assert r.returncode == 0 and "already complete" not in r.stdout, r.stdout + r.stderr
     assert json.loads((out / "photo.json").read_text())["overrides"] == [*OPTS, "SEED", "3"]
+
+
+def test_a_refusal_in_two_processes_is_said_once(tiny, tmp_path):
+    (tmp_path / "noise.pth").write_bytes(np.random.default_rng(0).bytes(3000))
+    out = tmp_path / "o"
+    r = predict(
+        tiny,
+        "--input",
+        tiny["photo"],
+        "--output",
+        str(out),
+        "--num-gpus",
+        "2",
+        "--dist-url",
+        "auto",
+        weights=str(tmp_path / "noise.pth"),
+    )
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert r.stderr.count("noise.pth is truncated or not a checkpoint") == 1, r.stderr  # both processes met it
+    assert "Traceback" not in r.stderr
