@@ -159,7 +159,7 @@ def test_truncated_and_non_image_files(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="notes.png: not an image file"):
         read_image(tmp_path / "notes.png")
     (tmp_path / "empty.jpg").write_bytes(b"")
-    with pytest.raises(ImageError, match="empty.jpg: not an image file"):
+    with pytest.raises(ImageError, match="empty.jpg: empty file \\(0 bytes\\)"):
         read_image(tmp_path / "empty.jpg")
 
 

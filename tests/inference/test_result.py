@@ -104,6 +104,7 @@ def _probability_bound(sem: torch.Tensor, q: int) -> tuple[np.ndarray, np.ndarra
     return prob.numpy(), best.numpy(), bound.numpy()
 
 
+@pytest.mark.numeric
 def test_the_confidence_is_the_winning_class_probability(golden_v2_model, golden_v2):
     """Default ``predict``: ``confidence`` = max_c s_c / sum_c s_c of the official scores (a probability,
     recomputed in float64 from the detectron2-contract forward), ``score`` = max_c s_c."""
@@ -126,6 +127,7 @@ def test_the_confidence_is_the_winning_class_probability(golden_v2_model, golden
     np.testing.assert_allclose(other.confidence, prob, rtol=0, atol=float(bound.max()))
 
 
+@pytest.mark.numeric
 def test_the_score_volume_paths_give_the_same_probability(golden_v2_model, golden_v2):
     """``return_scores`` and the memory-bounded low-resolution path derive the confidence from the
     volume, over every name scored (distractors too, though ``scores`` keeps only their best)."""
