@@ -109,7 +109,7 @@ def _command_run() -> str | None:
 
 def _offline_hint(filename: str, url: str) -> str:
     command = _command_run()
-    shell = f"`{command} --weights /path/to/{filename} ...` " if command else ""
+    shell = f"`{command} --weights /path/to/{filename} ...` " if command else f"`--weights /path/to/{filename}` "
     return (
         f"Download {url} elsewhere and pass the local file: {shell}"
         f"(Python: SANPredictor.from_pretrained(..., weights='/path/to/{filename}'))."
