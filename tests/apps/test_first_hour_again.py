@@ -25,16 +25,6 @@ def _photos(folder: Path, n: int = 2) -> Path:
 
 
 # -- quiet tools --------------------------------------------------------------------------------------------
-def test_onnx_export_prints_its_progress_and_the_file_only(tiny, tmp_path):
-    pytest.importorskip("onnxscript", reason="exporting needs onnxscript (the test extra installs it)")
-    out = tmp_path / "model.onnx"
-    r = san_cmd("export", "onnx", "--config-file", tiny["yaml"], "--weights", tiny["pth"], "-v", "a, b", "-o", str(out))
-    lines = (r.stdout + r.stderr).strip().splitlines()
-    assert r.returncode == 0 and out.is_file(), r.stderr[-3000:]
-    assert len(lines) <= 3 and not any(line.startswith("INFO") for line in lines), lines[:10]
-    assert lines[-1] == f"san export: wrote {out}"
-
-
 def test_index_progress_and_failures_carry_the_commands_name(tiny, tmp_path):
     inputs = _photos(tmp_path / "in", 3)
     (inputs / "empty.png").write_bytes(b"")

@@ -144,7 +144,14 @@ def test_export_command_and_its_refusals(tmp_path, capsys):
     )
     assert "is not a writable folder" in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.glob(".model.onnx*"))  # nothing half-written
-    assert export_main(["onnx", "--weights", str(tmp_path / "tiny.pth"), "-v", "a, b", "-o", str(out), *base[1:]]) == 0
+    # the one successful export runs as a user runs it: the san command, which prints its progress and the
+    # file only (not the exporter's hundreds of INFO lines)
+    argv = ["export", "onnx", "--weights", str(tmp_path / "tiny.pth"), "-v", "a, b", "-o", str(out), *base[1:]]
+    r = subprocess.run([sys.executable, "-m", "san", *argv], capture_output=True, text=True, timeout=600)
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    assert r.returncode == 0 and out.is_file(), r.stderr[-3000:]
+    assert len(lines) <= 3 and not any(line.startswith("INFO") for line in lines), lines[:10]
+    assert lines[-1] == f"san export: wrote {out}"
     assert read_metadata(out)["vocabulary"] == ["a", "b"]
     assert export_main(["onnx", "--weights", str(tmp_path / "tiny.pth"), "-v", "a", "-o", str(out), *base[1:]]) == 2
     assert "exists; pass --force" in capsys.readouterr().err
