@@ -266,9 +266,13 @@ def test_semantic_labels_rejects_bad_shapes():
         semantic_labels(torch.zeros(2, 4), torch.zeros(2, 5, 5), (5, 5), (5, 5), (5, 5), reduced=0)
 
 
-# (mask grid, padded input, image in it, output): upsampling to a larger output, and the official
-# ADE case of a 640 x 853 inference image shown at 480 x 640
-SIZES = [((7, 9), (112, 144), (100, 130), (150, 201)), ((40, 54), (640, 864), (640, 853), (480, 640))]
+# (mask grid, padded input, image in it, output): upsampling to a larger output, the official ADE case
+# of a 640 x 853 inference image shown at 480 x 640, and a tall grid shown wide (the other product order)
+SIZES = [
+    ((7, 9), (112, 144), (100, 130), (150, 201)),
+    ((40, 54), (640, 864), (640, 853), (480, 640)),
+    ((40, 10), (160, 40), (150, 40), (50, 400)),
+]
 
 
 @pytest.mark.parametrize(("grid", "padded", "image", "out"), SIZES)
