@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from san.apps.common import cli_logging
+from san.apps.common import cli_logging, fail
 from san.model_zoo import MODELS
 
 logger = logging.getLogger("san.demo")
@@ -245,8 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_device_name(args.device)
     except ValueError as e:
-        print(f"san demo: {e}", file=sys.stderr)
-        return 2
+        return fail("demo", str(e))
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
         import gradio  # noqa: F401

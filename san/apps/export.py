@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from san.apps.common import cli_logging
+from san.apps.common import cli_logging, fail
 
 __all__ = ["build_parser", "main"]
 
@@ -44,8 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str) -> int:
-    print(f"san export: {message}", file=sys.stderr)
-    return 2
+    return fail("export", message)
 
 
 def _check_target(output: Path, force: bool) -> str | None:

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from san.apps.common import cli_logging
+from san.apps.common import cli_logging, fail
 from san.devices import available_cpus
 from san.engine.launch import add_launch_arguments, check_launch_arguments, needs_launch, run_launched, worker_group
 
@@ -55,8 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str) -> int:
-    print(f"san index: {message}", file=sys.stderr)
-    return 2
+    return fail("index", message)
 
 
 def _prepare(args: argparse.Namespace) -> Any:

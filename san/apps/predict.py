@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from san.apps.common import cli_logging
+from san.apps.common import cli_logging, fail
 from san.devices import available_cpus
 from san.engine.launch import (
     add_launch_arguments,
@@ -118,8 +118,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _fail(message: str) -> int:
-    print(f"san predict: {message}", file=sys.stderr)
-    return 2
+    return fail("predict", message)
 
 
 def _prepare(args: argparse.Namespace) -> Any:

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from san.apps.common import cli_logging
+from san.apps.common import cli_logging, fail
 
 __all__ = ["build_parser", "main"]
 
@@ -40,8 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str) -> int:
-    print(f"san search: {message}", file=sys.stderr)
-    return 2
+    return fail("search", message)
 
 
 def load_index_predictor(index: Any, weights: str | None, device: str | None) -> Any:

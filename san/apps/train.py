@@ -169,22 +169,26 @@ def _evaluate_only(cfg: Any, resume: bool) -> dict[str, Any]:
     return evaluate_only(cfg, weights, device=device)
 
 
+def _fixable_errors() -> tuple[type[Exception], ...]:
+    """What a user can fix (config, files, weights): said in one line, not a traceback."""
+    from san.checkpoint import CheckpointError
+    from san.config import ConfigError
+    from san.model_zoo import WeightsError
+
+    return FileNotFoundError, ConfigError, CheckpointError, WeightsError
+
+
 def _main_worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch.distributed as dist
 
-    from san.checkpoint import CheckpointError
-    from san.config import ConfigError
     from san.engine.trainer import Trainer
-    from san.model_zoo import WeightsError
 
-    # what a user can fix (config, files, weights): one line, not a traceback
-    fixable = (FileNotFoundError, ConfigError, CheckpointError, WeightsError)
     try:
         cfg = setup(args)
         if args.eval_only:
             return _evaluate_only(cfg, args.resume)
         return Trainer(cfg, resume=args.resume).train()
-    except fixable as e:
+    except _fixable_errors() as e:
         raise SystemExit(f"san train: {e}") from None
     finally:
         if dist.is_available() and dist.is_initialized():
@@ -211,14 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     problem = _flags_among_overrides(args.opts) or check_launch_arguments(args)
     if problem:
         return fail("train", problem)
-    from san.checkpoint import CheckpointError
-    from san.config import ConfigError
-    from san.model_zoo import WeightsError
-
     world = int(os.environ.get("WORLD_SIZE", args.num_gpus * args.num_machines))
     try:
         preflight(args, world)
-    except (FileNotFoundError, ConfigError, CheckpointError, WeightsError) as e:
+    except _fixable_errors() as e:
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process checks; one says so
             fail("train", str(e))
         return 2
