@@ -9,6 +9,7 @@ so that the command line can offer the choices before any heavy import (``san --
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -66,8 +67,6 @@ def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractC
 
 def available_cpus() -> int:
     """The CPUs this process may run on (its affinity mask where the OS has one, else all of them)."""
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 

@@ -88,12 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-size", type=int, default=1, help="images per model call (those with the same model input size)"
     )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=min(4, available_cpus()),
-        help=f"threads decoding and writing (default {min(4, available_cpus())}: 4, at most the CPUs)",
-    )
+    workers = min(4, available_cpus())
+    help_workers = f"threads decoding and writing (default {workers}: 4, at most the CPUs)"
+    p.add_argument("--workers", type=int, default=workers, help=help_workers)
     p.add_argument("--resume", action="store_true", help="skip images whose outputs are complete (same settings)")
     p.add_argument(
         "--save-encodings", action="store_true", help="also write NAME.encoding.safetensors (predictor.classify)"

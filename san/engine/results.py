@@ -187,7 +187,7 @@ def bar_chart(r: dict[str, Any], title: str, path: str) -> bool:
 
     shown, absent = _with_ground_truth(r)
     ious = [(n, r[f"IoU-{n}"]) for n in shown]
-    items = sorted(((n, float(v)) for n, v in ious if v is not None and np.isfinite(v)), key=lambda kv: -kv[1])
+    items = sorted(((n, float(v)) for n, v in ious if _finite(v)), key=lambda kv: -kv[1])
     cols = min(MAX_COLUMNS, max(1, -(-len(items) // BARS_PER_COLUMN)))
     rows = max(1, -(-len(items) // cols))
     names = [n if len(n) <= _LABEL_CHARS else n[: _LABEL_CHARS - 1] + "…" for n, _ in items]

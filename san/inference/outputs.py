@@ -65,13 +65,12 @@ def check_output_dir(path: str | os.PathLike) -> Path:
         raise OutputError(f"--output {out} is a file, not a folder: give a folder (it is created if needed)")
     if not probe.is_dir():
         raise OutputError(f"--output {out} lies below {probe}, which is a file: give a folder path")
+    what = "the folder" if probe == out else f"its parent {probe}"
     if not os.access(probe, os.W_OK | os.X_OK):
-        what = "the folder" if probe == out else f"its parent {probe}"
         raise OutputError(f"--output {out}: {what} is not writable (read-only, or no permission); choose another")
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".san-write-check-", dir=probe))
     except OSError as e:
-        what = "the folder" if probe == out else f"its parent {probe}"
         raise OutputError(f"--output {out}: cannot create folders in {what} ({e.strerror}); choose another") from None
     return out
 

@@ -343,8 +343,10 @@ class SANPredictor:
             sums = scores.sum(0) if want else None
             return self._result(labels, scores if return_scores else None, voc, best, sums)
         labels, best = self._upsampled_argmax(scores, h, w)
-        sums = F.interpolate(scores.sum(0)[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-        return self._result(labels, None, voc, best, sums if want else None)
+        sums = None  # the upsampled sum of the scores (linear, so the sum of the upsampled scores)
+        if want:
+            sums = F.interpolate(scores.sum(0)[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+        return self._result(labels, None, voc, best, sums)
 
     @staticmethod
     def _inputs(arrays: list[np.ndarray]) -> list[dict]:
