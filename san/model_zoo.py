@@ -99,7 +99,9 @@ def _command_run() -> str | None:
     prog = Path(argv[0])
     if prog.parent.name == "apps" and prog.parent.parent.name == "san":  # python -m san.apps.predict
         argv = ["san", prog.stem.replace("_", "-"), *argv[1:]]
-    elif prog.name not in ("san", "san.exe", "__main__.py") or len(argv) < 2 or argv[1].startswith("-"):
+    elif not (prog.name in ("san", "san.exe") or (prog.name == "__main__.py" and prog.parent.name == "san")):
+        return None  # Python, or another tool's python -m
+    if len(argv) < 2 or argv[1].startswith("-"):
         return None
     words = ["san", argv[1]]
     if argv[1] == "export" and len(argv) > 2 and not argv[2].startswith("-"):
@@ -259,10 +261,20 @@ def _download_url(url: str, cache_dir: str | None) -> str:
     return dst
 
 
+_URL_PREFIXES = ("http://", "https://")
+
+
+def local_weights_missing(weights: str | os.PathLike) -> bool:
+    """Whether ``weights`` names a local file that does not exist (not an official name, not an
+    http(s) URL): a check that needs neither the network nor torch."""
+    weights = os.fspath(weights)
+    return not weights.startswith(_URL_PREFIXES) and get_model_info(weights) is None and not os.path.exists(weights)
+
+
 def resolve_weights(weights: str | os.PathLike, cache_dir: str | None = None) -> str:
     """Local path of ``weights``: an official name (downloaded once), an http(s) URL, or a file."""
     weights = os.fspath(weights)
-    if weights.startswith(("http://", "https://")):
+    if weights.startswith(_URL_PREFIXES):
         return _download_url(weights, cache_dir)
     if os.path.isfile(weights):
         return weights

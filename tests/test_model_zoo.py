@@ -157,3 +157,29 @@ def test_file_name_hash_rule(http_root, tmp_path: Path) -> None:
     assert expected_sha256("http://h/m-20240101.pth#sha256=12345678") == "12345678"  # asked for: checked
     with pytest.raises(WeightsError, match="hex digits"):
         expected_sha256("http://h/m.pth#sha256=xyz")
+
+
+@pytest.mark.parametrize(
+    "argv, command",
+    [
+        (["/usr/local/bin/san", "export", "hub", "--weights", "x"], "san export hub"),
+        (["/site/san/__main__.py", "predict", "-i", "a.jpg"], "san predict"),
+        (["/site/san/apps/prepare_data.py", "coco_stuff"], "san prepare-data"),
+        (["/site/pytest/__main__.py", "tests"], None),  # another tool run with python -m
+        (["/usr/local/bin/san", "--version"], None),
+        (["-c"], None),
+    ],
+)
+def test_the_offline_hint_names_only_a_san_command(monkeypatch, argv, command):
+    monkeypatch.setattr(zoo.sys, "argv", argv)
+    hint = zoo._offline_hint("w.pth", "https://example.org/w.pth")
+    shown = f"`{command} --weights /path/to/w.pth ...`" if command else "`--weights /path/to/w.pth`"
+    assert shown in hint and "weights='/path/to/w.pth'" in hint
+
+
+def test_local_weights_missing_means_a_missing_file_only(tmp_path):
+    (tmp_path / "here.pth").write_bytes(b"x")
+    assert zoo.local_weights_missing(tmp_path / "gone.pth")
+    assert not zoo.local_weights_missing(tmp_path / "here.pth")
+    assert not zoo.local_weights_missing("san-vit-b-16")  # an official name: downloaded or cached
+    assert not zoo.local_weights_missing("https://example.org/w.pth")  # a URL: fetched when used

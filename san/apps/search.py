@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,10 +48,10 @@ def load_index_predictor(index: Any, weights: str | None, device: str | None) ->
     from san.hub import read_config_text
     from san.inference.index import RegionIndexError
     from san.inference.predictor import SANPredictor
-    from san.model_zoo import get_model_info
+    from san.model_zoo import local_weights_missing
 
     source = weights or index.meta["weights"]
-    if weights is None and get_model_info(str(source)) is None and not os.path.exists(source):
+    if weights is None and local_weights_missing(source):
         raise RegionIndexError(
             f"the index was built with the weights {source}, which are no longer there: pass --weights PATH "
             "(the same weights, wherever they are now)"
