@@ -36,6 +36,7 @@ __all__ = [
     "list_datasets",
     "register_dataset",
     "register_datasets_from_yaml",
+    "register_prepared",
     "unregister_dataset",
 ]
 
@@ -72,6 +73,8 @@ class DatasetSpec:
     gt_ext: str = ".png"
     evaluator_type: str = "sem_seg"
     dataset_ids: list[int] | None = None
+    manifest: str | None = None  # a san dataset.json (san.data.own): its ``split`` lists the samples
+    split: str = "train"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -123,6 +126,8 @@ class DatasetSpec:
         As detectron2's ``load_sem_seg``: when the two folders hold different numbers of files,
         only names present in both are kept (with a warning). Paths are joined to ``root`` as given.
         """
+        if self.manifest is not None:
+            return _manifest_samples(self.manifest, self.split, self.name)
         root = os.fspath(root) if root is not None else dataset_root()
         image_dir = self.image_dir if os.path.isabs(self.image_dir) else os.path.join(root, self.image_dir)
         gt_dir = self.gt_dir if os.path.isabs(self.gt_dir) else os.path.join(root, self.gt_dir)
@@ -169,6 +174,49 @@ class DatasetSpec:
                 "points at it (docs/training.md, section Datasets)."
             )
         return f"Check the dataset's paths (relative ones are under the dataset root {root})."
+
+
+def _manifest_samples(path: str, split: str, name: str) -> list[dict[str, str]]:
+    """The records of ``split`` in a san ``dataset.json`` (paths relative to its folder unless absolute)."""
+    import json
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"dataset {name!r}: its manifest {path} does not exist")
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    base = os.path.dirname(os.path.abspath(path))
+    records = [
+        {"file_name": os.path.join(base, r["image"]), "sem_seg_file_name": os.path.join(base, r["label"])}
+        for r in data.get(split, [])
+    ]
+    if not records:
+        raise FileNotFoundError(f"dataset {name!r}: {path} lists no {split!r} image")
+    return records
+
+
+def register_prepared(data_dir: str | os.PathLike, name: str, overwrite: bool = True) -> list[str]:
+    """Register the train and val splits of a folder written by :func:`san.data.own.prepare_data` as
+    ``<name>_train`` and ``<name>_val``; returns the two names."""
+    import json
+
+    manifest = os.path.abspath(os.path.join(os.fspath(data_dir), "dataset.json"))
+    if not os.path.isfile(manifest):
+        raise FileNotFoundError(f"{data_dir}: no dataset.json (write it with san.data.own.prepare_data)")
+    with open(manifest, encoding="utf-8") as f:
+        data = json.load(f)
+    names = []
+    for split in ("train", "val"):
+        spec = DatasetSpec(
+            f"{name}_{split}",
+            os.path.dirname(manifest),
+            os.path.dirname(manifest),
+            list(data["classes"]),
+            int(data["ignore_label"]),
+            manifest=manifest,
+            split=split,
+        )
+        names.append(register_dataset(spec, overwrite=overwrite).name)
+    return names
 
 
 def _builtin_specs() -> list[tuple[DatasetSpec, str]]:

@@ -12,64 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from san.data.rle import rle_decode, rle_encode
+
 __all__ = ["bar_chart", "format_results", "rle_decode", "rle_encode", "safe_name", "save_results", "write_json"]
 
 logger = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------------------------
-# COCO-style compressed RLE (pycocotools' format), so predictions dump without pycocotools
-# --------------------------------------------------------------------------------------------
-def rle_encode(mask: np.ndarray) -> dict[str, Any]:
-    """``{"size": [h, w], "counts": str}`` of a 2-D boolean mask, column-major, as pycocotools."""
-    mask = np.asarray(mask, dtype=bool)
-    h, w = mask.shape
-    flat = mask.reshape(-1, order="F").astype(np.int8)
-    change = np.flatnonzero(np.diff(flat)) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0] == 1:
-        counts = [0, *counts]  # runs start with zeros
-    chars = []
-    for i, c in enumerate(counts):
-        x = c - counts[i - 2] if i > 2 else c
-        more = True
-        while more:
-            ch = x & 0x1F
-            x >>= 5
-            more = x != -1 if ch & 0x10 else x != 0
-            if more:
-                ch |= 0x20
-            chars.append(chr(ch + 48))
-    return {"size": [int(h), int(w)], "counts": "".join(chars)}
-
-
-def rle_decode(rle: dict[str, Any]) -> np.ndarray:
-    """The boolean ``[h, w]`` mask of a compressed RLE written by :func:`rle_encode` or pycocotools."""
-    h, w = rle["size"]
-    s = rle["counts"]
-    s = s.decode() if isinstance(s, bytes) else s
-    counts: list[int] = []
-    p = 0
-    while p < len(s):
-        x, k, more = 0, 0, True
-        while more:
-            ch = ord(s[p]) - 48
-            x |= (ch & 0x1F) << (5 * k)
-            more = bool(ch & 0x20)
-            p += 1
-            k += 1
-            if not more and ch & 0x10:
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    values = np.zeros(len(counts), dtype=bool)
-    values[1::2] = True
-    flat = np.repeat(values, counts)
-    if flat.size != h * w:
-        raise ValueError(f"RLE counts cover {flat.size} pixels, expected {h}x{w}")
-    return flat.reshape((h, w), order="F")
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from san.data.images import IMAGE_EXTENSIONS
+
 from .result import Prediction
 from .visualize import legend, overlay
 
@@ -40,7 +42,6 @@ __all__ = [
     "write_outputs",
 ]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 OUTPUT_SUFFIXES = ("_labels.png", "_overlay.png", "_legend.png", ".json")
 
 
