@@ -112,6 +112,7 @@ def build_config(args: argparse.Namespace) -> Any:
     """The frozen config of the file, the overrides and the flags; writes nothing."""
     from san.config import get_cfg, get_config_file
     from san.data import register_datasets_from_yaml
+    from san.data.catalog import register_config_data
 
     for path in args.datasets_yaml:
         register_datasets_from_yaml(path, overwrite=True)
@@ -123,6 +124,7 @@ def build_config(args: argparse.Namespace) -> Any:
         cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.PRECISION = amp_settings(args.precision)
     if args.dump_predictions:
         cfg.SAN_ENGINE.DUMP_PREDICTIONS = True
+    register_config_data(cfg)
     cfg.freeze()
     return cfg
 

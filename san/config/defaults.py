@@ -219,3 +219,10 @@ def add_san_config(cfg: Any) -> None:
     cfg.SAN_ENGINE.METRICS_WINDOW = 20  # iterations over which logged losses and times are smoothed (median)
     cfg.SAN_ENGINE.DUMP_PREDICTIONS = False  # evaluation writes inference/<dataset>/sem_seg_predictions.json
     cfg.SAN_ENGINE.SAVE_PRETRAINED = False  # the end of training writes OUTPUT_DIR/pretrained (the Hub format)
+    # your own data (san train --data): the prepared data folder whose dataset.json the processes
+    # register, pictures of the first training batches, and an evaluation of the starting weights
+    cfg.SAN_ENGINE.DATA = ""
+    cfg.SAN_ENGINE.SAMPLE_BATCHES = 0  # the first N training batches, augmented, drawn with their labels
+    cfg.SAN_ENGINE.EVAL_AT_START = False  # evaluate DATASETS.TEST before the first step (inference_start/)
+    # the class names the model was trained on, in id order: its vocabulary when none is given
+    cfg.SAN_ENGINE.CLASS_NAMES = []

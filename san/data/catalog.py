@@ -36,6 +36,7 @@ __all__ = [
     "list_datasets",
     "register_dataset",
     "register_datasets_from_yaml",
+    "register_config_data",
     "register_prepared",
     "unregister_dataset",
 ]
@@ -194,9 +195,9 @@ def _manifest_samples(path: str, split: str, name: str) -> list[dict[str, str]]:
     return records
 
 
-def register_prepared(data_dir: str | os.PathLike, name: str, overwrite: bool = True) -> list[str]:
+def register_prepared(data_dir: str | os.PathLike, name: str | None = None, overwrite: bool = True) -> list[str]:
     """Register the train and val splits of a folder written by :func:`san.data.own.prepare_data` as
-    ``<name>_train`` and ``<name>_val``; returns the two names."""
+    ``<name>_train`` and ``<name>_val`` (default: the name in its ``dataset.json``); returns the two names."""
     import json
 
     manifest = os.path.abspath(os.path.join(os.fspath(data_dir), "dataset.json"))
@@ -204,6 +205,7 @@ def register_prepared(data_dir: str | os.PathLike, name: str, overwrite: bool = 
         raise FileNotFoundError(f"{data_dir}: no dataset.json (write it with san.data.own.prepare_data)")
     with open(manifest, encoding="utf-8") as f:
         data = json.load(f)
+    name = name or data.get("name") or "own"
     names = []
     for split in ("train", "val"):
         spec = DatasetSpec(
@@ -217,6 +219,13 @@ def register_prepared(data_dir: str | os.PathLike, name: str, overwrite: bool = 
         )
         names.append(register_dataset(spec, overwrite=overwrite).name)
     return names
+
+
+def register_config_data(cfg: Any) -> None:
+    """Register the prepared data a config names (``SAN_ENGINE.DATA``, written by ``san train --data``)."""
+    data = cfg.get("SAN_ENGINE", {}).get("DATA", "") if hasattr(cfg, "get") else ""
+    if data:
+        register_prepared(data)
 
 
 def _builtin_specs() -> list[tuple[DatasetSpec, str]]:

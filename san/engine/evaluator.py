@@ -36,7 +36,7 @@ import torch
 from san.data.catalog import get_dataset
 from san.data.io import read_label
 
-from .results import format_results, rle_decode, rle_encode, save_results, write_json
+from .results import format_results, rle_decode, rle_encode, safe_name, save_results, write_json
 
 __all__ = ["SemSegEvaluator", "format_results", "rle_decode", "rle_encode", "save_results"]
 
@@ -211,8 +211,23 @@ class SemSegEvaluator:
                 write_json(self.predictions_file, predictions)
                 logger.info("%d predicted segments written to %s", len(predictions), self.predictions_file)
             if self.output_dir is not None:
-                save_results(results, self.output_dir, self.dataset_name or "sem_seg")
+                name = self.dataset_name or "sem_seg"
+                save_results(results, self.output_dir, name)
+                self.save_confusion(conf, os.path.join(self.output_dir, safe_name(name)))
         return results
+
+
+    def save_confusion(self, conf: np.ndarray, stem: str) -> None:
+        """``<stem>_confusion.npy``: pixel counts ``[ground truth, prediction]`` over the evaluated pixels
+        (ignored ones left out, so it sums to the pixels the metrics count), and ``<stem>_confusion.png``."""
+        from .pictures import confusion_picture
+
+        n = self.num_classes
+        matrix = np.ascontiguousarray(conf[:n, :n].T)
+        tmp = f"{stem}_confusion.tmp{os.getpid()}.npy"
+        np.save(tmp, matrix)
+        os.replace(tmp, f"{stem}_confusion.npy")
+        confusion_picture(matrix, self.class_names, f"{stem}_confusion.png")
 
 
 def _has_scipy() -> bool:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from san.build import build_model
+from san.data.catalog import register_config_data
 from san.data.loader import build_test_loader
 from san.inference.tta import SemSegTTA
 
@@ -102,6 +103,7 @@ def evaluate(
     ``label_path`` (default) runs ``SAN.predict_labels``: the same arg-max as the score maps of
     ``SAN.forward`` (so the same metrics) without forming them; with TTA the scores are averaged.
     """
+    register_config_data(cfg)
     names = list(cfg.DATASETS.TEST if dataset_names is None else dataset_names)
     if not names:
         raise ValueError(

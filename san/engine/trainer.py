@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from san.build import build_model
 from san.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from san.config import ConfigError
-from san.data.catalog import get_dataset
+from san.data.catalog import get_dataset, register_config_data
 from san.data.loader import build_train_loader
 from san.devices import autocast, precision_dtype, precision_name
 
@@ -48,6 +48,8 @@ from .optim import build_gradient_clipper, build_lr_scheduler, build_optimizer
 __all__ = ["Trainer", "check_batch", "last_checkpoint_path", "resolve_device", "resolve_precision"]
 
 logger = logging.getLogger(__name__)
+
+START_RESULTS = "inference_start"  # OUTPUT_DIR/<this>: the evaluation of the starting weights (EVAL_AT_START)
 
 
 def resolve_device(cfg: Any) -> torch.device:
@@ -153,6 +155,7 @@ class Trainer:
         comm.init_distributed(self.device.type)
         self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
         s = cfg.SOLVER
+        register_config_data(cfg)
         self.accumulation = check_batch(cfg, self.world_size)
         check_training_classes(cfg)
         self.max_iter = int(s.MAX_ITER)
@@ -200,6 +203,7 @@ class Trainer:
             self.writer.load_state_dict(ckpt["metrics"])
         self.iteration = self.start_iter - 1
         self.eval_results: dict[str, Any] = {}
+        self.start_results: dict[str, float] = {}
 
     # -- state --------------------------------------------------------------------------------------
     def _read_resume_checkpoint(self) -> dict[str, Any] | None:
@@ -351,12 +355,18 @@ class Trainer:
         logger.info(
             "training iterations %d..%d on %d process(es), %s", self.start_iter, end - 1, self.world_size, self.device
         )
+        engine = self.cfg.get("SAN_ENGINE", {})
+        if self.start_iter == 0 and engine.get("EVAL_AT_START", False) and self.cfg.DATASETS.TEST:
+            logger.info("evaluating the starting weights (before the first step)")
+            self.start_results = self.evaluate_keeping_rng(os.path.join(self.output_dir, START_RESULTS))
         start_time = time.perf_counter()
         for it in range(self.start_iter, end):
             self.iteration = it
             t0 = time.perf_counter()
             batch = next(loader)
             data_time = time.perf_counter() - t0
+            if it < int(engine.get("SAMPLE_BATCHES", 0)) and comm.is_main_process():
+                self._draw_batch(batch, it)
             losses = self.run_step(batch)
             lr = self.optimizer.param_groups[0]["lr"]
             self.scheduler.step()
@@ -388,9 +398,20 @@ class Trainer:
             logger.info("saved the model in the Hub format to %s", directory)
         comm.barrier()
 
-    def evaluate_keeping_rng(self) -> dict[str, float]:
-        """Evaluate on DATASETS.TEST without disturbing the training RNG streams; flat metrics."""
+    def evaluate_keeping_rng(self, output_dir: str | None = None) -> dict[str, float]:
+        """Evaluate on DATASETS.TEST without disturbing the training RNG streams; flat metrics. Results go
+        to ``OUTPUT_DIR/inference`` (and ``eval_results``), or to ``output_dir`` when given."""
         state = comm.get_rng_state()
-        self.eval_results = evaluate(self.model, self.cfg)
+        results = evaluate(self.model, self.cfg, output_dir=output_dir)
+        if output_dir is None:
+            self.eval_results = results
         comm.set_rng_state(state)
-        return flatten_results(self.eval_results)
+        return flatten_results(results)
+
+    def _draw_batch(self, batch: Sequence[dict], it: int) -> None:
+        """``train_batch<it>.jpg``: the iteration's images after augmentation, their labels drawn on them."""
+        from .pictures import batch_picture
+
+        path = os.path.join(self.output_dir, f"train_batch{it}.jpg")
+        batch_picture(batch, path)
+        logger.info("drew training batch %d to %s", it, path)

@@ -34,10 +34,11 @@ import torch.nn.functional as F
 
 from san import hub
 from san.build import build_model
-from san.config import get_cfg, get_config_file
+from san.config import BUNDLED_PREFIX, bundled_configs
 from san.data.images import DEFAULT_MAX_PIXELS, ImageError, to_rgb_array
 from san.data.transforms import shortest_edge_size
 from san.devices import autocast, check_precision, precision_name, resolve_device
+from san.model_source import DEFAULT_CONFIG, ModelSource, locate_model, model_config
 from san.model_zoo import get_model_info
 from san.modeling.semantic import semantic_confidence, semantic_labels
 
@@ -49,6 +50,31 @@ from .vocabulary import Vocabulary, build_vocabulary
 logger = logging.getLogger(__name__)
 
 __all__ = ["Prediction", "SANPredictor"]
+
+
+def _is_bundled(name: str) -> bool:
+    base = name.removeprefix(BUNDLED_PREFIX)
+    return (base if base.endswith(".yaml") else f"{base}.yaml") in bundled_configs()
+
+
+def _source(model: str, weights: str | os.PathLike | None) -> ModelSource:
+    """The config and weights of ``from_pretrained(model, weights=...)``."""
+    if weights is None:
+        if get_model_info(model) is None and (model.endswith((".yaml", ".yml")) or _is_bundled(model)):
+            raise ValueError(
+                f"config {model!r} needs weights: an official name (san-vit-b-16, san-vit-l-14), a checkpoint "
+                "file or URL, a model or training folder; weights='none' builds a random side adapter "
+                "(meaningless predictions)"
+            )
+        return locate_model(model)
+    weights = os.fspath(weights)
+    config = None if get_model_info(model) is not None else model
+    if weights.lower() == "none":
+        return ModelSource(get_model_info(model).config if config is None else config, "none", "none")
+    found = locate_model(weights, config)
+    if config is None and found.kind == "checkpoint" and found.config == DEFAULT_CONFIG:
+        return ModelSource(get_model_info(model).config, found.weights, found.kind)  # the official model's config
+    return found
 
 
 def is_hub_model(name: str) -> bool:
@@ -80,6 +106,7 @@ class SANPredictor:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         max_score_bytes: int = 1 << 30,
         full_precision_masks: bool | None = None,
+        class_names: Sequence[str] = (),
     ) -> None:
         self.precision = precision_name(precision)
         self.device = resolve_device(device)
@@ -101,6 +128,8 @@ class SANPredictor:
         self.tta, self.tta_flip = tta, tta_flip
         self.tta_min_sizes, self.tta_max_size = tuple(tta_min_sizes), int(tta_max_size)
         self.max_pixels, self.max_score_bytes = max_pixels, int(max_score_bytes)
+        # the classes the model was trained on (san train --data records them): the default vocabulary
+        self.class_names = [str(c) for c in class_names]
 
     @classmethod
     def from_pretrained(
@@ -126,27 +155,18 @@ class SANPredictor:
             tta: test-time augmentation (default: the config's ``TEST.AUG.ENABLED``).
             kwargs: passed to the constructor (``text_cache_dir``, ``max_pixels``, ...).
         """
-        model = os.fspath(model)
-        info = get_model_info(model)
-        if info is None and weights is None and is_hub_model(model):  # a save_pretrained folder or Hub repo
-            config, weights = hub.folder_files(model)
+        source = _source(os.fspath(model), weights)
+        if source.kind == "hub-repo":  # a Hub repository in the Hub format: downloaded by huggingface_hub
+            config, files = hub.folder_files(source.weights)
             cfg = hub.read_config(config)
-            cfg.merge_from_list(list(opts))
-            net = build_model(cfg, weights)
+            weights_file = str(files)
         else:
-            cfg = get_cfg()
-            cfg.merge_from_file(get_config_file(info.config if info else model))
-            cfg.merge_from_list(list(opts))
-            if weights is None and info is not None:
-                weights = info.name
-            if weights is None:
-                raise ValueError(
-                    f"config {model!r} needs weights: an official name (san-vit-b-16, san-vit-l-14), a checkpoint "
-                    "file or URL; weights='none' builds a random side adapter (meaningless predictions)"
-                )
-            if os.fspath(weights).lower() == "none":
-                logger.warning("no SAN checkpoint given: the side adapter is random and the predictions meaningless")
-            net = build_model(cfg, weights)
+            cfg = model_config(source)
+            weights_file = source.weights
+        cfg.merge_from_list(list(opts))
+        if weights_file.lower() == "none":
+            logger.warning("no SAN checkpoint given: the side adapter is random and the predictions meaningless")
+        net = build_model(cfg, weights_file)
         aug = cfg.TEST.AUG
         return cls(
             net,
@@ -158,13 +178,22 @@ class SANPredictor:
             tta_min_sizes=tuple(aug.MIN_SIZES),
             tta_max_size=aug.MAX_SIZE,
             tta_flip=aug.FLIP,
+            class_names=list(cfg.SAN_ENGINE.CLASS_NAMES),
             **kwargs,
         )
 
     # -- vocabulary --------------------------------------------------------------------------------
-    def vocabulary(self, vocabulary: str | Sequence[str] | Vocabulary, other: str = "none") -> Vocabulary:
+    def vocabulary(self, vocabulary: str | Sequence[str] | Vocabulary | None, other: str = "none") -> Vocabulary:
         """Parse a vocabulary (see :mod:`san.inference.vocabulary`) and cut names too long for CLIP's
-        context (each cut is logged as a warning, on every call)."""
+        context (each cut is logged as a warning, on every call). ``None``: the model's training classes
+        (:attr:`class_names`), for a model that records them."""
+        if vocabulary is None:
+            if not self.class_names:
+                raise ValueError(
+                    "no vocabulary given and this model does not record its training classes (models trained with "
+                    "`san train --data` do): give the class names, e.g. 'cat, grass, sky'"
+                )
+            vocabulary = list(self.class_names)
         voc = vocabulary if isinstance(vocabulary, Vocabulary) else build_vocabulary(vocabulary, other=other)
         user = self.model.ov_classifier.fit_names(voc.user)
         return Vocabulary(tuple(user), voc.distractors) if list(user) != list(voc.user) else voc
@@ -173,7 +202,7 @@ class SANPredictor:
     def predict(
         self,
         image: Any,
-        vocabulary: str | Sequence[str] | Vocabulary,
+        vocabulary: str | Sequence[str] | Vocabulary | None = None,
         *,
         other: str = "none",
         return_scores: bool = False,
@@ -192,7 +221,7 @@ class SANPredictor:
     def predict_batch(
         self,
         images: Sequence[Any],
-        vocabulary: str | Sequence[str] | Vocabulary,
+        vocabulary: str | Sequence[str] | Vocabulary | None = None,
         *,
         other: str = "none",
         return_scores: bool = False,
@@ -281,7 +310,7 @@ class SANPredictor:
     def classify(
         self,
         encoding: ImageEncoding,
-        vocabulary: str | Sequence[str] | Vocabulary,
+        vocabulary: str | Sequence[str] | Vocabulary | None = None,
         *,
         other: str = "none",
         return_scores: bool = False,

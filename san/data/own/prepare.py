@@ -177,6 +177,7 @@ def prepare_data(
     val: OwnDataset | None = None,
     val_fraction: float = 0.2,
     seed: int = 0,
+    name: str = "own",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Check ``train`` (and ``val``), split when needed, and write ``<out_dir>/data`` (module docstring).
@@ -211,6 +212,7 @@ def prepare_data(
     try:
         manifest = _write(parts, reports, tmp, progress)
         manifest.update(
+            name=name,
             source={"data": train.path, "format": train.format, **({"val": val.path} if val is not None else {})},
             split={"from": split_from, "seed": seed, "val_fraction": val_fraction},
         )
