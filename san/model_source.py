@@ -25,7 +25,7 @@ from san import hub
 from san.config import get_cfg, get_config_file
 from san.model_zoo import get_model_info
 
-__all__ = ["DEFAULT_CONFIG", "ModelSource", "locate_model", "model_config"]
+__all__ = ["DEFAULT_CONFIG", "ModelSource", "config_and_weights", "locate_model", "model_classes", "model_config"]
 
 DEFAULT_CONFIG = "san_clip_vit_res4_coco"
 _RUN_MARKERS = ("last_checkpoint", "model_final.pth")
@@ -92,6 +92,15 @@ def locate_model(model: str | os.PathLike, config: str | None = None) -> ModelSo
     return ModelSource(config or DEFAULT_CONFIG, spec, "checkpoint")
 
 
+def config_and_weights(source: ModelSource) -> tuple[Any, str]:
+    """The (unfrozen) config of ``source`` and the weights :func:`san.build_model` loads; a Hub repository
+    is downloaded (huggingface_hub's cache) to get them."""
+    if source.kind == "hub-repo":
+        config, weights = hub.folder_files(source.weights)
+        return hub.read_config(config), str(weights)
+    return model_config(source), source.weights
+
+
 def model_config(source: ModelSource) -> Any:
     """The (unfrozen) config of ``source``: a model folder's own config (CLIP JSON resolved beside it), a
     training folder's ``config.yaml``, or a bundled config / YAML file."""
@@ -100,3 +109,13 @@ def model_config(source: ModelSource) -> Any:
     cfg = get_cfg()
     cfg.merge_from_file(get_config_file(source.config))
     return cfg
+
+
+def model_classes(model: str | os.PathLike, config: str | None = None) -> list[str]:
+    """The training classes a model records (``SAN_ENGINE.CLASS_NAMES``, set by ``san train --data``),
+    read from its config without building it; ``[]`` when it records none (the official models) or
+    when it is a Hub repository (known once downloaded)."""
+    source = locate_model(model, config)
+    if source.kind == "hub-repo":
+        return []
+    return [str(c) for c in model_config(source).SAN_ENGINE.CLASS_NAMES]

@@ -144,8 +144,10 @@ def build_demo(
     title: str = "SAN: segment anything you name",
     available: Callable[[str], bool] = lambda name: True,
     max_pixels: int | None = None,
+    vocabulary: str = DEFAULT_VOCABULARY,
 ):
-    """The Gradio Blocks app; ``factory(name)`` returns a :class:`san.SANPredictor`."""
+    """The Gradio Blocks app; ``factory(name)`` returns a :class:`san.SANPredictor`; ``vocabulary`` fills
+    the class-names box at start."""
     import gradio as gr
 
     from san.data.images import DEFAULT_MAX_PIXELS, ImageError, read_image
@@ -213,19 +215,21 @@ def build_demo(
                 label="Vocabulary expansion (distractor pixels shown as 'other')",
                 elem_id="other",
             )
-        vocabulary = gr.Textbox(value=DEFAULT_VOCABULARY, label="Class names", lines=3, elem_id="vocabulary")
+        vocabulary_box = gr.Textbox(value=vocabulary, label="Class names", lines=3, elem_id="vocabulary")
         button = gr.Button("Segment", variant="primary", elem_id="submit")
         status = gr.Textbox(label="Messages", elem_id="status", interactive=False, lines=2)
         with gr.Row():
             key = gr.Image(type="numpy", label="Legend", elem_id="legend", format="png")
             shares = gr.Label(label="Pixel share", elem_id="fractions")
-        button.click(run, [image, vocabulary, other, model], [result, key, shares, status], api_name="segment")
+        button.click(run, [image, vocabulary_box, other, model], [result, key, shares, status], api_name="segment")
     return demo
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="san demo", description="Start the local SAN web demo (Gradio).")
-    p.add_argument("--weights", "-w", default=None, help="checkpoint file / URL / official name shown first")
+    p.add_argument(
+        "--weights", "-w", default=None, help="model or training folder / checkpoint / URL / official name, shown first"
+    )
     p.add_argument("--config-file", default=None, help="config of --weights when it is a file or URL")
     p.add_argument("--device", default=None)
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
@@ -253,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         print("san demo needs gradio: pip install -e '.[demo]' in the clone (or pip install gradio)", file=sys.stderr)
         return 2
     from san.inference.predictor import SANPredictor
+    from san.model_source import model_classes
     from san.model_zoo import get_model_info, is_available
 
     names = list(MODELS)
@@ -268,13 +273,22 @@ def main(argv: list[str] | None = None) -> int:
 
     def factory(name: str) -> SANPredictor:
         kw = {"device": args.device, "precision": args.precision, "opts": args.opts}
-        if name == custom:
-            return SANPredictor.from_pretrained(
-                args.config_file or "san_clip_vit_res4_coco", weights=args.weights, **kw
-            )
+        if name == custom:  # a folder or checkpoint brings its config unless --config-file names one
+            if args.config_file is None:
+                return SANPredictor.from_pretrained(args.weights, **kw)
+            return SANPredictor.from_pretrained(args.config_file, weights=args.weights, **kw)
         return SANPredictor.from_pretrained(name, **kw)
 
-    app = build_demo(factory, names, available=lambda name: not offline.get(name, False))
+    try:  # a model trained on your own data opens with its training classes
+        classes = model_classes(args.weights, args.config_file) if custom else []
+    except (OSError, ValueError) as e:
+        return fail("demo", str(e))
+    app = build_demo(
+        factory,
+        names,
+        available=lambda name: not offline.get(name, False),
+        vocabulary=", ".join(classes) if classes else DEFAULT_VOCABULARY,
+    )
     app.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True, prevent_thread_lock=True)
     print(f"san demo: running at {app.local_url} (Ctrl-C stops it)")
     if args.share:

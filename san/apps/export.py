@@ -29,15 +29,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="format", required=True, metavar="{hub,onnx}")
     for name, text in (("hub", "the Hugging Face Hub format folder"), ("onnx", "an ONNX graph, vocabulary frozen in")):
         q = sub.add_parser(name, help=text, description=f"Write {text}.")
-        q.add_argument("--weights", "-w", required=True, help="san-vit-b-16 | san-vit-l-14 | checkpoint file | URL")
+        q.add_argument(
+            "--weights",
+            "-w",
+            required=True,
+            help="san-vit-b-16 | san-vit-l-14 | a model or training folder (OUTPUT_DIR) | checkpoint file | URL",
+        )
         q.add_argument("--config-file", default=None, help="config name or YAML (default: the official model's)")
         q.add_argument("--output", "-o", required=True, help="the folder (hub) or .onnx file to write")
         q.add_argument("--force", action="store_true", help="replace an existing output")
         if name == "onnx":
-            voc = q.add_mutually_exclusive_group(required=True)
-            voc.add_argument("--vocabulary", "-v", help="class names separated by commas")
+            voc = q.add_mutually_exclusive_group()
+            voc.add_argument(
+                "--vocabulary", "-v", help="class names separated by commas (default: the model's training classes)"
+            )
             voc.add_argument("--vocabulary-file", help="one class per line")
-            voc.add_argument("--dataset-vocabulary", help="a benchmark's class list, e.g. ade20k_150")
+            voc.add_argument("--dataset-vocabulary", help="a dataset's class list, e.g. ade20k_150, or your --data")
             q.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
         q.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
     return p
@@ -81,22 +88,24 @@ def main(argv: list[str] | None = None) -> int:
     cli_logging()
     from san.build import build_model
     from san.checkpoint import CheckpointError
-    from san.config import ConfigError, get_cfg, get_config_file
+    from san.config import ConfigError
     from san.hub import HubFormatError
-    from san.model_zoo import WeightsError, get_model_info
+    from san.model_source import config_and_weights, locate_model
+    from san.model_zoo import WeightsError
 
     names = None
     try:
         if args.format == "onnx":
+            from san.apps.predict import default_vocabulary
             from san.inference.vocabulary import build_vocabulary
 
-            voc = build_vocabulary(args.vocabulary, file=args.vocabulary_file, dataset=args.dataset_vocabulary)
+            voc = default_vocabulary(args, "san export") or build_vocabulary(
+                args.vocabulary, file=args.vocabulary_file, dataset=args.dataset_vocabulary
+            )
             names = voc.names
-        info = get_model_info(args.weights)
-        cfg = get_cfg()
-        cfg.merge_from_file(get_config_file(args.config_file or (info.config if info else "san_clip_vit_res4_coco")))
+        cfg, weights = config_and_weights(locate_model(args.weights, args.config_file))
         cfg.merge_from_list(list(args.opts))
-        model = build_model(cfg, args.weights).eval()
+        model = build_model(cfg, weights).eval()
     except (ValueError, TypeError, OSError, WeightsError, CheckpointError, ConfigError, HubFormatError) as e:
         return _fail(str(e))
     parent = output.parent if str(output.parent) else Path(".")

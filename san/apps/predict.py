@@ -55,12 +55,19 @@ def _opacity(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="san predict", description="Segment images with any vocabulary (SAN).")
     p.add_argument("--input", "-i", nargs="+", required=True, help="image files, folders or glob patterns")
-    voc = p.add_mutually_exclusive_group(required=True)
+    voc = p.add_mutually_exclusive_group()
     voc.add_argument(
-        "--vocabulary", "-v", help="class names separated by commas; 'road|route' is one class with synonyms"
+        "--vocabulary",
+        "-v",
+        help="class names separated by commas; 'road|route' is one class with synonyms (default: the training "
+        "classes of a model trained with san train --data)",
     )
     voc.add_argument("--vocabulary-file", help="one class per line (commas inside a line are synonyms)")
-    voc.add_argument("--dataset-vocabulary", help="a benchmark's class list, e.g. ade20k_150, coco_stuff_171")
+    voc.add_argument(
+        "--dataset-vocabulary",
+        help="a dataset's class list: a benchmark (ade20k_150, coco_stuff_171), a registered dataset, or your "
+        "own data (a --data folder/file, or a training folder)",
+    )
     p.add_argument(
         "--other",
         default="none",
@@ -72,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights",
         "-w",
         default=None,
-        help="san-vit-b-16 | san-vit-l-14 | checkpoint file | http(s) URL | none (random side adapter); "
-        "default: the official model of the config",
+        help="san-vit-b-16 | san-vit-l-14 | a model folder (save_pretrained, san export hub) | a training "
+        "folder (san train's OUTPUT_DIR) | checkpoint file | http(s) URL | Hub repo id | none (random side "
+        "adapter); default: the official model of the config",
     )
     p.add_argument("--config-file", default=None, help="config name or YAML (default: the official model's)")
     p.add_argument("--output", "-o", default="san_predictions", help="output folder (created)")
@@ -134,11 +142,13 @@ def _prepare(args: argparse.Namespace) -> Any:
         return _fail(problem)
     try:
         check_device_name(args.device)
-        voc = build_vocabulary(
-            args.vocabulary, file=args.vocabulary_file, dataset=args.dataset_vocabulary, other=args.other
-        )
+        voc = default_vocabulary(args, "san predict")
+        if voc is None:
+            voc = build_vocabulary(
+                args.vocabulary, file=args.vocabulary_file, dataset=args.dataset_vocabulary, other=args.other
+            )
         out_dir = check_output_dir(args.output)
-    except (ValueError, TypeError, OutputError) as e:
+    except (ValueError, TypeError, OutputError, OSError) as e:
         return _fail(str(e))
     files, missing = collect_inputs(args.input)
     if not files:
@@ -244,6 +254,27 @@ def _run(args: argparse.Namespace, voc: Any, out_dir: Any, files: list, missing:
     return 1 if summary["failed"] else 0
 
 
+def default_vocabulary(args: argparse.Namespace, prog: str) -> Any:
+    """With no vocabulary flag: the model's training classes (said in one line), read from its config
+    before it is built; a model that records none is a ValueError saying what to give. None when a
+    vocabulary flag was given."""
+    from san.inference.vocabulary import build_vocabulary
+    from san.model_source import model_classes
+
+    if any(getattr(args, k, None) is not None for k in ("vocabulary", "vocabulary_file", "dataset_vocabulary")):
+        return None
+    model = args.weights if args.config_file is None or args.weights is not None else None
+    classes = model_classes(model or "san-vit-b-16", args.config_file) if model else []
+    if not classes:
+        raise ValueError(
+            "give a vocabulary (--vocabulary 'cat, grass, sky', --vocabulary-file or --dataset-vocabulary): this "
+            "model does not record training classes (models trained with san train --data do)"
+        )
+    shown = ", ".join(classes[:8]) + (", ..." if len(classes) > 8 else "")
+    print(f"{prog}: no vocabulary given: using the model's {len(classes)} training classes ({shown})")
+    return build_vocabulary(classes, other=getattr(args, "other", "none"))
+
+
 def load_predictor(args: argparse.Namespace, prog: str = "san predict") -> Any:
     """The predictor of the command line's model flags (``--config-file``, ``--weights``, ``--device``,
     ``--precision``, ``--tta``, ``--text-cache``, ``--max-pixels``, overrides) and what to record of it,
@@ -251,15 +282,17 @@ def load_predictor(args: argparse.Namespace, prog: str = "san predict") -> Any:
     from san.checkpoint import CheckpointError
     from san.config import ConfigError
     from san.inference.predictor import SANPredictor
-    from san.model_zoo import WeightsError, get_model_info
+    from san.model_zoo import WeightsError
 
-    model = args.config_file or "san-vit-b-16"
-    if args.config_file is None and args.weights is not None and get_model_info(args.weights) is not None:
-        model = args.weights  # `--weights san-vit-l-14` also picks its config
+    # without --config-file the weights bring their config (an official name, a model or training folder,
+    # a checkpoint in a training folder); with it, the config is the given one
+    model, weights = (
+        (args.weights or "san-vit-b-16", None) if args.config_file is None else (args.config_file, args.weights)
+    )
     try:
         predictor = SANPredictor.from_pretrained(
             model,
-            weights=args.weights,
+            weights=weights,
             device=args.device,
             precision=args.precision,
             opts=args.opts,

@@ -1,6 +1,10 @@
-"""``san train``: train and evaluate SAN with the official ``train_net.py`` command line.
+"""``san train``: train on your own data in one command, or train and evaluate SAN with the official
+``train_net.py`` command line.
 
 Examples::
+
+    san train --data my_dataset/ --output runs/mine                      # any supported format
+    san train --data coco.json --val val.json --output runs/mine --weights san-vit-b-16 --iters 2000
 
     san train --config-file configs/san_clip_vit_res4_coco.yaml --num-gpus 8 OUTPUT_DIR output/san_b16
     san train --config-file configs/san_clip_vit_res4_coco.yaml --num-gpus 8 --resume OUTPUT_DIR output/san_b16
@@ -18,10 +22,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 from typing import Any
 
 from san.apps.common import fail
+from san.data.own.readers import FORMATS
 from san.devices import PRECISIONS, amp_settings
 from san.engine.launch import add_launch_arguments, check_launch_arguments, launch, needs_launch
 
@@ -64,8 +70,67 @@ def build_parser() -> argparse.ArgumentParser:
         help="write every evaluated image's prediction to OUTPUT_DIR/inference/<dataset>/sem_seg_predictions.json "
         "(COCO-style RLE, detectron2's format); the same as SAN_ENGINE.DUMP_PREDICTIONS True",
     )
+    own = p.add_argument_group(
+        "your own data (san train --data DATA --output DIR): the format is detected, the classes come from the "
+        "data, the schedule fits its size; KEY VALUE overrides still apply"
+    )
+    own.add_argument("--data", metavar="DATA", help="a dataset folder, COCO JSON, YOLO data.yaml or HF dataset")
+    own.add_argument("--val", metavar="DATA", help="validation data (default: a seeded split of --data)")
+    own.add_argument("--output", metavar="DIR", help="the run folder (OUTPUT_DIR)")
+    own.add_argument(
+        "--weights",
+        default=None,
+        help="starting model: san-vit-b-16 (default), a model or training folder, a checkpoint",
+    )
+    own.add_argument("--iters", type=int, default=None, help="iterations (default: ~30 passes, 100 to 10000)")
+    own.add_argument("--format", choices=FORMATS, default=None, help="force the format of --data")
+    own.add_argument("--val-format", choices=FORMATS, default=None, help="force the format of --val")
+    own.add_argument("--background", default=None, metavar="NAME", help="class name of unannotated pixels")
+    own.add_argument("--classes", default=None, metavar="FILE", help="class names of a dataset that lacks them")
+    own.add_argument("--val-fraction", type=float, default=0.2, help="share split off for validation (default 0.2)")
+    own.add_argument("--seed", type=int, default=0, help="seed of the split and the training (default 0)")
+    own.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="upload the trained model at the end")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     return p
+
+
+_DATA_ONLY = ("val", "output", "weights", "iters", "format", "val_format", "background", "classes", "push_to_hub")
+
+
+def data_run(args: argparse.Namespace) -> Any:
+    """The :class:`san.engine.finetune.DataRun` of ``--data`` and its flags (None without ``--data``)."""
+    from san.engine.finetune import DEFAULT_WEIGHTS, DataRun
+
+    if not args.data:
+        return None
+    return DataRun(
+        data=args.data,
+        output=args.output,
+        val=args.val,
+        weights=args.weights or DEFAULT_WEIGHTS,
+        config_file=args.config_file or None,
+        iters=args.iters,
+        format=args.format,
+        val_format=args.val_format,
+        background=args.background,
+        classes_file=args.classes,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        push_to_hub=args.push_to_hub,
+    )
+
+
+def _data_problem(args: argparse.Namespace) -> str | None:
+    if not args.data:
+        given = [f"--{k.replace('_', '-')}" for k in _DATA_ONLY if getattr(args, k) is not None]
+        return f"{given[0]} goes with --data DATA (training on your own data)" if given else None
+    if not args.output:
+        return "--data needs --output DIR, the run folder"
+    if args.eval_only:
+        return "--eval-only evaluates a config's DATASETS.TEST; with --data, training evaluates on the validation data"
+    if not 0.0 < args.val_fraction < 1.0:
+        return f"--val-fraction must be between 0 and 1, got {args.val_fraction}"
+    return None
 
 
 class _StdoutHandler(logging.StreamHandler):
@@ -133,9 +198,16 @@ def preflight(args: argparse.Namespace, world_size: int) -> Any:
     """The config, after the checks that need no model (batch split, training data size, class count):
     run before any process is spawned and before ``OUTPUT_DIR`` gets a file, so that bad input ends
     with one line, exit code 2 and nothing written."""
+    from san.engine.finetune import check_output, prepare_run
     from san.engine.trainer import check_batch, check_training_classes
 
-    cfg = build_config(args)
+    run = data_run(args)
+    if run is not None:
+        check_output(run, args.resume)
+        main = int(os.environ.get("RANK", "0")) == 0
+        cfg = prepare_run(run, list(args.opts), world_size, write=main, resume=args.resume)
+    else:
+        cfg = build_config(args)
     if not args.eval_only:
         check_batch(cfg, world_size)
         check_training_classes(cfg)
@@ -145,8 +217,10 @@ def preflight(args: argparse.Namespace, world_size: int) -> Any:
 def setup(args: argparse.Namespace) -> Any:
     """Config from the file, overrides and flags (frozen); logging; ``OUTPUT_DIR/config.yaml``."""
     from san.engine import comm
+    from san.engine.finetune import prepare_run
 
-    cfg = build_config(args)
+    run = data_run(args)
+    cfg = prepare_run(run, list(args.opts), args.world, write=False) if run else build_config(args)
     rank = int(os.environ.get("RANK", comm.get_rank()))
     _setup_logging(cfg.OUTPUT_DIR, rank)
     if rank == 0:
@@ -172,23 +246,29 @@ def _evaluate_only(cfg: Any, resume: bool) -> dict[str, Any]:
 
 
 def _fixable_errors() -> tuple[type[Exception], ...]:
-    """What a user can fix (config, files, weights): said in one line, not a traceback."""
+    """What a user can fix (config, files, weights, data): said in one line, not a traceback."""
     from san.checkpoint import CheckpointError
     from san.config import ConfigError
+    from san.data.io import DataError
+    from san.hub import HubFormatError
     from san.model_zoo import WeightsError
 
-    return FileNotFoundError, ConfigError, CheckpointError, WeightsError
+    return FileNotFoundError, ConfigError, CheckpointError, WeightsError, DataError, HubFormatError
 
 
 def _main_worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch.distributed as dist
 
+    from san.engine.finetune import finish
     from san.engine.trainer import Trainer
 
     try:
         cfg = setup(args)
         if args.eval_only:
             return _evaluate_only(cfg, args.resume)
+        run = data_run(args)
+        if run is not None:
+            return finish(Trainer(cfg, resume=args.resume), run)
         return Trainer(cfg, resume=args.resume).train()
     except _fixable_errors() as e:
         raise SystemExit(f"san train: {e}") from None
@@ -214,14 +294,20 @@ def main(argv: list[str] | None = None) -> int:
     from san.engine.launch import LaunchFailed
 
     args = build_parser().parse_args(argv)
-    problem = _flags_among_overrides(args.opts) or check_launch_arguments(args)
+    problem = _flags_among_overrides(args.opts) or check_launch_arguments(args) or _data_problem(args)
     if problem:
         return fail("train", problem)
     world = int(os.environ.get("WORLD_SIZE", args.num_gpus * args.num_machines))
+    args.world = world
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    run = data_run(args)
+    existed = run is not None and os.path.exists(run.output)
     try:
         preflight(args, world)
     except _fixable_errors() as e:
-        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process checks; one says so
+        if main_rank:  # under torchrun every process checks; one says so
+            if run is not None and not existed:  # nothing left behind: the prepared data goes too
+                shutil.rmtree(run.output, ignore_errors=True)
             fail("train", str(e))
         return 2
     if needs_launch(args):

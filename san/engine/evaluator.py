@@ -216,7 +216,6 @@ class SemSegEvaluator:
                 self.save_confusion(conf, os.path.join(self.output_dir, safe_name(name)))
         return results
 
-
     def save_confusion(self, conf: np.ndarray, stem: str) -> None:
         """``<stem>_confusion.npy``: pixel counts ``[ground truth, prediction]`` over the evaluated pixels
         (ignored ones left out, so it sums to the pixels the metrics count), and ``<stem>_confusion.png``."""

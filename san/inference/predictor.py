@@ -38,7 +38,7 @@ from san.config import BUNDLED_PREFIX, bundled_configs
 from san.data.images import DEFAULT_MAX_PIXELS, ImageError, to_rgb_array
 from san.data.transforms import shortest_edge_size
 from san.devices import autocast, check_precision, precision_name, resolve_device
-from san.model_source import DEFAULT_CONFIG, ModelSource, locate_model, model_config
+from san.model_source import DEFAULT_CONFIG, ModelSource, config_and_weights, locate_model
 from san.model_zoo import get_model_info
 from san.modeling.semantic import semantic_confidence, semantic_labels
 
@@ -155,14 +155,7 @@ class SANPredictor:
             tta: test-time augmentation (default: the config's ``TEST.AUG.ENABLED``).
             kwargs: passed to the constructor (``text_cache_dir``, ``max_pixels``, ...).
         """
-        source = _source(os.fspath(model), weights)
-        if source.kind == "hub-repo":  # a Hub repository in the Hub format: downloaded by huggingface_hub
-            config, files = hub.folder_files(source.weights)
-            cfg = hub.read_config(config)
-            weights_file = str(files)
-        else:
-            cfg = model_config(source)
-            weights_file = source.weights
+        cfg, weights_file = config_and_weights(_source(os.fspath(model), weights))
         cfg.merge_from_list(list(opts))
         if weights_file.lower() == "none":
             logger.warning("no SAN checkpoint given: the side adapter is random and the predictions meaningless")

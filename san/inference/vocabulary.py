@@ -146,6 +146,30 @@ class Vocabulary:
         return [*self.user, OTHER] if self.distractors else list(self.user)
 
 
+def dataset_classes(dataset: str | os.PathLike) -> list[str]:
+    """The class names of a dataset: a bundled class list (``ade20k_150``, ...), a registered dataset
+    (``ade20k_sem_seg_val``, your own), a dataset in any format san reads (``--data``), or a training
+    folder (its prepared ``data/``)."""
+    from san.data.catalog import get_dataset, list_datasets
+    from san.data.own import FormatError, read_dataset
+
+    name = os.fspath(dataset)
+    if name in list_class_sets():
+        return read_classes(name)
+    if name in list_datasets():
+        return list(get_dataset(name).classes)
+    if os.path.exists(name):
+        run_data = os.path.join(name, "data", "dataset.json")
+        try:
+            return read_dataset(run_data if os.path.isfile(run_data) else name).classes
+        except FormatError as e:
+            raise ValueError(f"--dataset-vocabulary {name}: {e}") from None
+    raise ValueError(
+        f"unknown dataset vocabulary {name!r}: not a bundled class list ({', '.join(list_class_sets())}), a "
+        "registered dataset, or a dataset folder/file"
+    )
+
+
 def build_vocabulary(
     vocabulary: str | Sequence[str] | None = None,
     *,
@@ -162,9 +186,7 @@ def build_vocabulary(
     if file is not None:
         user = read_vocabulary_file(file)
     elif dataset is not None:
-        if dataset not in list_class_sets():
-            raise ValueError(f"unknown dataset vocabulary {dataset!r}; available: {', '.join(list_class_sets())}")
-        user = _dedupe([n.strip() for n in read_classes(dataset)])  # verbatim, as the benchmarks use them
+        user = _dedupe([n.strip() for n in dataset_classes(dataset)])  # verbatim, as the benchmarks use them
     else:
         user = parse_vocabulary(vocabulary)
     if OTHER in (n.casefold() for n in user) and other != "none":
