@@ -98,8 +98,11 @@ def read_config(path: Path) -> CfgNode:
         cfg.merge_from_file(str(path))
     except ConfigError as e:
         raise HubFormatError(f"{path}: {e}") from None
-    if cfg.MODEL.SAN.CLIP_MODEL_NAME == CLIP_CONFIG_FILE:
-        cfg.MODEL.SAN.CLIP_MODEL_NAME = str(Path(path).parent / CLIP_CONFIG_FILE)
+    beside = Path(path).resolve().parent / CLIP_CONFIG_FILE
+    clip = str(cfg.MODEL.SAN.CLIP_MODEL_NAME)
+    # the folder's own copy, also when the recorded JSON has moved away (a training folder that was moved)
+    if clip == CLIP_CONFIG_FILE or (clip.endswith(".json") and not os.path.isfile(clip) and beside.is_file()):
+        cfg.MODEL.SAN.CLIP_MODEL_NAME = str(beside)
     return cfg
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from san import hub
 from san.config import ConfigError
 
 __all__ = ["DataRun", "finetune", "prepare_run", "small_data_schedule", "write_report"]
@@ -143,6 +144,11 @@ def prepare_run(run: DataRun, opts: list[str], world_size: int, *, write: bool =
         "INPUT.FORMAT": "RGB",
         **schedule,
     }
+    clip = str(cfg.MODEL.SAN.CLIP_MODEL_NAME)
+    if clip.endswith(".json") and os.path.isfile(clip):  # a custom CLIP: the run folder keeps its own copy
+        values["MODEL.SAN.CLIP_MODEL_NAME"] = os.path.join(out, hub.CLIP_CONFIG_FILE)
+        if write:
+            shutil.copyfile(clip, os.path.join(out, hub.CLIP_CONFIG_FILE))
     for key, value in values.items():
         node = cfg
         *parents, leaf = key.split(".")

@@ -69,8 +69,22 @@ class Sample:
     label: Any
     load_image: Callable[[], Any] | None = None
 
-    def image_bytes_or_path(self) -> Any:
-        return self.image if self.image is not None else self.load_image()
+    def read_image(self) -> np.ndarray:
+        """The image as ``[H, W, 3]`` uint8 RGB (a file, or a table cell)."""
+        from ..io import read_image
+
+        if self.image is not None:
+            return read_image(self.image)
+        from PIL import Image, UnidentifiedImageError
+
+        from ..images import to_rgb_array
+
+        value = self.load_image()
+        try:
+            img = Image.open(value) if not hasattr(value, "mode") else value
+            return to_rgb_array(img)
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            raise FormatError(f"{self.key}: cannot decode the image: {e}") from None
 
 
 @dataclass

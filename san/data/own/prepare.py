@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io import DataError, read_image, write_label
+from ..io import DataError, write_label
 from .base import FormatError, OwnDataset
 from .readers import MANIFEST
 
@@ -107,7 +107,7 @@ def check_dataset(ds: OwnDataset, *, what: str = "", progress: bool = True) -> D
     bar = tqdm(ds.samples, desc=f"checking {what or ds.format} data", unit="img", disable=not progress, leave=False)
     for s in bar:
         try:
-            img = read_image(s.image_bytes_or_path()) if s.image is None else read_image(s.image)
+            img = s.read_image()
             label = s.label.read()
         except (DataError, OSError) as e:
             problems.append(str(e) if s.image is not None or isinstance(e, FormatError) else f"{s.key}: {e}")
@@ -199,10 +199,10 @@ def prepare_data(
         split_from = f"seeded split (seed {seed}, {val_fraction:g} to validation)"
         train_keys, val_keys = make_split([s.key for s in train.samples], val_fraction, seed)
         parts = {"train": train.subset(train_keys), "val": train.subset(val_keys)}
-    reports = {name: check_dataset(ds, what=name, progress=progress) for name, ds in parts.items()}
-    for name, report in reports.items():
+    reports = {split: check_dataset(ds, what=split, progress=progress) for split, ds in parts.items()}
+    for split, report in reports.items():
         for w in report.warnings:
-            logger.warning("%s data: %s", name, w)
+            logger.warning("%s data: %s", split, w)
     if len(train_keys) == len(reports["train"].empty_images):
         raise FormatError(f"{train.path}: no training image has a labelled pixel; nothing to learn from")
 
@@ -256,7 +256,7 @@ def _write(parts: dict[str, OwnDataset], reports: dict[str, DataReport], tmp: Pa
                 image_rel = f"images/{fname}.png"
                 from PIL import Image
 
-                Image.fromarray(read_image(s.image_bytes_or_path())).save(tmp / image_rel)
+                Image.fromarray(s.read_image()).save(tmp / image_rel)
                 image = image_rel
             else:
                 image = os.path.abspath(s.image)

@@ -390,16 +390,20 @@ def read_yolo(yaml_path: Path, background: str | None = None) -> OwnDataset:
         for entry in entries if isinstance(entries, list) else [entries]:
             folder = base / str(entry)
             if folder.is_file() and folder.suffix == ".txt":  # a list of image paths
-                files = [base / line.strip() for line in folder.read_text().splitlines() if line.strip()]
+                files = {
+                    Path(line.strip()).with_suffix("").as_posix(): base / line.strip()
+                    for line in folder.read_text().splitlines()
+                    if line.strip()
+                }
             elif folder.is_dir():
-                files = list(_images_under(folder).values())
+                files = _images_under(folder)
             else:
                 raise FormatError(f"{yaml_path}: {split}: {folder} does not exist (paths are relative to 'path')")
-            for img in files:
+            for rel, img in files.items():
                 txt = _yolo_label_path(img)
                 if not txt.is_file():
                     unlabelled += 1
-                key = f"{split}/{img.relative_to(base).with_suffix('').as_posix()}"
+                key = f"{split}/{rel}"
                 samples.append(Sample(key, str(img), _YoloLabel(img, txt if txt.is_file() else None, len(names), fill)))
                 keys.append(key)
         splits[split] = keys
