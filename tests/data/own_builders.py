@@ -112,11 +112,27 @@ def write_coco(root: Path, seed: int = 0, rle_every: int = 3) -> dict[str, np.nd
                             cur, n = v, 1
                     runs.append(n)
                     seg = {"size": [h, w], "counts": runs}
-                anns.append({"id": k, "image_id": 10 + i, "category_id": 5 + cid, "segmentation": seg,
-                             "area": area, "iscrowd": 1})
+                anns.append(
+                    {
+                        "id": k,
+                        "image_id": 10 + i,
+                        "category_id": 5 + cid,
+                        "segmentation": seg,
+                        "area": area,
+                        "iscrowd": 1,
+                    }
+                )
             else:
-                anns.append({"id": k, "image_id": 10 + i, "category_id": 5 + cid,
-                             "segmentation": [poly.ravel().tolist()], "area": area, "iscrowd": 0})
+                anns.append(
+                    {
+                        "id": k,
+                        "image_id": 10 + i,
+                        "category_id": 5 + cid,
+                        "segmentation": [poly.ravel().tolist()],
+                        "area": area,
+                        "iscrowd": 0,
+                    }
+                )
             shapes.append((area, cid, poly))
         label = np.full((h, w), IGNORE, dtype=np.int64)
         for _, cid, poly in sorted(shapes, key=lambda s: -s[0]):  # the larger first, as the reader paints
@@ -181,12 +197,26 @@ def write_labelme(root: Path, seed: int = 0, classes_txt: bool = True) -> dict[s
     for i, (h, w, polys) in enumerate(scene(seed)):
         Image.fromarray(photo(h, w, i)).save(root / f"img{i}.jpg")
         shapes = [
-            {"label": CLASSES[c], "points": p.tolist(), "group_id": None, "description": "", "shape_type": "polygon",
-             "flags": {}, "mask": None}
+            {
+                "label": CLASSES[c],
+                "points": p.tolist(),
+                "group_id": None,
+                "description": "",
+                "shape_type": "polygon",
+                "flags": {},
+                "mask": None,
+            }
             for c, p in polys
         ]
-        doc = {"version": "5.4.1", "flags": {}, "shapes": shapes, "imagePath": f"img{i}.jpg", "imageData": None,
-               "imageHeight": h, "imageWidth": w}
+        doc = {
+            "version": "5.4.1",
+            "flags": {},
+            "shapes": shapes,
+            "imagePath": f"img{i}.jpg",
+            "imageData": None,
+            "imageHeight": h,
+            "imageWidth": w,
+        }
         (root / f"img{i}.json").write_text(json.dumps(doc))
         expected[f"img{i}"] = paint(h, w, polys, 0.0)
     if classes_txt:
