@@ -218,6 +218,7 @@ def setup(args: argparse.Namespace) -> Any:
     """Config from the file, overrides and flags (frozen); logging; ``OUTPUT_DIR/config.yaml``."""
     from san.engine import comm
     from san.engine.finetune import prepare_run
+    from san.engine.trainer import save_run_config
 
     run = data_run(args)
     cfg = prepare_run(run, list(args.opts), args.world, write=False) if run else build_config(args)
@@ -225,12 +226,7 @@ def setup(args: argparse.Namespace) -> Any:
     _setup_logging(cfg.OUTPUT_DIR, rank)
     if rank == 0:
         logger.info("command line: %s", vars(args))
-        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-        path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            f.write(cfg.dump())
-        os.replace(path + ".tmp", path)
-        logger.info("full config saved to %s", path)
+        logger.info("full config saved to %s", save_run_config(cfg))
     return cfg
 
 

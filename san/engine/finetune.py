@@ -191,8 +191,11 @@ def _iou_rows(start: dict[str, Any], end: dict[str, Any], classes: list[str]) ->
     return [(c, get(start, f"IoU-{c}"), get(end, f"IoU-{c}")) for c in classes]
 
 
-def comparison(start: dict[str, Any], end: dict[str, Any], classes: list[str]) -> dict[str, Any]:
-    """The zero-shot and fine-tuned metrics side by side: overall (mIoU, fwIoU, mACC, pACC) and per class."""
+def comparison(start: dict[str, Any], end: dict[str, Any], dataset: str, classes: list[str]) -> dict[str, Any]:
+    """The zero-shot and fine-tuned metrics of ``dataset`` side by side, from the evaluations of the starting
+    and the final weights (``{dataset: {"sem_seg": metrics}}``): overall (mIoU, fwIoU, mACC, pACC) and per class."""
+    start = (start.get(dataset) or {}).get("sem_seg", {})
+    end = (end.get(dataset) or {}).get("sem_seg", {})
     overall = {k: {"zero_shot": start.get(k), "fine_tuned": end.get(k)} for k in ("mIoU", "fwIoU", "mACC", "pACC")}
     per_class = {c: {"zero_shot": a, "fine_tuned": b} for c, a, b in _iou_rows(start, end, classes)}
     return {"overall": overall, "per_class_iou": per_class}
@@ -228,9 +231,8 @@ def write_report(model: Any, cfg: Any, start: dict[str, Any], end: dict[str, Any
     metrics = os.path.join(out, "metrics.json")
     if os.path.isfile(metrics):
         curves_picture(metrics, os.path.join(out, "curves.png"))
-    before = (start.get(name) or {}).get("sem_seg", {})
-    after = (end.get(name) or {}).get("sem_seg", {})
-    table = comparison(before, after, classes)
+    table = comparison(start, end, name, classes)
+    before, after = (start.get(name) or {}).get("sem_seg", {}), (end.get(name) or {}).get("sem_seg", {})
     with open(os.path.join(out, f"{REPORT}.json"), "w", encoding="utf-8") as f:
         json.dump({"dataset": name, **table}, f, indent=1)
     with open(os.path.join(out, f"{REPORT}.md"), "w", encoding="utf-8") as f:
@@ -296,13 +298,14 @@ def finetune(
     """Train on your own data in one call, in this process: ``san train --data DATA --output DIR`` (same
     steps, same folder). ``kwargs``: the other :class:`DataRun` fields (config_file, format, background,
     seed, push_to_hub, ...). Returns the zero-shot vs fine-tuned comparison."""
-    from san.engine.trainer import Trainer
+    from san.engine.trainer import Trainer, save_run_config
 
     run = DataRun(
         os.fspath(data), os.fspath(output), val=os.fspath(val) if val else None, weights=weights, iters=iters, **kwargs
     )
     check_output(run, resume=False)
     cfg = prepare_run(run, [str(o) for o in opts], world_size=1)
+    save_run_config(cfg)
     trainer = Trainer(cfg)
     return finish(trainer, run)
 

@@ -95,6 +95,16 @@ def last_checkpoint_path(output_dir: str) -> str | None:
     return path
 
 
+def save_run_config(cfg: Any) -> str:
+    """Write the full config to ``OUTPUT_DIR/config.yaml`` atomically (main process); returns its path."""
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(cfg.dump())
+    os.replace(path + ".tmp", path)
+    return path
+
+
 def check_batch(cfg: Any, world_size: int) -> int:
     """The accumulation steps K of ``SOLVER.ACCUMULATION_STEPS``, after checking (before any model is
     built) that ``IMS_PER_BATCH`` splits into ``world_size x K`` micro-batches of at least one image and

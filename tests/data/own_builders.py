@@ -66,15 +66,20 @@ def shoelace(poly: np.ndarray) -> float:
 
 
 # -- the formats ------------------------------------------------------------------------------------------
-def write_folder(root: Path, seed: int = 0) -> dict[str, np.ndarray]:
-    """images/*.jpg, masks/*.png (class ids, 255 unlabelled), classes.txt."""
+def write_folder(root: Path, seed: int = 0, coloured: bool = False) -> dict[str, np.ndarray]:
+    """images/*.jpg, masks/*.png (class ids, 255 unlabelled), classes.txt; ``coloured``: each class painted
+    in its colour in the photo (something a model can learn in a few steps)."""
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
     (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
     expected = {}
     for i, (h, w, polys) in enumerate(scene(seed)):
         label = paint(h, w, polys, 0.5)
-        Image.fromarray(photo(h, w, i)).save(root / "images" / f"img{i}.jpg")
+        rgb = photo(h, w, i)
+        if coloured:
+            for c, col in COLORS.items():
+                rgb[label == c] = (0.8 * np.asarray(col) + 0.2 * rgb[label == c]).astype(np.uint8)
+        Image.fromarray(rgb).save(root / "images" / f"img{i}.jpg")
         Image.fromarray(label.astype(np.uint8)).save(root / "masks" / f"img{i}.png")
         expected[f"img{i}"] = label
     return expected

@@ -222,3 +222,42 @@ def test_two_iterations_train_from_each_format(tmp_path, fmt, monkeypatch):
     (val,) = pushed["results"]  # the upload carries the run's own evaluation
     saved = json.loads((out / "inference" / f"{val}.json").read_text())["sem_seg"]["mIoU"]
     assert pushed["repo"] == "me/crack-san" and pushed["results"][val]["sem_seg"]["mIoU"] == saved
+
+
+def test_the_two_rows_are_evaluations_of_the_start_and_the_end_weights(tmp_path):
+    from san.engine.inference import evaluate
+    from tests.conftest import tiny_cfg
+
+    write_folder(tmp_path / "d", coloured=True)
+    start = tmp_path / "start"
+    san.build_model(tiny_cfg(tmp_path, num_classes=3)).save_pretrained(start)
+    table = finetune(
+        tmp_path / "d", tmp_path / "out", weights=str(start), iters=3, opts=[*SMALL, "SOLVER.BASE_LR", 0.01]
+    )
+    cfg = san.get_cfg()
+    cfg.merge_from_file(str(tmp_path / "out" / "config.yaml"))
+    rows = {}
+    for row, model in (
+        ("zero_shot", san.SAN.from_pretrained(start)),
+        ("fine_tuned", san.SAN.from_pretrained(tmp_path / "out" / "pretrained")),
+    ):
+        rows[row] = evaluate(model, cfg, output_dir=str(tmp_path / row))["d_val"]["sem_seg"]
+        assert table["overall"]["mIoU"][row] == pytest.approx(rows[row]["mIoU"], abs=1e-9), row
+        for name in CLASSES:
+            got, want = table["per_class_iou"][name][row], rows[row][f"IoU-{name}"]
+            assert (got is None and not np.isfinite(want)) or got == pytest.approx(want, abs=1e-9), (row, name)
+
+
+def test_the_table_puts_each_evaluation_in_its_column():
+    from san.engine.finetune import comparison, comparison_markdown
+
+    start = {"v": {"sem_seg": {"mIoU": 10.0, "pACC": 50.0, "IoU-a": 5.0, "IoU-b": float("nan")}}}
+    end = {"v": {"sem_seg": {"mIoU": 30.0, "pACC": 70.0, "IoU-a": 25.0, "IoU-b": 40.0}}}
+    table = comparison(start, end, "v", ["a", "b"])
+    assert table["overall"]["mIoU"] == {"zero_shot": 10.0, "fine_tuned": 30.0}
+    assert table["per_class_iou"] == {
+        "a": {"zero_shot": 5.0, "fine_tuned": 25.0},
+        "b": {"zero_shot": None, "fine_tuned": 40.0},
+    }
+    md = comparison_markdown(table, "v")
+    assert "| mIoU | 10.00 | 30.00 | +20.00 |" in md and "| IoU b | n/a | 40.00 | n/a |" in md
