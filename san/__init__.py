@@ -30,6 +30,7 @@ _API = {
     "add_san_config": "san.config",
     "get_cfg": "san.config",
     "get_config_file": "san.config",
+    "finetune": "san.engine.finetune",
     "RegionIndex": "san.inference.index",
     "export_onnx": "san.inference.onnx",
     "Prediction": "san.inference.result",
@@ -66,6 +67,9 @@ if TYPE_CHECKING:
     )
     from san.config import (
         get_config_file as get_config_file,
+    )
+    from san.engine.finetune import (
+        finetune as finetune,
     )
     from san.inference.index import (
         RegionIndex as RegionIndex,

@@ -45,3 +45,13 @@ def test_each_kind_of_weights_brings_its_config(tmp_path):
     (stopped / "model_0000009.pth").unlink()
     with pytest.raises(FileNotFoundError, match="last checkpoint .*model_0000009.pth is missing"):
         locate_model(stopped)
+
+
+def test_the_training_classes_are_read_from_the_config_without_building_the_model(tmp_path):
+    from san.model_source import model_classes
+
+    run = _run_folder(tmp_path / "run", pretrained=False)
+    (run / "config.yaml").write_text("SAN_ENGINE:\n  CLASS_NAMES: [crack, rust]\n")
+    assert model_classes(run) == ["crack", "rust"]
+    assert model_classes(run / "model_0000004.pth") == ["crack", "rust"]
+    assert model_classes("san-vit-b-16") == []  # the official models record none

@@ -27,7 +27,7 @@ import sys
 from typing import Any
 
 from san.apps.common import fail
-from san.data.own.readers import FORMATS
+from san.data.formats import FORMATS
 from san.devices import PRECISIONS, amp_settings
 from san.engine.launch import add_launch_arguments, check_launch_arguments, launch, needs_launch
 

@@ -364,6 +364,11 @@ def _spec_from_mapping(data: dict[str, Any], source: str, base_dir: str | None =
         missing.append("classes (or classes_file)")
     if missing:
         raise ValueError(f"{source}: dataset {data.get('name', '?')!r} is missing {', '.join(missing)}")
+    if base_dir is not None:  # folders that exist beside the YAML are read there, as its classes_file
+        for key in ("image_dir", "gt_dir"):
+            value = data.get(key)
+            if isinstance(value, str) and not os.path.isabs(value) and os.path.isdir(os.path.join(base_dir, value)):
+                data[key] = os.path.join(base_dir, value)
     if classes_file is not None:
         path = classes_file if os.path.isabs(classes_file) or base_dir is None else os.path.join(base_dir, classes_file)
         if not os.path.isfile(path):
@@ -385,7 +390,8 @@ def register_datasets_from_yaml(path: str | os.PathLike, overwrite: bool = False
 
     The file holds ``datasets:`` with a list of entries (or a mapping name -> fields), each with
     the :class:`DatasetSpec` fields; ``classes`` is a list, a bundled class-list name, or replaced
-    by ``classes_file`` (one name per line, relative to the YAML file).
+    by ``classes_file`` (one name per line, relative to the YAML file). Relative ``image_dir``/``gt_dir``
+    are read beside the YAML file when they exist there, else under the dataset root.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):

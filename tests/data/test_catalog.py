@@ -145,6 +145,11 @@ def test_register_from_yaml(cleanup, tmp_path):
     assert register_datasets_from_yaml(tmp_path / "d.yaml") == ["y_train", "y_val"]
     assert get_dataset("y_train").classes == ["sky", "sea"]
     assert get_dataset("y_val").gt_ext == ".tif" and get_dataset("y_val").ignore_label == 65535
+    assert get_dataset("y_train").image_dir == "y/img/train"  # not beside the YAML: under the dataset root
+    (tmp_path / "y" / "img" / "train").mkdir(parents=True)
+    register_datasets_from_yaml(tmp_path / "d.yaml", overwrite=True)
+    assert get_dataset("y_train").image_dir == str(tmp_path / "y" / "img" / "train")  # beside the YAML: read there
+    assert get_dataset("y_train").gt_dir == "y/lab/train"
     (tmp_path / "bad.yaml").write_text("datasets:\n  - name: z\n    image_dir: a\n    classes: [x]\n    color: red\n")
     with pytest.raises(ValueError, match="unknown dataset field.*color"):
         register_datasets_from_yaml(tmp_path / "bad.yaml")

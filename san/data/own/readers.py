@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..formats import FORMATS
 from ..images import IMAGE_EXTENSIONS
 from .base import (
     ArrayLabel,
@@ -37,7 +38,6 @@ __all__ = ["FORMATS", "detect_format", "read_dataset"]
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("folder", "coco", "coco-panoptic", "yolo", "labelme", "cvat", "hf", "san")
 MANIFEST = "dataset.json"  # what san writes (san.data.own.prepare): the "san" format
 _IMAGE_DIRS = ("images", "imgs", "img", "JPEGImages")
 _MASK_DIRS = ("masks", "labels", "annotations", "gt", "SegmentationClass")
