@@ -27,19 +27,44 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "coins", "hubble_deep_field",
-          "cat", "retina", "colorwheel"]  # fmt: skip
+PHOTOS = [
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "immunohistochemistry",
+    "coins",
+    "hubble_deep_field",
+    "cat",
+    "retina",
+    "colorwheel",
+]
 CLASSES = ["shadow", "dark", "bright", "highlight"]
 TINY_CLIP = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 224, "layers": 4, "width": 64, "patch_size": 16, "head_width": 32},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
 }
-TINY = ["MODEL.SAN.FEATURE_LAST_LAYER_IDX", 2, "MODEL.SIDE_ADAPTER.VIT_NAME", "vit_w48n2d4_patch16",
-        "MODEL.SIDE_ADAPTER.IMAGE_SIZE", 160, "MODEL.SIDE_ADAPTER.NUM_QUERIES", 10,
-        "MODEL.SIDE_ADAPTER.FUSION_MAP", ["0->0", "1->1", "2->2"], "MODEL.SIDE_ADAPTER.DEEP_SUPERVISION_IDXS", [3, 4],
-        "MODEL.SIDE_ADAPTER.ATTN_BIAS.NUM_HEADS", 2, "MODEL.SIDE_ADAPTER.ATTN_BIAS.EMBED_CHANNELS", 16,
-        "MODEL.SIDE_ADAPTER.ATTN_BIAS.MLP_CHANNELS", 32]  # fmt: skip
+TINY = [
+    "MODEL.SAN.FEATURE_LAST_LAYER_IDX",
+    2,
+    "MODEL.SIDE_ADAPTER.VIT_NAME",
+    "vit_w48n2d4_patch16",
+    "MODEL.SIDE_ADAPTER.IMAGE_SIZE",
+    160,
+    "MODEL.SIDE_ADAPTER.NUM_QUERIES",
+    10,
+    "MODEL.SIDE_ADAPTER.FUSION_MAP",
+    ["0->0", "1->1", "2->2"],
+    "MODEL.SIDE_ADAPTER.DEEP_SUPERVISION_IDXS",
+    [3, 4],
+    "MODEL.SIDE_ADAPTER.ATTN_BIAS.NUM_HEADS",
+    2,
+    "MODEL.SIDE_ADAPTER.ATTN_BIAS.EMBED_CHANNELS",
+    16,
+    "MODEL.SIDE_ADAPTER.ATTN_BIAS.MLP_CHANNELS",
+    32,
+]
 
 
 def write_data(root: Path) -> None:
@@ -101,8 +126,15 @@ def run(kind: str, tmp: Path, iters: int) -> dict:
     times = [e["time"] for e in entries if "time" in e][1:]
     batch = int(json.loads((out / "data" / "split.json").read_text())["train"].__len__())
     median = statistics.median(times)
-    return {"model": kind, "iterations": iters, "images_per_iteration": min(8, batch), "iteration_s": median,
-            "per_image_s": median / min(8, batch), "iteration_times_s": times, "command_s": total}  # fmt: skip
+    return {
+        "model": kind,
+        "iterations": iters,
+        "images_per_iteration": min(8, batch),
+        "iteration_s": median,
+        "per_image_s": median / min(8, batch),
+        "iteration_times_s": times,
+        "command_s": total,
+    }
 
 
 def main() -> None:

@@ -20,11 +20,29 @@ from pathlib import Path
 from bench_own_data import write_data, write_model
 from PIL import Image, ImageDraw
 
-SMALL = ["INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MAX_SIZE_TRAIN", "320", "INPUT.CROP.SIZE", "(160,160)",
-         "INPUT.MIN_SIZE_TEST", "160", "INPUT.MAX_SIZE_TEST", "320", "SOLVER.BASE_LR", "0.001",
-         "MODEL.DEVICE", "cpu"]  # fmt: skip
-SHOWN = ["train_batch0.jpg", "curves.png", "zero_shot_vs_finetuned.png", "inference/data_confusion.png",
-         "val_predictions.jpg"]  # fmt: skip
+SMALL = [
+    "INPUT.MIN_SIZE_TRAIN",
+    "(160,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "320",
+    "INPUT.CROP.SIZE",
+    "(160,160)",
+    "INPUT.MIN_SIZE_TEST",
+    "160",
+    "INPUT.MAX_SIZE_TEST",
+    "320",
+    "SOLVER.BASE_LR",
+    "0.001",
+    "MODEL.DEVICE",
+    "cpu",
+]
+SHOWN = [
+    "train_batch0.jpg",
+    "curves.png",
+    "zero_shot_vs_finetuned.png",
+    "inference/data_confusion.png",
+    "val_predictions.jpg",
+]
 WIDTH = 1400
 
 
@@ -85,8 +103,21 @@ def main() -> None:
         write_data(t / "data")
         write_model("tiny", t / "model")
         out = t / "runs" / "mine"
-        cmd = [sys.executable, "-m", "san", "train", "--data", str(t / "data"), "--output", str(out), "--weights",
-               str(t / "model"), "--iters", str(args.iters), *SMALL]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "san",
+            "train",
+            "--data",
+            str(t / "data"),
+            "--output",
+            str(out),
+            "--weights",
+            str(t / "model"),
+            "--iters",
+            str(args.iters),
+            *SMALL,
+        ]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "TQDM_DISABLE": "1"})
         compose(out, Path(args.output), "data_val")
     print(f"wrote {args.output}")

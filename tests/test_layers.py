@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("san.files", "san.devices", "san.assets"),
     ("san.modeling",),
     ("san.config", "san.model_zoo"),
-    ("san.checkpoint", "san.hub"),
+    ("san.checkpoint", "san.hub", "san.model_source"),
     ("san.build",),
     ("san.data",),
     ("san.inference",),

@@ -203,8 +203,9 @@ def preflight(args: argparse.Namespace, world_size: int) -> Any:
 
     run = data_run(args)
     if run is not None:
-        check_output(run, args.resume)
         main = int(os.environ.get("RANK", "0")) == 0
+        if main:  # under torchrun the others may already see the folder the main process is writing
+            check_output(run, args.resume)
         cfg = prepare_run(run, list(args.opts), world_size, write=main, resume=args.resume)
     else:
         cfg = build_config(args)

@@ -126,6 +126,9 @@ def prepare_run(run: DataRun, opts: list[str], world_size: int, *, write: bool =
         manifest = prepare_data(train, out, val=val, val_fraction=run.val_fraction, seed=run.seed, name=name)
         _say_summary(data_dir, manifest)
     else:
+        if not os.path.isfile(os.path.join(data_dir, MANIFEST)):  # torchrun: every process checks, one writes
+            train, val = _read(run)
+            prepare_data(train, out, val=val, val_fraction=run.val_fraction, seed=run.seed, progress=False, write=False)
         manifest = _wait_for(os.path.join(data_dir, MANIFEST))
     register_prepared(data_dir, name)
     classes = list(manifest["classes"])

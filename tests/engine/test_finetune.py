@@ -21,16 +21,29 @@ from san.engine.finetune import finetune, small_data_schedule
 from ..data.own_builders import BUILDERS, CLASSES, IGNORE, raster, star, write_coco, write_folder
 
 SMALL = [
-    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.CROP.SIZE", "(64,64)",
-    "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128", "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu",
-]  # fmt: skip
+    "INPUT.MIN_SIZE_TRAIN",
+    "(64,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "128",
+    "INPUT.CROP.SIZE",
+    "(64,64)",
+    "INPUT.MIN_SIZE_TEST",
+    "64",
+    "INPUT.MAX_SIZE_TEST",
+    "128",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "MODEL.DEVICE",
+    "cpu",
+]
 _ENTRY = {"coco": "annotations/instances_train.json", "coco-panoptic": "annotations/panoptic_train.json"}
 
 
 def _san(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "san", *argv], capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "san", *argv], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+    )
 
 
 def _golden_folder(root: Path, golden: dict) -> list[str]:
@@ -75,9 +88,16 @@ def test_the_data_table_is_said_before_training(run):
 def test_the_run_folder_holds_each_picture_and_they_are_what_they_claim(run):
     tmp, _, classes = run
     out = tmp / "run"
-    pictures = ["train_batch0.jpg", "train_batch1.jpg", "curves.png", "val_predictions.jpg",
-                "zero_shot_vs_finetuned.png", "inference/data_val_iou.png", "inference/data_val_confusion.png",
-                "inference_start/data_val_confusion.png"]  # fmt: skip
+    pictures = [
+        "train_batch0.jpg",
+        "train_batch1.jpg",
+        "curves.png",
+        "val_predictions.jpg",
+        "zero_shot_vs_finetuned.png",
+        "inference/data_val_iou.png",
+        "inference/data_val_confusion.png",
+        "inference_start/data_val_confusion.png",
+    ]
     for name in pictures:
         with Image.open(out / name) as img:
             img.verify()
@@ -143,8 +163,17 @@ def test_index_and_the_dataset_vocabulary_take_what_train_wrote(run, capsys):
     from san.inference.vocabulary import build_vocabulary
 
     tmp, _, classes = run
-    code = index.main([str(tmp / "data" / "images"), "--output", str(tmp / "photos.index"),
-                       "--weights", str(tmp / "run"), "--device", "cpu"])  # fmt: skip
+    code = index.main(
+        [
+            str(tmp / "data" / "images"),
+            "--output",
+            str(tmp / "photos.index"),
+            "--weights",
+            str(tmp / "run"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert (tmp / "photos.index").exists()
     for source in (tmp / "data", tmp / "run", tmp / "run" / "data"):
@@ -168,8 +197,20 @@ def test_bad_data_is_one_line_exit_2_and_nothing_written_whatever_the_process_co
     data = json.loads(path.read_text())
     data["annotations"][1]["segmentation"] = [[1, 1, 5, 5]]
     path.write_text(json.dumps(data))
-    r = _san("train", "--data", str(path), "--output", "out", "--weights", "san-vit-b-16", "--num-gpus", "2",
-             "--dist-url", "auto", cwd=tmp_path)  # fmt: skip
+    r = _san(
+        "train",
+        "--data",
+        str(path),
+        "--output",
+        "out",
+        "--weights",
+        "san-vit-b-16",
+        "--num-gpus",
+        "2",
+        "--dist-url",
+        "auto",
+        cwd=tmp_path,
+    )
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert lines[0].startswith("san train: ") and "annotation 2 (image 10) has a polygon with 2 point(s)" in lines[0]
@@ -191,9 +232,13 @@ def test_flags_and_outputs_are_checked_before_anything(tmp_path):
 
 def test_the_schedule_fits_the_data():
     assert small_data_schedule(100, 1) == {
-        "SOLVER.IMS_PER_BATCH": 8, "SOLVER.MAX_ITER": 375, "SOLVER.WARMUP_ITERS": 37,
-        "SOLVER.CHECKPOINT_PERIOD": 75, "TEST.EVAL_PERIOD": 75, "SAN_ENGINE.LOG_PERIOD": 18,
-    }  # fmt: skip
+        "SOLVER.IMS_PER_BATCH": 8,
+        "SOLVER.MAX_ITER": 375,
+        "SOLVER.WARMUP_ITERS": 37,
+        "SOLVER.CHECKPOINT_PERIOD": 75,
+        "TEST.EVAL_PERIOD": 75,
+        "SAN_ENGINE.LOG_PERIOD": 18,
+    }
     assert small_data_schedule(5, 2)["SOLVER.IMS_PER_BATCH"] == 4  # a multiple of the processes
     assert small_data_schedule(3, 1)["SOLVER.MAX_ITER"] == 100  # at least 100 iterations
     assert small_data_schedule(10**6, 1)["SOLVER.MAX_ITER"] == 10_000
@@ -210,10 +255,21 @@ def test_two_iterations_train_from_each_format(tmp_path, fmt, monkeypatch):
     start = tmp_path / "start"
     san.build_model(tiny_cfg(tmp_path, num_classes=3)).save_pretrained(start)
     pushed = {}
-    monkeypatch.setattr(san.SAN, "push_to_hub", lambda self, repo, results=None, **kw: pushed.update(repo=repo,
-                        results=results) or f"https://huggingface.co/{repo}")  # fmt: skip
-    table = finetune(tmp_path / fmt / _ENTRY.get(fmt, ""), tmp_path / "out", weights=str(start), iters=2, opts=SMALL,
-                     push_to_hub="me/crack-san")  # fmt: skip
+    monkeypatch.setattr(
+        san.SAN,
+        "push_to_hub",
+        lambda self, repo, results=None, **kw: (
+            pushed.update(repo=repo, results=results) or f"https://huggingface.co/{repo}"
+        ),
+    )
+    table = finetune(
+        tmp_path / fmt / _ENTRY.get(fmt, ""),
+        tmp_path / "out",
+        weights=str(start),
+        iters=2,
+        opts=SMALL,
+        push_to_hub="me/crack-san",
+    )
     out = tmp_path / "out"
     assert (out / "model_final.pth").is_file() and (out / "pretrained" / "model.safetensors").is_file()
     assert set(table["per_class_iou"]) == set(CLASSES)

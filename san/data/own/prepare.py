@@ -179,11 +179,12 @@ def prepare_data(
     seed: int = 0,
     name: str = "own",
     progress: bool = True,
-) -> dict[str, Any]:
+    write: bool = True,
+) -> dict[str, Any] | None:
     """Check ``train`` (and ``val``), split when needed, and write ``<out_dir>/data`` (module docstring).
 
-    Returns the manifest. Raises :class:`FormatError` before writing anything when the data cannot be
-    trained on; ``val`` must have the same classes."""
+    Returns the manifest (None with ``write=False``: the checks alone). Raises :class:`FormatError` before
+    writing anything when the data cannot be trained on; ``val`` must have the same classes."""
     if val is not None and list(val.classes) != list(train.classes):
         raise FormatError(
             f"--val {val.path} has the classes {val.classes[:5]}... but --data {train.path} has "
@@ -205,6 +206,8 @@ def prepare_data(
             logger.warning("%s data: %s", split, w)
     if len(train_keys) == len(reports["train"].empty_images):
         raise FormatError(f"{train.path}: no training image has a labelled pixel; nothing to learn from")
+    if not write:
+        return None
 
     out = Path(out_dir) / "data"
     tmp = Path(out_dir) / f".data.tmp{os.getpid()}"
