@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_tools import cpu_name
 
 DATASET = "bench_official_vocabulary"
 
@@ -185,14 +185,6 @@ class _Worker:
         self.proc.wait(timeout=60)
 
 
-def _cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown"
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--official", help="a checkout of MendelXu/SAN")
@@ -267,7 +259,7 @@ def main() -> int:
             }
     result = {
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "device": args.device,
         "aten_cpu_capability_env": os.environ.get("ATEN_CPU_CAPABILITY"),
         "workers": info,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_tools import cpu_name
 from PIL import Image
 
 PHOTOS = [
@@ -153,7 +153,7 @@ def main() -> None:
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "iteration_times_s"}), flush=True)
     meta = {
         "command": " ".join(["python", *sys.argv]),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "cpus": os.cpu_count(),
         "isa": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,

@@ -23,6 +23,17 @@ H100_BF16_DENSE_TFLOPS = 989.0
 log = logging.getLogger("benchmark")
 
 
+def cpu_name() -> str:
+    """The CPU model as ``lscpu`` names it (``platform.processor()`` where lscpu is missing)."""
+    import platform
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        return platform.processor() or "unknown"
+
+
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

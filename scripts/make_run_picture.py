@@ -1,6 +1,6 @@
-"""Draw docs/images/run_folder.png: what a ``san train --data`` run folder holds, from a real run.
+"""Draw docs/images/run_folder.jpg: what a ``san train --data`` run folder holds, from a real run.
 
-    python scripts/make_run_picture.py --output docs/images/run_folder.png
+    python scripts/make_run_picture.py --output docs/images/run_folder.jpg
 
 The run: the tiny test-sized model (random start: no trained weights can be downloaded where these docs
 are built) fine-tuned by the real command for ``--iters`` iterations on scikit-image's photos labelled by
@@ -32,7 +32,7 @@ SMALL = [
     "INPUT.MAX_SIZE_TEST",
     "320",
     "SOLVER.BASE_LR",
-    "0.001",
+    "0.01",
     "MODEL.DEVICE",
     "cpu",
 ]
@@ -90,13 +90,13 @@ def compose(out: Path, path: Path, dataset: str) -> None:
             canvas.paste(img, (x, y + 20))
             x += img.width + 12
         y += max(i.height for _, i in r) + 24
-    canvas.save(path, optimize=True)
+    canvas.save(path, quality=85, optimize=True)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output", default="docs/images/run_folder.png")
-    p.add_argument("--iters", type=int, default=60)
+    p.add_argument("--output", default="docs/images/run_folder.jpg")
+    p.add_argument("--iters", type=int, default=150)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)

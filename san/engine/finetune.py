@@ -233,7 +233,9 @@ def write_report(model: Any, cfg: Any, start: dict[str, Any], end: dict[str, Any
     classes = list(cfg.SAN_ENGINE.CLASS_NAMES)
     metrics = os.path.join(out, "metrics.json")
     if os.path.isfile(metrics):
-        curves_picture(metrics, os.path.join(out, "curves.png"))
+        from san.engine.inference import flatten_results
+
+        curves_picture(metrics, os.path.join(out, "curves.png"), flatten_results(start))
     table = comparison(start, end, name, classes)
     before, after = (start.get(name) or {}).get("sem_seg", {}), (end.get(name) or {}).get("sem_seg", {})
     with open(os.path.join(out, f"{REPORT}.json"), "w", encoding="utf-8") as f:

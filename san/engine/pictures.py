@@ -83,12 +83,22 @@ def _grid(tiles: list[Image.Image], columns: int, panel: Image.Image | None = No
     return out
 
 
+def _unpadded(image: np.ndarray, label: np.ndarray, n: int) -> tuple[int, int]:
+    """The size of a training image before the mapper padded it at the bottom and right (image 128, label
+    ignore): the last row and column holding a class id or a pixel that is not the pad value."""
+    content = (label < n) | (image != 128).any(axis=-1)
+    rows, cols = np.flatnonzero(content.any(axis=1)), np.flatnonzero(content.any(axis=0))
+    return (int(rows[-1]) + 1, int(cols[-1]) + 1) if rows.size else label.shape
+
+
 def batch_picture(batch: Sequence[dict[str, Any]], path: str, columns: int = 4) -> None:
     """A grid of a training batch as the model sees it (augmented, padded), labels drawn, with a legend."""
     tiles, counts, names = [], {}, list(batch[0]["vocabulary"])
     for x in batch:
         image = x["image"].permute(1, 2, 0).cpu().numpy().astype(np.uint8)
         label = x["sem_seg"].cpu().numpy()
+        h, w = _unpadded(image, label, len(names))
+        image, label = image[:h, :w], label[:h, :w]
         tiles.append(_tile(_labelled(image, label, names), os.path.basename(str(x.get("file_name", "")))))
         for cid, share in pixel_fractions(np.where(label < len(names), label, len(names)), [*names, OTHER]).items():
             counts[cid] = counts.get(cid, 0.0) + share / len(batch)
@@ -103,9 +113,10 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def curves_picture(metrics_path: str, path: str) -> bool:
+def curves_picture(metrics_path: str, path: str, start: dict[str, float] | None = None) -> bool:
     """Losses (total and each term) and the learning rate per logged iteration, and every evaluated
-    dataset's mIoU per evaluation, from ``metrics.json``."""
+    dataset's mIoU per evaluation, from ``metrics.json``; ``start`` (``{"<dataset>/sem_seg/mIoU": value}``)
+    adds the evaluation of the starting weights at iteration 0."""
     entries = read_metrics(metrics_path)
     fig = _figure(11, 3.4)
     if fig is None or not entries:
@@ -114,22 +125,23 @@ def curves_picture(metrics_path: str, path: str) -> bool:
     miou_keys = sorted({k for e in entries for k in e if k.endswith("/mIoU")})
     ax1, ax2, ax3 = fig.subplots(1, 3)
     for k in loss_keys:
-        pts = [(e["iteration"], e[k]) for e in entries if k in e]
+        pts = [(e["iteration"] + 1, e[k]) for e in entries if k in e]
         ax1.plot(*zip(*pts), label=k, linewidth=2 if k == "total_loss" else 1)
     ax1.set_title("losses")
     ax1.legend(fontsize=6)
-    pts = [(e["iteration"], e["lr"]) for e in entries if "lr" in e]
+    pts = [(e["iteration"] + 1, e["lr"]) for e in entries if "lr" in e]
     if pts:
         ax2.plot(*zip(*pts))
     ax2.set_title("learning rate")
+    start = start or {}
     for k in miou_keys:
-        pts = [(e["iteration"], e[k]) for e in entries if k in e]
+        pts = ([(0, start[k])] if k in start else []) + [(e["iteration"] + 1, e[k]) for e in entries if k in e]
         ax3.plot(*zip(*pts), marker="o", label=k.split("/")[0])
-    ax3.set_title("validation mIoU (%)")
+    ax3.set_title("validation mIoU (%)" + (" (0: start)" if start else ""))
     if miou_keys:
         ax3.legend(fontsize=6)
     for ax in (ax1, ax2, ax3):
-        ax.set_xlabel("iteration", fontsize=8)
+        ax.set_xlabel("iterations done", fontsize=8)
         ax.tick_params(labelsize=7)
     fig.tight_layout()
     _save(fig, path)
@@ -192,7 +204,8 @@ def comparison_picture(rows: list[tuple[str, float | None, float | None]], path:
 def prediction_rows(
     items: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, str]], classes: Sequence[str], path: str
 ) -> None:
-    """One row per ``(image, ground truth, prediction, name)``: the photo, its labels, the model's labels."""
+    """One row per ``(image, ground truth, prediction, name)``: the photo, its labels, the model's labels;
+    the legend lists the classes of either map (share: of the two maps' pixels together)."""
     tiles: list[Image.Image] = []
     present: dict[str, float] = {}
     for image, gt, pred, name in items:
@@ -201,7 +214,8 @@ def prediction_rows(
             _tile(_labelled(image, gt, classes), "ground truth"),
             _tile(_labelled(image, pred, classes), "prediction"),
         ]
-        for k, v in pixel_fractions(pred, classes).items():
+        both = np.concatenate([gt[(gt >= 0) & (gt < len(classes))], pred.ravel()])  # classes of either map
+        for k, v in pixel_fractions(both.reshape(1, -1), classes).items():
             present[k] = present.get(k, 0.0) + v / len(items)
     shares = dict(sorted(present.items(), key=lambda kv: -kv[1]))
     panel = legend(shares, list(classes), height=len(items) * (TILE + 4))

@@ -317,3 +317,17 @@ def test_the_table_puts_each_evaluation_in_its_column():
     }
     md = comparison_markdown(table, "v")
     assert "| mIoU | 10.00 | 30.00 | +20.00 |" in md and "| IoU b | n/a | 40.00 | n/a |" in md
+
+
+def test_the_batch_picture_shows_each_image_without_its_padding():
+    from san.engine.pictures import _unpadded
+
+    rng = np.random.default_rng(0)
+    image = np.full((64, 96, 3), 128, np.uint8)
+    label = np.full((64, 96), 255, np.int64)
+    image[:40, :70] = rng.integers(0, 255, (40, 70, 3))
+    label[:40, :70] = rng.integers(0, 3, (40, 70))
+    label[:5, :5] = 255  # ignored pixels inside the image stay inside
+    assert _unpadded(image, label, 3) == (40, 70)
+    image[:40, :70] = 128  # a grey photo: its labels still mark its extent
+    assert _unpadded(image, label, 3) == (40, 70)
