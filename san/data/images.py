@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageError", "read_image", "to_rgb_array"]
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageError", "read_image", "to_rgb_array"]
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 megapixels
 
@@ -43,10 +43,6 @@ logger = logging.getLogger(__name__)
 
 class ImageError(ValueError):
     """An image cannot be read or converted; the message says what was wrong."""
-
-
-# the file extensions taken as images when a folder is searched
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 def _pixels(n: int) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from san.data.images import IMAGE_EXTENSIONS
+from san.data.formats import IMAGE_EXTENSIONS
 
 from .result import Prediction
 from .visualize import legend, overlay

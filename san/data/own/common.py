@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..images import IMAGE_EXTENSIONS
+from ..formats import IMAGE_EXTENSIONS
 from .base import FormatError, ignore_for
 
 __all__ = ["MANIFEST", "images_under", "is_coco", "is_labelme", "load_json", "pick_dir", "with_background"]
