@@ -59,10 +59,11 @@ def test_the_python_snippets_run_as_written(golden_v2_model, tmp_path, monkeypat
     np.testing.assert_array_equal(scope["animals"].labels, predictor.predict(photo, "cat, dog, bird").labels)
 
 
-def test_the_dataset_yaml_is_what_register_datasets_from_yaml_reads(tmp_path):
+def test_the_dataset_yaml_of_the_training_docs_is_what_register_datasets_from_yaml_reads(tmp_path):
     from san.data import get_dataset, register_datasets_from_yaml, unregister_dataset
 
-    (block,) = _blocks("yaml")
+    training = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    block = re.findall(r"```yaml\n(.*?)```", training, flags=re.S)[0]  # the train/val pair
     entries = yaml.safe_load(block)["datasets"]
     assert [e["name"] for e in entries] == ["my_train", "my_val"]
     (tmp_path / "my.yaml").write_text(block)

@@ -13,7 +13,6 @@ one warning and the function returns False.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -24,23 +23,16 @@ from PIL import Image, ImageDraw
 from san.inference.visualize import legend, overlay, pixel_fractions
 from san.inference.vocabulary import OTHER
 
+from .results import figure_class
+
 __all__ = ["batch_picture", "comparison_picture", "confusion_picture", "curves_picture", "prediction_rows"]
 
-logger = logging.getLogger(__name__)
 TILE = 256  # the long side of each image in a grid, in pixels
-_warned = False
 
 
 def _figure(width: float, height: float) -> Any:
-    global _warned
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        if not _warned:
-            logger.warning("charts skipped: matplotlib is not installed (pip install matplotlib)")
-            _warned = True
-        return None
-    return Figure(figsize=(width, height), dpi=100)
+    figure = figure_class()
+    return None if figure is None else figure(figsize=(width, height), dpi=100)
 
 
 def _save(image_or_fig: Any, path: str) -> None:

@@ -116,6 +116,22 @@ CHART_DPI = 80
 _LABEL_CHARS = 32
 
 
+def figure_class() -> Any:
+    """matplotlib's ``Figure``, or None (said once per process, for every chart) when it is not installed."""
+    global _warned_no_matplotlib
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        if not _warned_no_matplotlib:
+            logger.warning(
+                "charts skipped (per-class IoU, confusion, curves): matplotlib is not installed "
+                "(pip install matplotlib)"
+            )
+            _warned_no_matplotlib = True
+        return None
+    return Figure
+
+
 def bar_chart(r: dict[str, Any], title: str, path: str) -> bool:
     """Draw every class's IoU (``IoU-<c>`` entries of ``r``) as sorted horizontal bars into a PNG.
 
@@ -123,15 +139,9 @@ def bar_chart(r: dict[str, Any], title: str, path: str) -> bool:
     :data:`MAX_COLUMNS`; beyond that the columns get taller), best class top left. Returns False,
     writing nothing, when matplotlib is not installed.
     """
-    global _warned_no_matplotlib
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        if not _warned_no_matplotlib:
-            logger.warning("per-class IoU chart skipped: matplotlib is not installed (pip install matplotlib)")
-            _warned_no_matplotlib = True
+    Figure = figure_class()
+    if Figure is None:
         return False
-
     shown, absent = _with_ground_truth(r)
     ious = [(n, r[f"IoU-{n}"]) for n in shown]
     items = sorted(((n, float(v)) for n, v in ious if _finite(v)), key=lambda kv: -kv[1])

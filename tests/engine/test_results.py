@@ -85,7 +85,10 @@ def test_evaluation_without_matplotlib_skips_the_chart_with_one_warning(tmp_path
             ev.process([{"sem_seg": torch.tensor([[1, 1], [0, 255]])}], [{"sem_seg": scores}])
             res = ev.evaluate()["sem_seg"]
             assert res["IoU-b"] == pytest.approx(200 / 3)
-    assert {p.name for p in tmp_path.iterdir()} == {"first.json", "first.txt", "second.json", "second.txt"}
+    assert {p.name for p in tmp_path.iterdir()} == {
+        *("first.json", "first.txt", "first_confusion.npy"),
+        *("second.json", "second.txt", "second_confusion.npy"),
+    }  # no chart: neither the IoU bars nor the confusion picture
     warnings = [rec for rec in caplog.records if "chart" in rec.getMessage()]
     assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
     assert "pip install matplotlib" in warnings[0].getMessage()

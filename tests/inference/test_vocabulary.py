@@ -84,7 +84,7 @@ def test_file_format_is_the_dataset_list_format(tmp_path) -> None:
 def test_dataset_vocabulary_and_single_source() -> None:
     voc = build_vocabulary(dataset="pcontext_59")
     assert list(voc.user) == read_classes("pcontext_59") and voc.class_names == read_classes("pcontext_59")
-    with pytest.raises(ValueError, match="available: .*ade20k_150"):
+    with pytest.raises(ValueError, match="not a bundled class list .*ade20k_150"):
         build_vocabulary(dataset="ade20k_151")
     with pytest.raises(ValueError, match="exactly one"):
         build_vocabulary("cat", dataset="voc_20")
