@@ -18,6 +18,8 @@ _TEST = [
     "onnxruntime",
     "supervision",
     "gradio_client",
+    "datasets",  # the Hugging Face dataset format of san train --data
+    "pycocotools",  # the COCO tests build their RLE and compare polygons with it
 ]
 
 setup(
@@ -51,6 +53,8 @@ setup(
     ],
     extras_require={
         "train": ["scipy", "tensorboard", "tifffile", "matplotlib"],
+        # san train --data with a Hugging Face datasets dataset (the other formats need nothing more)
+        "data": ["datasets"],
         "demo": ["gradio>=4"],
         # deployment: ONNX export (onnx, onnxscript), running it (onnxruntime), supervision's Detections
         "export": ["onnx", "onnxscript", "onnxruntime", "supervision"],
