@@ -18,6 +18,9 @@ _TEST = [
     "onnxruntime",
     "supervision",
     "gradio_client",
+    "litserve",  # san serve (the serve extra)
+    "prometheus-client",
+    "requests",
     "datasets",  # the Hugging Face dataset format of san train --data
     "pycocotools",  # the COCO tests build their RLE and compare polygons with it
 ]
@@ -56,6 +59,8 @@ setup(
         # san train --data with a Hugging Face datasets dataset (the other formats need nothing more)
         "data": ["datasets"],
         "demo": ["gradio>=4"],
+        # san serve: the HTTP server (LitServe), its Prometheus metrics, and the Python client's HTTP
+        "serve": ["litserve", "prometheus-client", "requests"],
         # deployment: ONNX export (onnx, onnxscript), running it (onnxruntime), supervision's Detections
         "export": ["onnx", "onnxscript", "onnxruntime", "supervision"],
         # what the test suite needs (OpenCV only for the colour-jitter parity check against OpenCV itself)

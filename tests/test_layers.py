@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("san.build",),
     ("san.data",),
     ("san.inference",),
-    ("san.engine",),
+    ("san.engine", "san.serving"),
     ("san.apps",),
     ("san.integrations",),
 ]

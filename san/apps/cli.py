@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("san.apps.index", "encode an image collection into a searchable region index"),
     "search": ("san.apps.search", "rank the images of an index by a phrase"),
     "export": ("san.apps.export", "export a model: the Hugging Face Hub format, or ONNX"),
+    "serve": ("san.apps.serve", "serve a model over HTTP (batched requests, metrics)"),
 }
 
 

@@ -21,6 +21,7 @@ uint8, or floating point on the 0..255 scale of the model contract). Conversions
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageError", "read_image", "to_rgb_array"]
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageError", "read_image", "read_image_bytes", "to_rgb_array"]
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 megapixels
 
@@ -133,10 +134,22 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         raise ImageError(f"{path}: is a directory, not an image")
     if os.path.getsize(path) == 0:
         raise ImageError(f"{path}: empty file (0 bytes)")
+    return _decode(path, path, max_pixels)
+
+
+def read_image_bytes(data: bytes, name: str = "<bytes>", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an encoded image held in memory (an upload) as :func:`read_image` decodes a file; errors
+    name it ``name``."""
+    if not data:
+        raise ImageError(f"{name}: empty (0 bytes)")
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(source: Any, path: str, max_pixels: int | None) -> np.ndarray:
     with warnings.catch_warnings(), _pillow_limit(max_pixels):
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies below
         try:
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 _check_size(*img.size, max_pixels, path)
                 frames = getattr(img, "n_frames", 1)
                 if frames > 1:  # animated GIF/WebP/PNG, multi-page TIFF: the first frame, said out loud
