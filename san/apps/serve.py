@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
 
@@ -87,6 +88,12 @@ def _check(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM as KeyboardInterrupt: LitServe then stops accepting, lets uvicorn answer what is in flight and
+    stops its worker processes (Python's default for SIGTERM would end this process alone, orphaning them)."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     problem = _check(args)
@@ -113,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         api_key=os.environ[args.api_key_env] if args.api_key_env else None,
     )
     server = build_server(settings)
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM (docker stop, kubernetes) shuts down as Ctrl-C does
     print(f"san serve: loading {args.weights}; POST http://{args.host}:{args.port}/predict once /health answers 200")
     server.run(host=args.host, port=args.port, generate_client_file=False)
     return 0

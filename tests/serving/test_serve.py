@@ -41,7 +41,9 @@ def _start(model: Path, tmp: Path, *extra: str, key: bool = True) -> tuple[subpr
     if key:
         cmd += ["--api-key-env", "SAN_TEST_KEY"]
     log = open(tmp / f"server-{port}.log", "w")
-    proc = subprocess.Popen([*cmd, *SIZES], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
+    proc = subprocess.Popen(
+        [*cmd, *SIZES], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -54,12 +56,26 @@ def _start(model: Path, tmp: Path, *extra: str, key: bool = True) -> tuple[subpr
     raise RuntimeError("the server did not become ready: " + (tmp / f"server-{port}.log").read_text()[-3000:])
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def _leftovers(pgid: int) -> list[int]:
+    """Processes still in the server's process group (its workers, should it leave any behind)."""
+    r = subprocess.run(["ps", "-o", "pid=", "-g", str(pgid)], capture_output=True, text=True)
+    return [int(p) for p in r.stdout.split()]
+
+
+def _stop(proc: subprocess.Popen) -> list[int]:
+    """SIGTERM to the server alone (as docker stop sends it); returns the processes it left behind, which
+    are then killed so that a failing test leaves nothing running."""
     proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=60)
+        proc.wait(timeout=90)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        pass
+    deadline = time.monotonic() + 15  # multiprocessing's resource tracker leaves a moment after its parent
+    while (left := _leftovers(proc.pid)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if left or proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    return left
 
 
 @pytest.fixture(scope="module")
@@ -239,11 +255,11 @@ def test_shutdown_under_load_answers_or_refuses_each_request_cleanly(golden_dir)
     with ThreadPoolExecutor(16) as pool:
         futures = [pool.submit(one, i) for i in range(16)]
         time.sleep(1.0)
-        proc.send_signal(signal.SIGTERM)
+        left = _stop(proc)
         outcomes = [f.result(timeout=180) for f in futures]
-    proc.wait(timeout=120)
     assert set(outcomes) <= {"answered", "refused", "status 503"}, outcomes
     assert "answered" in outcomes
+    assert proc.returncode is not None and left == []  # the server and all its workers are gone
 
 
 def test_refusals_before_any_model_loads(tmp_path):
