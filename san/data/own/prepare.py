@@ -105,34 +105,38 @@ def check_dataset(ds: OwnDataset, *, what: str = "", progress: bool = True) -> D
     problems: list[str] = []
     empty: list[str] = []
     bar = tqdm(ds.samples, desc=f"checking {what or ds.format} data", unit="img", disable=not progress, leave=False)
-    for s in bar:
-        try:
-            img = s.read_image()
-            label = s.label.read()
-        except (DataError, OSError) as e:
-            problems.append(str(e) if s.image is not None or isinstance(e, FormatError) else f"{s.key}: {e}")
-            continue
-        if img.shape[:2] != label.shape:
-            problems.append(
-                f"{s.label.where}: the mask is {label.shape[1]}x{label.shape[0]} but its image "
-                f"{s.image or s.key} is {img.shape[1]}x{img.shape[0]} (width x height); masks must match their images"
-            )
-            continue
-        valid = label != ds.ignore_label
-        bad = valid & ((label < 0) | (label >= n))
-        if bad.any():
-            v = int(label[bad].max())
-            problems.append(
-                f"{s.label.where}: holds id {v}, but there are {n} classes (ids 0..{n - 1}, {ds.ignore_label} = "
-                "unlabelled); fix the mask or add the missing class names"
-            )
-            continue
-        counts = np.bincount(label[valid], minlength=n)
-        pixels += counts
-        images += counts > 0
-        ignored += int((~valid).sum())
-        if not valid.any():
-            empty.append(s.key)
+    try:
+        for s in bar:
+            try:
+                img = s.read_image()
+                label = s.label.read()
+            except (DataError, OSError) as e:
+                problems.append(str(e) if s.image is not None or isinstance(e, FormatError) else f"{s.key}: {e}")
+                continue
+            if img.shape[:2] != label.shape:
+                problems.append(
+                    f"{s.label.where}: the mask is {label.shape[1]}x{label.shape[0]} but its image "
+                    f"{s.image or s.key} is {img.shape[1]}x{img.shape[0]} (width x height); masks must match their "
+                    "images"
+                )
+                continue
+            valid = label != ds.ignore_label
+            bad = valid & ((label < 0) | (label >= n))
+            if bad.any():
+                v = int(label[bad].max())
+                problems.append(
+                    f"{s.label.where}: holds id {v}, but there are {n} classes (ids 0..{n - 1}, {ds.ignore_label} = "
+                    "unlabelled); fix the mask or add the missing class names"
+                )
+                continue
+            counts = np.bincount(label[valid], minlength=n)
+            pixels += counts
+            images += counts > 0
+            ignored += int((~valid).sum())
+            if not valid.any():
+                empty.append(s.key)
+    finally:
+        bar.close()  # the bar goes before any message is said
     if problems:
         more = (
             f" ({len(problems)} of {len(ds.samples)} images have problems; the first is shown)"
