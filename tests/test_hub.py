@@ -18,7 +18,8 @@ import san
 from san import hub
 from san.apps.export import main as export_main
 from san.build import build_san, san_kwargs
-from san.inference.predictor import SANPredictor, is_hub_model
+from san.inference.predictor import SANPredictor
+from san.model_source import locate_model
 
 from .conftest import tiny_cfg
 
@@ -68,7 +69,7 @@ def test_a_saved_folder_loads_the_same_model_on_its_own(trained, tmp_path):
     assert cfg["MODEL"]["SAN"]["CLIP_MODEL_NAME"] == "clip_config.json"
     assert cfg["MODEL"]["SAN"]["NUM_CLASSES"] == 5 and cfg["MODEL"]["SIDE_ADAPTER"]["NUM_QUERIES"] == 10
 
-    assert is_hub_model(str(moved))
+    assert locate_model(moved).kind == "hub"
     photo = (np.random.default_rng(0).random((90, 120, 3)) * 255).astype(np.uint8)
     by_folder = SANPredictor.from_pretrained(str(moved), device="cpu").predict(photo, "cat, dog, sky")
     by_model = SANPredictor(trained, device="cpu").predict(photo, "cat, dog, sky")

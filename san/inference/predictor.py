@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,7 +31,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from san import hub
 from san.build import build_model
 from san.config import BUNDLED_PREFIX, bundled_configs
 from san.data.images import DEFAULT_MAX_PIXELS, ImageError, to_rgb_array
@@ -75,16 +73,6 @@ def _source(model: str, weights: str | os.PathLike | None) -> ModelSource:
     if config is None and found.kind == "checkpoint" and found.config == DEFAULT_CONFIG:
         return ModelSource(get_model_info(model).config, found.weights, found.kind)  # the official model's config
     return found
-
-
-def is_hub_model(name: str) -> bool:
-    """Whether ``name`` is a model in the Hub format: a folder holding ``config.yaml`` or
-    ``model.safetensors``, or a Hub repository id (``owner/name``) that is no local path."""
-    if os.path.isdir(name):
-        return any(os.path.isfile(os.path.join(name, f)) for f in (hub.CONFIG_FILE, hub.WEIGHTS_FILE))
-    return (
-        not os.path.exists(name) and not name.endswith(".yaml") and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None
-    )
 
 
 class SANPredictor:
