@@ -63,10 +63,12 @@ def _run_weights(path: Path) -> ModelSource:
     return ModelSource(str(path / "config.yaml"), str(ckpt), "run")
 
 
-def locate_model(model: str | os.PathLike, config: str | None = None) -> ModelSource:
+def locate_model(
+    model: str | os.PathLike, config: str | None = None, *, default_config: str = DEFAULT_CONFIG
+) -> ModelSource:
     """Where the model ``model`` (module docstring) is; ``config`` (a config name or YAML) replaces the
-    config it would bring. Folders that are neither a model nor a training run are a FileNotFoundError
-    saying what they lack."""
+    config it would bring; ``default_config`` is the config of a bare checkpoint that brings none. Folders
+    that are neither a model nor a training run are a FileNotFoundError saying what they lack."""
     spec = os.fspath(model)
     info = get_model_info(spec)
     if info is not None:
@@ -89,7 +91,7 @@ def locate_model(model: str | os.PathLike, config: str | None = None) -> ModelSo
     if not path.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", spec) and not re.search(r"\.\w+$", spec):
         return ModelSource(config or "", spec, "hub-repo")
     # a file or URL; anything else is left to the weights loader, whose errors say what was looked for
-    return ModelSource(config or DEFAULT_CONFIG, spec, "checkpoint")
+    return ModelSource(config or default_config, spec, "checkpoint")
 
 
 def config_and_weights(source: ModelSource) -> tuple[Any, str]:

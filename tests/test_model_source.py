@@ -55,3 +55,13 @@ def test_the_training_classes_are_read_from_the_config_without_building_the_mode
     assert model_classes(run) == ["crack", "rust"]
     assert model_classes(run / "model_0000004.pth") == ["crack", "rust"]
     assert model_classes("san-vit-b-16") == []  # the official models record none
+
+
+def test_a_bare_checkpoint_given_with_an_official_name_takes_that_models_config(tmp_path):
+    from san.inference.predictor import _source
+
+    lone = tmp_path / "lone.pth"
+    lone.write_bytes(b"")
+    assert _source("san-vit-l-14", lone).config == "san_clip_vit_large_res4_coco"
+    assert _source("san-vit-b-16", lone).config == DEFAULT_CONFIG
+    assert _source("my.yaml", lone).config == "my.yaml"

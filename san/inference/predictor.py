@@ -66,13 +66,12 @@ def _source(model: str, weights: str | os.PathLike | None) -> ModelSource:
             )
         return locate_model(model)
     weights = os.fspath(weights)
-    config = None if get_model_info(model) is not None else model
+    info = get_model_info(model)
+    config = None if info is not None else model
     if weights.lower() == "none":
-        return ModelSource(get_model_info(model).config if config is None else config, "none", "none")
-    found = locate_model(weights, config)
-    if config is None and found.kind == "checkpoint" and found.config == DEFAULT_CONFIG:
-        return ModelSource(get_model_info(model).config, found.weights, found.kind)  # the official model's config
-    return found
+        return ModelSource(info.config if config is None else config, "none", "none")
+    # a bare checkpoint given with an official name takes that model's config
+    return locate_model(weights, config, default_config=info.config if info is not None else DEFAULT_CONFIG)
 
 
 class SANPredictor:
