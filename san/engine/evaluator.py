@@ -35,6 +35,7 @@ import torch
 
 from san.data.catalog import get_dataset
 from san.data.io import read_label
+from san.files import atomic_path
 
 from .results import format_results, rle_decode, rle_encode, safe_name, save_results, write_json
 
@@ -223,9 +224,8 @@ class SemSegEvaluator:
 
         n = self.num_classes
         matrix = np.ascontiguousarray(conf[:n, :n].T)
-        tmp = f"{stem}_confusion.tmp{os.getpid()}.npy"
-        np.save(tmp, matrix)
-        os.replace(tmp, f"{stem}_confusion.npy")
+        with atomic_path(f"{stem}_confusion.npy") as tmp:
+            np.save(tmp, matrix)
         confusion_picture(matrix, self.class_names, f"{stem}_confusion.png")
 
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from san import hub
 from san.config import ConfigError
+from san.files import atomic_path
 
 __all__ = ["DataRun", "finetune", "prepare_run", "small_data_schedule", "write_report"]
 
@@ -238,9 +239,9 @@ def write_report(model: Any, cfg: Any, start: dict[str, Any], end: dict[str, Any
         curves_picture(metrics, os.path.join(out, "curves.png"), flatten_results(start))
     table = comparison(start, end, name, classes)
     before, after = (start.get(name) or {}).get("sem_seg", {}), (end.get(name) or {}).get("sem_seg", {})
-    with open(os.path.join(out, f"{REPORT}.json"), "w", encoding="utf-8") as f:
+    with atomic_path(os.path.join(out, f"{REPORT}.json")) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump({"dataset": name, **table}, f, indent=1)
-    with open(os.path.join(out, f"{REPORT}.md"), "w", encoding="utf-8") as f:
+    with atomic_path(os.path.join(out, f"{REPORT}.md")) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(comparison_markdown(table, name))
     title = f"{name}: mIoU {_fmt(before.get('mIoU'))} zero-shot -> {_fmt(after.get('mIoU'))} fine-tuned"
     comparison_picture(_iou_rows(before, after, classes), os.path.join(out, f"{REPORT}.png"), title)

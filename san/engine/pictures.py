@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from san.files import atomic_path
 from san.inference.visualize import legend, overlay, pixel_fractions
 from san.inference.vocabulary import OTHER
 
@@ -37,13 +38,12 @@ def _figure(width: float, height: float) -> Any:
 
 def _save(image_or_fig: Any, path: str) -> None:
     """Write atomically (a picture is complete or absent)."""
-    ext = os.path.splitext(path)[1]
-    tmp = f"{path}.tmp{os.getpid()}{ext}"
-    if isinstance(image_or_fig, Image.Image):
-        image_or_fig.save(tmp, quality=90) if ext.lower() in (".jpg", ".jpeg") else image_or_fig.save(tmp)
-    else:
-        image_or_fig.savefig(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if isinstance(image_or_fig, Image.Image):
+            jpeg = path.lower().endswith((".jpg", ".jpeg"))
+            image_or_fig.save(tmp, quality=90) if jpeg else image_or_fig.save(tmp)
+        else:
+            image_or_fig.savefig(tmp)
 
 
 def _labelled(image: np.ndarray, label: np.ndarray, classes: Sequence[str]) -> np.ndarray:

@@ -39,6 +39,7 @@ from san.config import ConfigError
 from san.data.catalog import get_dataset, register_config_data
 from san.data.loader import build_train_loader
 from san.devices import autocast, precision_dtype, precision_name
+from san.files import atomic_path
 
 from . import comm
 from .events import EventWriter, format_eta
@@ -97,11 +98,9 @@ def last_checkpoint_path(output_dir: str) -> str | None:
 
 def save_run_config(cfg: Any) -> str:
     """Write the full config to ``OUTPUT_DIR/config.yaml`` atomically (main process); returns its path."""
-    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(cfg.dump())
-    os.replace(path + ".tmp", path)
     return path
 
 
