@@ -153,13 +153,7 @@ def prepare_run(run: DataRun, opts: list[str], world_size: int, *, write: bool =
         values["MODEL.SAN.CLIP_MODEL_NAME"] = os.path.join(out, hub.CLIP_CONFIG_FILE)
         if write:
             shutil.copyfile(clip, os.path.join(out, hub.CLIP_CONFIG_FILE))
-    for key, value in values.items():
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    cfg.merge_from_list(list(opts))
+    cfg.merge_from_list([x for kv in values.items() for x in kv] + list(opts))  # the user's overrides win
     cfg.freeze()
     return cfg
 
@@ -238,13 +232,14 @@ def write_report(model: Any, cfg: Any, start: dict[str, Any], end: dict[str, Any
 
         curves_picture(metrics, os.path.join(out, "curves.png"), flatten_results(start))
     table = comparison(start, end, name, classes)
-    before, after = (start.get(name) or {}).get("sem_seg", {}), (end.get(name) or {}).get("sem_seg", {})
     with atomic_path(os.path.join(out, f"{REPORT}.json")) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump({"dataset": name, **table}, f, indent=1)
     with atomic_path(os.path.join(out, f"{REPORT}.md")) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(comparison_markdown(table, name))
-    title = f"{name}: mIoU {_fmt(before.get('mIoU'))} zero-shot -> {_fmt(after.get('mIoU'))} fine-tuned"
-    comparison_picture(_iou_rows(before, after, classes), os.path.join(out, f"{REPORT}.png"), title)
+    miou = table["overall"]["mIoU"]
+    title = f"{name}: mIoU {_fmt(miou['zero_shot'])} zero-shot -> {_fmt(miou['fine_tuned'])} fine-tuned"
+    rows = [(c, v["zero_shot"], v["fine_tuned"]) for c, v in table["per_class_iou"].items()]
+    comparison_picture(rows, os.path.join(out, f"{REPORT}.png"), title)
     validation_pictures(model, cfg, os.path.join(out, "val_predictions.jpg"), num_pictures)
     pretrained = os.path.join(out, "pretrained")
     if os.path.isdir(pretrained):
