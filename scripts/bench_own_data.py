@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -24,8 +23,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_tools import cpu_name
+from bench_tools import machine_meta
 from PIL import Image
+
+from san.engine.finetune import small_data_schedule
 
 PHOTOS = [
     "astronaut",
@@ -98,40 +99,45 @@ def write_model(kind: str, folder: Path) -> None:
     san.build_model(cfg).save_pretrained(folder)
 
 
-def run(kind: str, tmp: Path, iters: int) -> dict:
-    write_model(kind, tmp / f"{kind}_model")
-    out = tmp / f"{kind}_run"
-    cmd = [
+def train_command(data: Path, out: Path, weights: Path, iters: int, *opts: str) -> list[str]:
+    """``san train --data`` as this machine's Python runs it."""
+    return [
         sys.executable,
         "-m",
         "san",
         "train",
         "--data",
-        str(tmp / "data"),
+        str(data),
         "--output",
         str(out),
         "--weights",
-        str(tmp / f"{kind}_model"),
+        str(weights),
         "--iters",
         str(iters),
-        "MODEL.DEVICE",
-        "cpu",
-        "SAN_ENGINE.METRICS_WINDOW",
-        "1",
+        *opts,
     ]
+
+
+def run(kind: str, tmp: Path, iters: int) -> dict:
+    write_model(kind, tmp / f"{kind}_model")
+    out = tmp / f"{kind}_run"
+    cmd = train_command(
+        tmp / "data", out, tmp / f"{kind}_model", iters, "MODEL.DEVICE", "cpu", "SAN_ENGINE.METRICS_WINDOW", "1"
+    )
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     total = time.perf_counter() - t0
     entries = [json.loads(x) for x in (out / "metrics.json").read_text().splitlines()]
     times = [e["time"] for e in entries if "time" in e][1:]
-    batch = int(json.loads((out / "data" / "split.json").read_text())["train"].__len__())
+    n_train = len(json.loads((out / "data" / "split.json").read_text())["train"])
+    batch = small_data_schedule(n_train, 1)["SOLVER.IMS_PER_BATCH"]  # what the command chose
     median = statistics.median(times)
     return {
         "model": kind,
         "iterations": iters,
-        "images_per_iteration": min(8, batch),
+        "images_per_iteration": batch,
         "iteration_s": median,
-        "per_image_s": median / min(8, batch),
+        "per_image_s": median / batch,
         "iteration_times_s": times,
         "command_s": total,
     }
@@ -143,7 +149,6 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=4)
     p.add_argument("--json", default="")
     args = p.parse_args()
-    import torch
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -151,14 +156,7 @@ def main() -> None:
         for kind in args.models:
             rows.append(run(kind, Path(tmp), args.iters))
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "iteration_times_s"}), flush=True)
-    meta = {
-        "command": " ".join(["python", *sys.argv]),
-        "cpu": cpu_name(),
-        "cpus": os.cpu_count(),
-        "isa": torch.backends.cpu.get_cpu_capability(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-    }
+    meta = machine_meta()
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
 

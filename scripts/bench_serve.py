@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_own_data import write_model
-from bench_tools import cpu_name
+from bench_tools import machine_meta
 from PIL import Image
 
 VOCABULARY = "person, sky, rocket, flag, helmet, glove, suit, window, wall, grass"
@@ -146,7 +145,6 @@ def main() -> None:
     p.add_argument("--json", default="")
     args = p.parse_args()
     import skimage.data
-    import torch
 
     buf = io.BytesIO()
     Image.fromarray(skimage.data.astronaut()).save(buf, format="PNG")
@@ -156,14 +154,7 @@ def main() -> None:
         write_model(args.model, model)
         rows = [bench_in_process(model, data, args.requests, args.batch)]
         rows += bench_server(model, data, args.clients, args.requests, args.batch, Path(tmp))
-    meta = {
-        "command": " ".join(["python", *sys.argv]),
-        "cpu": cpu_name(),
-        "cpus": os.cpu_count(),
-        "isa": torch.backends.cpu.get_cpu_capability(),
-        "torch": torch.__version__,
-        "model": args.model,
-    }
+    meta = machine_meta(model=args.model)
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
 

@@ -34,6 +34,19 @@ def cpu_name() -> str:
         return platform.processor() or "unknown"
 
 
+def machine_meta(**extra: object) -> dict:
+    """What a benchmark's JSON records of its run: the command, the CPU, its ISA setting, torch."""
+    return {
+        "command": " ".join(["python", *sys.argv]),
+        "cpu": cpu_name(),
+        "cpus": os.cpu_count(),
+        "isa": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        **extra,
+    }
+
+
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from bench_own_data import write_data, write_model
+from bench_own_data import train_command, write_data, write_model
 from PIL import Image, ImageDraw
 
 SMALL = [
@@ -103,21 +102,7 @@ def main() -> None:
         write_data(t / "data")
         write_model("tiny", t / "model")
         out = t / "runs" / "mine"
-        cmd = [
-            sys.executable,
-            "-m",
-            "san",
-            "train",
-            "--data",
-            str(t / "data"),
-            "--output",
-            str(out),
-            "--weights",
-            str(t / "model"),
-            "--iters",
-            str(args.iters),
-            *SMALL,
-        ]
+        cmd = train_command(t / "data", out, t / "model", args.iters, *SMALL)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "TQDM_DISABLE": "1"})
         compose(out, Path(args.output), "data_val")
     print(f"wrote {args.output}")
