@@ -1,4 +1,4 @@
-"""Packaging for san (``pip install .``; extras: train, demo, test, dev)."""
+"""Packaging for san (``pip install .``; extras: train, data, demo, serve, ray, export, test, dev)."""
 
 from setuptools import find_packages, setup
 
@@ -23,6 +23,7 @@ _TEST = [
     "requests",
     "datasets",  # the Hugging Face dataset format of san train --data
     "pycocotools",  # the COCO tests build their RLE and compare polygons with it
+    "ray[data]",  # san.integrations.ray on a local Ray instance
 ]
 
 setup(
@@ -61,6 +62,8 @@ setup(
         "demo": ["gradio>=4"],
         # san serve: the HTTP server (LitServe), its Prometheus metrics, and the Python client's HTTP
         "serve": ["litserve", "prometheus-client", "requests"],
+        # Ray Data batch inference (san.integrations.ray) and its Parquet region table (pyarrow)
+        "ray": ["ray[data]"],
         # deployment: ONNX export (onnx, onnxscript), running it (onnxruntime), supervision's Detections
         "export": ["onnx", "onnxscript", "onnxruntime", "supervision"],
         # what the test suite needs (OpenCV only for the colour-jitter parity check against OpenCV itself)

@@ -139,6 +139,17 @@ def golden_v2_model(golden_v2, tmp_path_factory) -> san.SAN:
     return san.build_model(cfg, golden_v2["state_dict"]).eval()
 
 
+@pytest.fixture(scope="session")
+def golden_files(golden_v2_model, tmp_path_factory) -> dict[str, Path]:
+    """The golden v2 model as ``model.yaml`` + ``model.pth``, and its two images as arrays."""
+    root = tmp_path_factory.mktemp("golden_files")
+    (root / "model.yaml").write_text(golden_v2_model.config_yaml)
+    san.save_checkpoint(golden_v2_model, root / "model.pth")
+    g = torch.load(GOLDEN_V2, weights_only=True)
+    images = [im.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy() for im in g["images"]]
+    return {"yaml": root / "model.yaml", "pth": root / "model.pth", "images": images, "vocabulary": g["vocabulary"]}
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """With ``SAN_NO_SKIPS=1`` (set by ``.ci/run``) any skipped test fails the run: CI has the golden
     files, detectron2, OpenCV and chromium, so a skip there means a core check silently did not run."""

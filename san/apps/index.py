@@ -33,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("items", nargs="*", metavar="INPUT", help="image files, folders or globs; then KEY VALUE overrides")
     p.add_argument("--input", "-i", nargs="+", default=[], help="more image files, folders or glob patterns")
     p.add_argument("--output", "-o", required=True, help="the index folder (created, or extended)")
+    p.add_argument(
+        "--table",
+        default=None,
+        help="build from a region table (Parquet, san.integrations.ray) instead of images: no image is encoded",
+    )
     p.add_argument("--weights", "-w", default=None, help="san-vit-b-16 | san-vit-l-14 | checkpoint file | URL")
     p.add_argument("--config-file", default=None, help="config name or YAML (default: the official model's)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
@@ -74,8 +79,10 @@ def _prepare(args: argparse.Namespace) -> Any:
     items, opts = split_overrides(args.items, [])  # the first A.B key ends the inputs
     more, opts_after_input = split_overrides(args.input, [])
     args.input, args.opts = [*items, *more], [*opts, *opts_after_input]
-    if not args.input:
-        return _fail("give the images to index: san index INPUT [INPUT ...] --output INDEX")
+    if not args.input and not args.table:
+        return _fail("give the images to index: san index INPUT [INPUT ...] --output INDEX (or --table TABLE)")
+    if args.input and args.table:
+        return _fail("give images or --table, not both")
     if len(args.opts) % 2:
         return _fail(f"config overrides come in KEY VALUE pairs, got {args.opts}")
     if args.batch_size < 1 or args.workers < 0 or args.part_size < 1:
@@ -91,6 +98,16 @@ def _prepare(args: argparse.Namespace) -> Any:
             RegionIndex(out)  # a corrupt or foreign index fails here, before the model loads
     except (OutputError, RegionIndexError) as e:
         return _fail(str(e))
+    if args.table:
+        from san.inference.table import TableError, read_rows
+
+        if needs_launch(args):
+            return _fail("--table needs no model runs: drop --num-gpus/--num-machines")
+        try:
+            read_rows(args.table, columns=["path", "error"])  # a missing or foreign table fails before the model
+        except TableError as e:
+            return _fail(str(e))
+        return out, [], []
     files, missing = collect_inputs(args.input)
     if not files:
         for spec in missing:
@@ -152,6 +169,8 @@ def _build(args: argparse.Namespace, out: Path, files: list, missing: list, rank
     except RegionIndexError as e:
         return _fail(str(e))
     before = len(index)
+    if args.table:
+        return _from_table(args.table, index, args.part_size, before)
     run = IndexRun(
         predictor,
         index,
@@ -186,6 +205,21 @@ def _build(args: argparse.Namespace, out: Path, files: list, missing: list, rank
             + (f", {summary['failed']} failed" if summary["failed"] else "")
         )
     return 1 if summary["failed"] else 0
+
+
+def _from_table(table: str, index: Any, part_size: int, before: int) -> int:
+    from san.inference.index import RegionIndexError
+    from san.inference.table import TableError, index_table
+
+    try:
+        counts = index_table(table, index, part_size=part_size)
+    except (TableError, RegionIndexError) as e:
+        return _fail(str(e))
+    print(
+        f"san index: {counts['added']} image(s) added from {table} ({counts['already']} already there, "
+        f"{counts['failed']} failed rows skipped) to {index.directory}: {len(index)} image(s)"
+    )
+    return 0
 
 
 if __name__ == "__main__":

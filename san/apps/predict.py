@@ -191,7 +191,7 @@ def _run(args: argparse.Namespace, voc: Any, out_dir: Any, files: list, missing:
     from san.engine import comm
     from san.files import atomic_path
     from san.inference.outputs import output_stems
-    from san.inference.runner import OutputFolderGone, PredictionRun, RunInterrupted, merge_reports
+    from san.inference.runner import OutputFolderGone, PredictionRun, RunInterrupted, merge_reports, run_settings
 
     loaded = load_predictor(args)
     if isinstance(loaded, int):
@@ -202,7 +202,7 @@ def _run(args: argparse.Namespace, voc: Any, out_dir: Any, files: list, missing:
         predictor,
         voc,
         out_dir,
-        meta=_settings(predictor, meta, args),
+        meta=run_settings(predictor, meta, text_cache=args.text_cache, vocabulary_file=args.vocabulary_file),
         alpha=args.alpha,
         batch_size=args.batch_size,
         workers=args.workers,
@@ -275,51 +275,60 @@ def default_vocabulary(args: argparse.Namespace, prog: str) -> Any:
     return build_vocabulary(classes, other=getattr(args, "other", "none"))
 
 
+def open_predictor(
+    weights: str | None,
+    config_file: str | None = None,
+    *,
+    device: str | None = None,
+    precision: str = "fp32",
+    opts: list[str] | tuple[str, ...] = (),
+    tta: bool = False,
+    text_cache: str | None = None,
+    max_pixels: float = 100e6,
+) -> tuple[Any, dict[str, Any]]:
+    """The predictor of the model flags and what to record of it, ``(predictor, {"weights", "config",
+    "overrides"})``: without ``config_file`` the weights bring their config (an official name, a model or
+    training folder, a checkpoint in a training folder); with it, the config is the given one. Raises
+    what :meth:`SANPredictor.from_pretrained` raises."""
+    from san.inference.predictor import SANPredictor
+
+    model, weights = (weights or "san-vit-b-16", None) if config_file is None else (config_file, weights)
+    predictor = SANPredictor.from_pretrained(
+        model,
+        weights=weights,
+        device=device,
+        precision=precision,
+        opts=list(opts),
+        tta=tta or None,
+        text_cache_dir=text_cache,
+        max_pixels=int(max_pixels),
+    )
+    # the overrides are part of the model's identity: they are recorded, and --resume compares them
+    return predictor, {"weights": str(weights or model), "config": model, "overrides": list(opts)}
+
+
 def load_predictor(args: argparse.Namespace, prog: str = "san predict") -> Any:
-    """The predictor of the command line's model flags (``--config-file``, ``--weights``, ``--device``,
-    ``--precision``, ``--tta``, ``--text-cache``, ``--max-pixels``, overrides) and what to record of it,
-    ``(predictor, {"weights", "config", "overrides"})``; or exit code 2 with a message when it cannot be had."""
+    """:func:`open_predictor` of the command line's model flags (``--config-file``, ``--weights``,
+    ``--device``, ``--precision``, ``--tta``, ``--text-cache``, ``--max-pixels``, overrides); or exit code 2
+    with a message when it cannot be had."""
     from san.checkpoint import CheckpointError
     from san.config import ConfigError
-    from san.inference.predictor import SANPredictor
     from san.model_zoo import WeightsError
 
-    # without --config-file the weights bring their config (an official name, a model or training folder,
-    # a checkpoint in a training folder); with it, the config is the given one
-    model, weights = (
-        (args.weights or "san-vit-b-16", None) if args.config_file is None else (args.config_file, args.weights)
-    )
     try:
-        predictor = SANPredictor.from_pretrained(
-            model,
-            weights=weights,
+        return open_predictor(
+            args.weights,
+            args.config_file,
             device=args.device,
             precision=args.precision,
             opts=args.opts,
-            tta=args.tta or None,
-            text_cache_dir=args.text_cache,
-            max_pixels=int(args.max_pixels),
+            tta=args.tta,
+            text_cache=args.text_cache,
+            max_pixels=args.max_pixels,
         )
     except (WeightsError, CheckpointError, ConfigError, OSError, ValueError, KeyError, RuntimeError) as e:
         say(f"{prog}: {e}")  # once, however many processes meet it
         return 2
-    # the overrides are part of the model's identity: they are recorded, and --resume compares them
-    return predictor, {"weights": str(args.weights or model), "config": model, "overrides": list(args.opts)}
-
-
-def _settings(predictor: Any, meta: dict, args: argparse.Namespace) -> dict:
-    """What every output JSON records of the run's settings."""
-    return {
-        **meta,
-        "min_size": predictor.min_size,
-        "max_size": predictor.max_size,
-        "tta": predictor.tta,
-        **({"tta_min_sizes": list(predictor.tta_min_sizes), "tta_flip": predictor.tta_flip} if predictor.tta else {}),
-        "precision": predictor.precision,
-        "device": str(predictor.device),
-        "text_cache": args.text_cache,
-        **({"vocabulary_file": args.vocabulary_file} if args.vocabulary_file else {}),
-    }
 
 
 if __name__ == "__main__":

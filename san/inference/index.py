@@ -38,7 +38,7 @@ from san.modeling.semantic import resize_mask_logits
 
 from .vocabulary import check_query
 
-__all__ = ["RegionIndex", "RegionIndexError", "SearchHit", "check_query"]
+__all__ = ["RegionIndex", "RegionIndexError", "RegionRecord", "SearchHit", "check_query"]
 
 FORMAT, VERSION = "san-region-index", 1
 INDEX_FILE = "index.json"
@@ -88,6 +88,51 @@ class _Part:
             ) from None
         if self.embeddings.shape[0] != self.areas.shape[0] or self.embeddings.shape[0] % max(1, len(self.images)):
             raise RegionIndexError(f"{directory}: its arrays do not match its image list; delete it and index again")
+
+
+@dataclass
+class RegionRecord:
+    """What an index keeps of one image's encoding (its first view), in the stored precision: the
+    proposals' embeddings ``[Q, E]`` and image shares ``[Q]`` (float16), their mask logits on the
+    side-adapter grid (float16, flat ``[Q * h * w]``; None when not kept), and the sizes
+    post-processing needs. :meth:`from_encoding` is the one rule that turns an encoding into it."""
+
+    embeddings: np.ndarray
+    areas: np.ndarray
+    masks: np.ndarray | None
+    height: int
+    width: int
+    image_size: tuple[int, int]
+    padded_size: tuple[int, int]
+    grid: tuple[int, int]
+
+    @classmethod
+    def from_encoding(cls, encoding: Any, *, masks: bool = True) -> RegionRecord:
+        v = encoding.views[0]
+        logits = v.mask_logits.float()
+        grid = tuple(int(s) for s in logits.shape[-2:])
+        on_image = _grid_size(grid, v.image_size, v.padded_size)
+        inside = resize_mask_logits(logits, v.image_size, v.padded_size, on_image) > 0
+        return cls(
+            embeddings=v.mask_embeddings.float().cpu().numpy().astype(np.float16),
+            areas=inside.float().mean((-2, -1)).cpu().numpy().astype(np.float16),
+            masks=logits.cpu().numpy().astype(np.float16).ravel() if masks else None,
+            height=int(encoding.output_size[0]),
+            width=int(encoding.output_size[1]),
+            image_size=(int(v.image_size[0]), int(v.image_size[1])),
+            padded_size=(int(v.padded_size[0]), int(v.padded_size[1])),
+            grid=(grid[0], grid[1]),
+        )
+
+    def info(self) -> dict[str, Any]:
+        """The sizes, as a part's image list records them."""
+        return {
+            "height": self.height,
+            "width": self.width,
+            "image_size": list(self.image_size),
+            "padded_size": list(self.padded_size),
+            "grid": list(self.grid),
+        }
 
 
 class RegionIndex:
@@ -167,33 +212,21 @@ class RegionIndex:
 
     def write_part(self, items: Sequence[tuple[str, str, Any]], *, rank: int = 0) -> None:
         """Add images as one part, written whole and renamed into place: ``(key, path, encoding)``
-        each, ``key`` the image's zero-padded position in the sorted input list (the first names the
-        part), ``rank`` the writing process (it names the temporary folder)."""
-        items = sorted(items)
+        each (an :class:`~san.inference.encoding.ImageEncoding`, or the :class:`RegionRecord` of one),
+        ``key`` the image's zero-padded position in the sorted input list (the first names the part),
+        ``rank`` the writing process (it names the temporary folder)."""
+        items = sorted(items, key=lambda item: item[:2])
         embeddings, areas, masks, images, offset = [], [], [], [], 0
         for key, path, enc in items:
-            v = enc.views[0]
-            logits = v.mask_logits.float()
-            grid = tuple(int(s) for s in logits.shape[-2:])
-            on_image = _grid_size(grid, v.image_size, v.padded_size)
-            inside = resize_mask_logits(logits, v.image_size, v.padded_size, on_image) > 0
-            embeddings.append(v.mask_embeddings.float().cpu().numpy().astype(np.float16))
-            areas.append(inside.float().mean((-2, -1)).cpu().numpy().astype(np.float16))
+            record = enc if isinstance(enc, RegionRecord) else RegionRecord.from_encoding(enc)
+            if record.masks is None and self.has_masks:
+                raise RegionIndexError(f"{path}: its record holds no mask logits, and {self.directory} stores them")
+            embeddings.append(record.embeddings)
+            areas.append(record.areas)
             if self.has_masks:
-                masks.append(logits.cpu().numpy().astype(np.float16).ravel())
-            images.append(
-                {
-                    "key": key,
-                    "path": path,
-                    "height": int(enc.output_size[0]),
-                    "width": int(enc.output_size[1]),
-                    "image_size": list(v.image_size),
-                    "padded_size": list(v.padded_size),
-                    "grid": list(grid),
-                    "mask_offset": offset,
-                }
-            )
-            offset += logits.numel()
+                masks.append(record.masks)
+            images.append({"key": key, "path": path, **record.info(), "mask_offset": offset})
+            offset += math.prod(record.grid) * len(record.areas)
         name = f"part-{items[0][0]}"
         final = self.directory / name
         tmp = self.directory / f".{name}.tmp-r{rank}-{os.getpid()}"

@@ -298,6 +298,12 @@ class SANPredictor:
     ) -> Prediction:
         """Label an :meth:`encode` result with a vocabulary: the :class:`Prediction` that
         :meth:`predict` gives for the image, at the cost of the text classifier and the label map."""
+        self._check_encoding(encoding)
+        voc = self.vocabulary(vocabulary, other)
+        return self._classify(encoding.to(self.device), voc, return_scores, return_confidence)
+
+    def _check_encoding(self, encoding: ImageEncoding) -> None:
+        """Refuse an encoding of other weights or other test-time views than this predictor's."""
         if encoding.fingerprint != self.model.image_fingerprint():
             raise EncodingError(
                 f"this encoding was made by other weights (image fingerprint {encoding.fingerprint}, this model "
@@ -308,8 +314,25 @@ class SANPredictor:
                 f"the encoding holds {len(encoding.views)} test-time view(s), this predictor uses "
                 f"{self._views().num_views} (TTA {'on' if self.tta else 'off'}): encode again with these settings"
             )
+
+    @torch.no_grad()
+    def region_scores(self, encoding: ImageEncoding, vocabulary: Any = None, *, other: str = "none") -> np.ndarray:
+        """Each mask proposal's class probabilities under the model's classifier, ``[Q, C + 1]`` float32:
+        the softmax over the vocabulary and the no-object class (last column), as the label path uses
+        them; with distractors (``other``) their probabilities are summed into the ``other`` column, so
+        the columns follow :attr:`Prediction.class_names`. One test-time view (no TTA)."""
+        self._check_encoding(encoding)
+        if len(encoding.views) != 1:
+            raise EncodingError("region scores are of one view: encode without TTA")
         voc = self.vocabulary(vocabulary, other)
-        return self._classify(encoding.to(self.device), voc, return_scores, return_confidence)
+        model, v = self.model, encoding.to(self.device).views[0]
+        with autocast(self.device, self.precision):
+            logits = model.classify(v.mask_embeddings[None], model.encode_vocabulary(voc.names))[0]
+        probs = logits.float().softmax(-1)
+        n_user = len(voc.user)
+        if voc.distractors:
+            probs = torch.cat([probs[:, :n_user], probs[:, n_user:-1].sum(-1, keepdim=True), probs[:, -1:]], 1)
+        return probs.cpu().numpy()
 
     @torch.no_grad()
     def _classify(

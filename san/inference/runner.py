@@ -35,7 +35,15 @@ from .outputs import output_paths, write_outputs
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ENCODING_SUFFIX", "OutputFolderGone", "PredictionRun", "RunInterrupted", "RunReport", "merge_reports"]
+__all__ = [
+    "ENCODING_SUFFIX",
+    "OutputFolderGone",
+    "PredictionRun",
+    "RunInterrupted",
+    "RunReport",
+    "merge_reports",
+    "run_settings",
+]
 
 ENCODING_SUFFIX = ".encoding.safetensors"
 # the settings an output records that must match for --resume to keep it
@@ -105,6 +113,24 @@ def merge_reports(reports: Sequence[RunReport | dict[str, Any]], *, missing: Seq
         "images_per_s": round(written / wall, 3) if wall > 0 else None,
         "model_s": round(sum(r["model_s"] for r in rows), 3),
         "per_process": [{k: r[k] for k in ("images", "written", "resumed", "model_s", "wall_s")} for r in rows],
+    }
+
+
+def run_settings(
+    predictor: Any, meta: dict[str, Any], *, text_cache: str | None = None, vocabulary_file: str | None = None
+) -> dict[str, Any]:
+    """What every output JSON of a run records: ``meta`` (the model's ``weights``, ``config`` and
+    ``overrides``) and the predictor's settings, the keys ``--resume`` compares among them."""
+    return {
+        **meta,
+        "min_size": predictor.min_size,
+        "max_size": predictor.max_size,
+        "tta": predictor.tta,
+        **({"tta_min_sizes": list(predictor.tta_min_sizes), "tta_flip": predictor.tta_flip} if predictor.tta else {}),
+        "precision": predictor.precision,
+        "device": str(predictor.device),
+        "text_cache": text_cache,
+        **({"vocabulary_file": vocabulary_file} if vocabulary_file else {}),
     }
 
 

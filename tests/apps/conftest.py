@@ -1,29 +1,12 @@
-"""Fixtures of the command tests: the official tiny model of the golden v2 file as files on disk."""
+"""Fixtures of the command tests: a tiny random model and photo as files, and Ctrl-C that raises."""
 
 from __future__ import annotations
 
 import signal
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-
-import san
-
-
-@pytest.fixture(scope="session")
-def golden_files(golden_v2_model, tmp_path_factory) -> dict[str, Path]:
-    """The golden v2 model as ``model.yaml`` + ``model.pth``, and its two images as arrays."""
-    from ..conftest import GOLDEN_V2
-
-    root = tmp_path_factory.mktemp("golden_files")
-    (root / "model.yaml").write_text(golden_v2_model.config_yaml)
-    san.save_checkpoint(golden_v2_model, root / "model.pth")
-    g = torch.load(GOLDEN_V2, weights_only=True)
-    images = [im.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy() for im in g["images"]]
-    return {"yaml": root / "model.yaml", "pth": root / "model.pth", "images": images, "vocabulary": g["vocabulary"]}
 
 
 @pytest.fixture(scope="module")
