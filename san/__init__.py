@@ -31,6 +31,8 @@ _API = {
     "get_cfg": "san.config",
     "get_config_file": "san.config",
     "finetune": "san.engine.finetune",
+    "adapt": "san.engine.adapt_run",
+    "Adapter": "san.inference.adapter",
     "RegionIndex": "san.inference.index",
     "export_onnx": "san.inference.onnx",
     "Prediction": "san.inference.result",
@@ -68,8 +70,14 @@ if TYPE_CHECKING:
     from san.config import (
         get_config_file as get_config_file,
     )
+    from san.engine.adapt_run import (
+        adapt as adapt,
+    )
     from san.engine.finetune import (
         finetune as finetune,
+    )
+    from san.inference.adapter import (
+        Adapter as Adapter,
     )
     from san.inference.index import (
         RegionIndex as RegionIndex,

@@ -12,6 +12,7 @@ import sys
 # command -> (module, one-line help); each module has main(argv: list[str] | None) -> int | None
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("san.apps.train", "train / evaluate (official train_net.py command line)"),
+    "adapt": ("san.apps.adapt", "adapt the classifier to a domain from a few labelled images"),
     "prepare-data": ("san.apps.prepare_data", "turn raw dataset downloads into the benchmark layout"),
     "predict": ("san.apps.predict", "segment images with any vocabulary"),
     "demo": ("san.apps.demo", "start the local Gradio web demo"),

@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
         "adapter); default: the official model of the config",
     )
     p.add_argument("--config-file", default=None, help="config name or YAML (default: the official model's)")
+    p.add_argument(
+        "--adapter", default=None, help="a domain adapter of the model (san adapt's folder): its classes take it"
+    )
     p.add_argument("--output", "-o", default="san_predictions", help="output folder (created)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
@@ -275,44 +278,14 @@ def default_vocabulary(args: argparse.Namespace, prog: str) -> Any:
     return build_vocabulary(classes, other=getattr(args, "other", "none"))
 
 
-def open_predictor(
-    weights: str | None,
-    config_file: str | None = None,
-    *,
-    device: str | None = None,
-    precision: str = "fp32",
-    opts: list[str] | tuple[str, ...] = (),
-    tta: bool = False,
-    text_cache: str | None = None,
-    max_pixels: float = 100e6,
-) -> tuple[Any, dict[str, Any]]:
-    """The predictor of the model flags and what to record of it, ``(predictor, {"weights", "config",
-    "overrides"})``: without ``config_file`` the weights bring their config (an official name, a model or
-    training folder, a checkpoint in a training folder); with it, the config is the given one. Raises
-    what :meth:`SANPredictor.from_pretrained` raises."""
-    from san.inference.predictor import SANPredictor
-
-    model, weights = (weights or "san-vit-b-16", None) if config_file is None else (config_file, weights)
-    predictor = SANPredictor.from_pretrained(
-        model,
-        weights=weights,
-        device=device,
-        precision=precision,
-        opts=list(opts),
-        tta=tta or None,
-        text_cache_dir=text_cache,
-        max_pixels=int(max_pixels),
-    )
-    # the overrides are part of the model's identity: they are recorded, and --resume compares them
-    return predictor, {"weights": str(weights or model), "config": model, "overrides": list(opts)}
-
-
 def load_predictor(args: argparse.Namespace, prog: str = "san predict") -> Any:
     """:func:`open_predictor` of the command line's model flags (``--config-file``, ``--weights``,
     ``--device``, ``--precision``, ``--tta``, ``--text-cache``, ``--max-pixels``, overrides); or exit code 2
     with a message when it cannot be had."""
     from san.checkpoint import CheckpointError
     from san.config import ConfigError
+    from san.inference.adapter import AdapterError
+    from san.inference.runner import open_predictor
     from san.model_zoo import WeightsError
 
     try:
@@ -325,8 +298,9 @@ def load_predictor(args: argparse.Namespace, prog: str = "san predict") -> Any:
             tta=args.tta,
             text_cache=args.text_cache,
             max_pixels=args.max_pixels,
+            adapter=getattr(args, "adapter", None),
         )
-    except (WeightsError, CheckpointError, ConfigError, OSError, ValueError, KeyError, RuntimeError) as e:
+    except (WeightsError, CheckpointError, ConfigError, AdapterError, OSError, ValueError, KeyError, RuntimeError) as e:
         say(f"{prog}: {e}")  # once, however many processes meet it
         return 2
 

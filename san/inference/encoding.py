@@ -59,6 +59,15 @@ class ImageEncoding:
     def num_queries(self) -> int:
         return int(self.views[0].mask_logits.shape[0])
 
+    def image_masks(self, view: int = 0) -> Tensor:
+        """A view's proposal mask logits at the image's size, ``[Q, H, W]`` float32 (positive: inside),
+        resized as the official post-processing resizes them; a flipped view is flipped back."""
+        from san.modeling.semantic import resize_mask_logits
+
+        v = self.views[view]
+        masks = resize_mask_logits(v.mask_logits.float(), v.image_size, v.padded_size, tuple(self.output_size))
+        return masks.flip(-1) if v.flipped else masks
+
     def to(self, device: torch.device | str) -> ImageEncoding:
         """The same encoding with its tensors on ``device``."""
         views = [

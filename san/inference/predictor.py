@@ -40,6 +40,7 @@ from san.model_source import DEFAULT_CONFIG, ModelSource, config_and_weights, lo
 from san.model_zoo import get_model_info
 from san.modeling.semantic import semantic_confidence, semantic_labels
 
+from .adapter import Adapter, as_adapter
 from .encoding import EncodedView, EncodingError, ImageEncoding
 from .result import Prediction
 from .tta import SemSegTTA
@@ -94,6 +95,7 @@ class SANPredictor:
         max_score_bytes: int = 1 << 30,
         full_precision_masks: bool | None = None,
         class_names: Sequence[str] = (),
+        adapter: Adapter | str | os.PathLike | None = None,
     ) -> None:
         self.precision = precision_name(precision)
         self.device = resolve_device(device)
@@ -117,6 +119,10 @@ class SANPredictor:
         self.max_pixels, self.max_score_bytes = max_pixels, int(max_score_bytes)
         # the classes the model was trained on (san train --data records them): the default vocabulary
         self.class_names = [str(c) for c in class_names]
+        # a domain adapter (san adapt): its names take their adapted class embeddings
+        self.adapter = as_adapter(adapter)
+        if self.adapter is not None:
+            self.adapter.check_model(self.model)
 
     @classmethod
     def from_pretrained(
@@ -178,6 +184,16 @@ class SANPredictor:
         user = self.model.ov_classifier.fit_names(voc.user)
         return Vocabulary(tuple(user), voc.distractors) if list(user) != list(voc.user) else voc
 
+    def classifier(self, vocabulary: Vocabulary, adapted: bool | Sequence[str] = True) -> torch.Tensor:
+        """The scaled classifier ``[C + 1, E]`` of a vocabulary's names: with an adapter, the names it
+        knows take their adapted rows (``adapted``: True all, False none, or a list of them); the same
+        tensor as the base model's when no adapted name is used."""
+        if self.adapter is None:
+            if adapted not in (True, False):
+                raise ValueError("adapted= names adapted classes, and this predictor has no adapter")
+            return self.model.encode_vocabulary(vocabulary.names)
+        return self.adapter.classifier(self.model, vocabulary.names, adapted)
+
     # -- inference ---------------------------------------------------------------------------------
     def predict(
         self,
@@ -187,6 +203,7 @@ class SANPredictor:
         other: str = "none",
         return_scores: bool = False,
         return_confidence: bool = True,
+        adapted: bool | Sequence[str] = True,
     ) -> Prediction:
         """Segment one image (path, PIL image, HxWx3 numpy array or tensor) with a vocabulary.
 
@@ -195,7 +212,12 @@ class SANPredictor:
         scores) and the raw winning score (``Prediction.score``), computed in the labels' pass with
         no score volume; ``False`` gives the labels alone (slightly faster)."""
         return self.predict_batch(
-            [image], vocabulary, other=other, return_scores=return_scores, return_confidence=return_confidence
+            [image],
+            vocabulary,
+            other=other,
+            return_scores=return_scores,
+            return_confidence=return_confidence,
+            adapted=adapted,
         )[0]
 
     def predict_batch(
@@ -207,6 +229,7 @@ class SANPredictor:
         return_scores: bool = False,
         batch_size: int = 1,
         return_confidence: bool = True,
+        adapted: bool | Sequence[str] = True,
     ) -> list[Prediction]:
         """Segment several images with one vocabulary; images whose model inputs have the same size
         (:meth:`input_size_key`) share a forward pass, up to ``batch_size`` at a time, never padded
@@ -219,7 +242,7 @@ class SANPredictor:
         results: list[Prediction | None] = [None] * len(arrays)
         for chunk in self._same_size_chunks(arrays, batch_size):
             for i, enc in zip(chunk, self._encode([arrays[i] for i in chunk])):
-                results[i] = self._classify(enc, voc, return_scores, return_confidence)
+                results[i] = self._classify(enc, voc, return_scores, return_confidence, adapted)
         return results  # type: ignore[return-value]
 
     def _decode_all(self, images: Sequence[Any]) -> list[np.ndarray]:
@@ -295,12 +318,13 @@ class SANPredictor:
         other: str = "none",
         return_scores: bool = False,
         return_confidence: bool = True,
+        adapted: bool | Sequence[str] = True,
     ) -> Prediction:
         """Label an :meth:`encode` result with a vocabulary: the :class:`Prediction` that
         :meth:`predict` gives for the image, at the cost of the text classifier and the label map."""
         self._check_encoding(encoding)
         voc = self.vocabulary(vocabulary, other)
-        return self._classify(encoding.to(self.device), voc, return_scores, return_confidence)
+        return self._classify(encoding.to(self.device), voc, return_scores, return_confidence, adapted)
 
     def _check_encoding(self, encoding: ImageEncoding) -> None:
         """Refuse an encoding of other weights or other test-time views than this predictor's."""
@@ -316,7 +340,9 @@ class SANPredictor:
             )
 
     @torch.no_grad()
-    def region_scores(self, encoding: ImageEncoding, vocabulary: Any = None, *, other: str = "none") -> np.ndarray:
+    def region_scores(
+        self, encoding: ImageEncoding, vocabulary: Any = None, *, other: str = "none", adapted: Any = True
+    ) -> np.ndarray:
         """Each mask proposal's class probabilities under the model's classifier, ``[Q, C + 1]`` float32:
         the softmax over the vocabulary and the no-object class (last column), as the label path uses
         them; with distractors (``other``) their probabilities are summed into the ``other`` column, so
@@ -327,7 +353,7 @@ class SANPredictor:
         voc = self.vocabulary(vocabulary, other)
         model, v = self.model, encoding.to(self.device).views[0]
         with autocast(self.device, self.precision):
-            logits = model.classify(v.mask_embeddings[None], model.encode_vocabulary(voc.names))[0]
+            logits = model.classify(v.mask_embeddings[None], self.classifier(voc, adapted))[0]
         probs = logits.float().softmax(-1)
         n_user = len(voc.user)
         if voc.distractors:
@@ -336,7 +362,12 @@ class SANPredictor:
 
     @torch.no_grad()
     def _classify(
-        self, encoding: ImageEncoding, voc: Vocabulary, return_scores: bool, return_confidence: bool = True
+        self,
+        encoding: ImageEncoding,
+        voc: Vocabulary,
+        return_scores: bool,
+        return_confidence: bool = True,
+        adapted: bool | Sequence[str] = True,
     ) -> Prediction:
         names, (h, w) = voc.names, encoding.output_size
         fits = self._score_bytes(len(names), h, w) <= self.max_score_bytes
@@ -347,7 +378,7 @@ class SANPredictor:
             )
         model = self.model
         with autocast(self.device, self.precision):
-            classifier = model.encode_vocabulary(names)
+            classifier = self.classifier(voc, adapted)
             logits = [model.classify(v.mask_embeddings[None], classifier)[0] for v in encoding.views]
             if len(encoding.views) == 1 and not return_scores:  # the label path: no [C, H, W] volume
                 v = encoding.views[0]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -42,6 +43,7 @@ __all__ = [
     "RunInterrupted",
     "RunReport",
     "merge_reports",
+    "open_predictor",
     "run_settings",
 ]
 
@@ -57,6 +59,7 @@ _SAME_FOR_RESUME = (
     "max_size",
     "tta",
     "precision",
+    "adapter",
 )
 
 
@@ -114,6 +117,42 @@ def merge_reports(reports: Sequence[RunReport | dict[str, Any]], *, missing: Seq
         "model_s": round(sum(r["model_s"] for r in rows), 3),
         "per_process": [{k: r[k] for k in ("images", "written", "resumed", "model_s", "wall_s")} for r in rows],
     }
+
+
+def open_predictor(
+    weights: str | None,
+    config_file: str | None = None,
+    *,
+    device: str | None = None,
+    precision: str = "fp32",
+    opts: list[str] | tuple[str, ...] = (),
+    tta: bool = False,
+    text_cache: str | None = None,
+    max_pixels: float = 100e6,
+    adapter: str | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """The predictor of the model flags and what to record of it, ``(predictor, {"weights", "config",
+    "overrides"})``: without ``config_file`` the weights bring their config (an official name, a model or
+    training folder, a checkpoint in a training folder); with it, the config is the given one.
+    ``adapter``: a domain adapter (``san adapt``) for the model, recorded too. Raises what
+    :meth:`SANPredictor.from_pretrained` raises."""
+    from san.inference.predictor import SANPredictor
+
+    model, weights = (weights or "san-vit-b-16", None) if config_file is None else (config_file, weights)
+    predictor = SANPredictor.from_pretrained(
+        model,
+        weights=weights,
+        device=device,
+        precision=precision,
+        opts=list(opts),
+        tta=tta or None,
+        text_cache_dir=text_cache,
+        max_pixels=int(max_pixels),
+        adapter=adapter,
+    )
+    # the overrides are part of the model's identity: they are recorded, and --resume compares them
+    meta = {"weights": str(weights or model), "config": model, "overrides": list(opts)}
+    return predictor, {**meta, **({"adapter": os.path.abspath(adapter)} if adapter else {})}
 
 
 def run_settings(

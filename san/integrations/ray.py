@@ -34,12 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from san.apps.predict import open_predictor
 from san.data.images import ImageError, read_image, read_image_bytes, to_rgb_array
 from san.files import atomic_path
 from san.inference.index import RegionRecord
 from san.inference.outputs import check_output_dir, collect_inputs, output_stems, write_outputs
-from san.inference.runner import run_settings
+from san.inference.runner import open_predictor, run_settings
 from san.inference.table import error_row, prediction_row, read_rows, rows_to_table
 from san.inference.vocabulary import build_vocabulary
 

@@ -279,5 +279,10 @@ class TextClassifier(nn.Module):
 
     def forward(self, vocabulary: Sequence[str]) -> Tensor:
         """Scaled classifier ``[C + 1, E]``: class rows then the background row, times exp(scale)."""
-        weights = torch.cat([self.embed_names(vocabulary), self.bg_embed.to(self.text_projection.dtype)], dim=0)
-        return F.normalize(weights, dim=-1) * self.logit_scale.exp()
+        return self.assemble(self.embed_names(vocabulary))
+
+    def assemble(self, rows: Tensor, background: Tensor | None = None) -> Tensor:
+        """The scaled classifier ``[C + 1, E]`` of class embeddings ``rows`` ``[C, E]`` and a background
+        row (``[E]``; default the learned ``bg_embed``): all normalised, times exp(scale)."""
+        bg = self.bg_embed.to(self.text_projection.dtype) if background is None else background.reshape(1, -1)
+        return F.normalize(torch.cat([rows, bg.to(rows.dtype)], dim=0), dim=-1) * self.logit_scale.exp()
