@@ -231,6 +231,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--weights", "-w", default=None, help="model or training folder / checkpoint / URL / official name, shown first"
     )
     p.add_argument("--config-file", default=None, help="config of --weights when it is a file or URL")
+    p.add_argument("--adapter", default=None, help="a domain adapter of --weights (san adapt's folder)")
     p.add_argument("--device", default=None)
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--host", default="127.0.0.1")
@@ -274,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     def factory(name: str) -> SANPredictor:
         kw = {"device": args.device, "precision": args.precision, "opts": args.opts}
         if name == custom:  # a folder or checkpoint brings its config unless --config-file names one
+            kw["adapter"] = args.adapter
             if args.config_file is None:
                 return SANPredictor.from_pretrained(args.weights, **kw)
             return SANPredictor.from_pretrained(args.config_file, weights=args.weights, **kw)

@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
             voc.add_argument("--vocabulary-file", help="one class per line")
             voc.add_argument("--dataset-vocabulary", help="a dataset's class list, e.g. ade20k_150, or your --data")
             q.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+            q.add_argument(
+                "--adapter", default=None, help="a domain adapter (san adapt): its classes frozen in adapted"
+            )
         q.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
     return p
 
@@ -86,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         return _fail(problem)
     cli_logging()
+    import torch
+
     from san.build import build_model
     from san.checkpoint import CheckpointError
     from san.config import ConfigError
@@ -106,6 +111,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg, weights = config_and_weights(locate_model(args.weights, args.config_file))
         cfg.merge_from_list(list(args.opts))
         model = build_model(cfg, weights).eval()
+        classifier = None
+        if getattr(args, "adapter", None):
+            from san.inference.adapter import Adapter
+
+            adapter = Adapter.load(args.adapter)
+            adapter.check_model(model)
+            with torch.no_grad():
+                classifier = adapter.classifier(model, names)
     except (ValueError, TypeError, OSError, WeightsError, CheckpointError, ConfigError, HubFormatError) as e:
         return _fail(str(e))
     parent = output.parent if str(output.parent) else Path(".")
@@ -119,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
             sizes = {"min_size": cfg.INPUT.MIN_SIZE_TEST, "max_size": cfg.INPUT.MAX_SIZE_TEST}
             print(f"san export: tracing the model ({len(names)} classes) to ONNX opset {args.opset}, about a minute")
-            export_onnx(model, names, tmp, **sizes, opset=args.opset, config_yaml=cfg.dump())
+            export_onnx(model, names, tmp, **sizes, opset=args.opset, config_yaml=cfg.dump(), classifier=classifier)
         _replace(tmp, output)
     print(f"san export: wrote {output}")
     return 0

@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocabulary", "-v", default=None, help="names that compete with the query (commas)")
     p.add_argument("--output", "-o", default=None, help="write highlighted hits and results.json here")
     p.add_argument("--weights", "-w", default=None, help="the index's model weights, if its file moved")
+    p.add_argument("--adapter", default=None, help="a domain adapter of the index's model (san adapt's folder)")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     return p
@@ -42,8 +43,9 @@ def _fail(message: str) -> int:
     return fail("search", message)
 
 
-def load_index_predictor(index: Any, weights: str | None, device: str | None) -> Any:
-    """The predictor of the model that built ``index`` (its config and weights, or ``weights``)."""
+def load_index_predictor(index: Any, weights: str | None, device: str | None, adapter: str | None = None) -> Any:
+    """The predictor of the model that built ``index`` (its config and weights, or ``weights``), with a
+    domain adapter of that model when given."""
     from san.build import build_model
     from san.hub import read_config_text
     from san.inference.index import RegionIndexError
@@ -58,7 +60,8 @@ def load_index_predictor(index: Any, weights: str | None, device: str | None) ->
         )
     cfg = read_config_text(index.meta["config_yaml"])
     model = build_model(cfg, source).eval()
-    return SANPredictor(model, device=device, min_size=index.meta["min_size"], max_size=index.meta["max_size"])
+    sizes = {"min_size": index.meta["min_size"], "max_size": index.meta["max_size"]}
+    return SANPredictor(model, device=device, adapter=adapter, **sizes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         index = RegionIndex(args.index)
         index.check_not_empty()
         out = check_output_dir(args.output) if args.output else None
-        predictor = load_index_predictor(index, args.weights, args.device)
+        predictor = load_index_predictor(index, args.weights, args.device, args.adapter)
         hits = index.search(predictor, args.query, vocabulary=args.vocabulary, top=args.top)
     except (RegionIndexError, OutputError, HubFormatError, ConfigError, CheckpointError, WeightsError) as e:
         return _fail(str(e))

@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="san serve", description="Serve SAN over HTTP: POST /predict, /health, /metrics.")
     p.add_argument("--weights", "-w", default="san-vit-b-16", help="any model san predict takes (name, folder, file)")
     p.add_argument("--config-file", default=None, help="config of --weights when it is a bare checkpoint")
+    p.add_argument("--adapter", default=None, help="a domain adapter of the model (san adapt's folder)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda"])
@@ -75,6 +76,13 @@ def _check(args: argparse.Namespace) -> str | None:
         return str(e)
     if source.kind == "checkpoint" and "://" not in source.weights and not os.path.isfile(source.weights):
         return f"--weights {args.weights}: no such file, and not an official name (san-vit-b-16, san-vit-l-14)"
+    if args.adapter is not None:
+        from san.inference.adapter import Adapter, AdapterError
+
+        try:  # a missing, corrupt or foreign file is refused here; the model check is the workers'
+            Adapter.load(args.adapter)
+        except AdapterError as e:
+            return str(e)
     with socket.socket() as s:
         try:
             s.bind((args.host, args.port))
@@ -118,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         max_classes=args.max_classes,
         max_concurrency=args.max_concurrency,
         api_key=os.environ[args.api_key_env] if args.api_key_env else None,
+        adapter=args.adapter,
     )
     server = build_server(settings)
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM (docker stop, kubernetes) shuts down as Ctrl-C does

@@ -304,7 +304,7 @@ class RegionIndex:
         self.check_model(predictor)
         scope = [] if vocabulary is None else predictor.vocabulary(vocabulary).names
         names = [query, *[n for n in scope if n != query]]
-        classifier = predictor.model.encode_vocabulary(names).float().cpu()  # [1 + S + 1, E]: query first
+        classifier = predictor.classifier(names).float().cpu()  # [1 + S + 1, E]: query first (adapted rows too)
         images = [(part, row) for part in self.parts for row in range(len(part.images))]
         if exhaustive:
             log_p, regions = self._exact(classifier, images)

@@ -91,12 +91,15 @@ def export_onnx(
     config_yaml: str | None = None,
     example_size: tuple[int, int] = (480, 640),
     resize: bool = True,
+    classifier: Tensor | None = None,
 ) -> Path:
     """Export ``model`` with the vocabulary ``names`` frozen in to ``path`` (written atomically).
 
     Returns the path. Needs ``onnx`` and ``onnxscript`` (``pip install onnx onnxscript``); the file runs
     in ``onnxruntime``'s CPU provider. ``resize=False`` leaves the test-time resize out of the graph
-    (the caller feeds the resized image): the exactness check against PyTorch uses it.
+    (the caller feeds the resized image): the exactness check against PyTorch uses it. ``classifier``:
+    the ``[C + 1, E]`` to freeze in instead of the names' own (a domain adapter's,
+    :meth:`~san.inference.adapter.Adapter.classifier`).
     """
     import onnx
 
@@ -110,8 +113,11 @@ def export_onnx(
     was = model.clip_rec_head.sos_attention
     model.set_inference_options(sos_attention="manual")  # exports through plain matmuls (same result)
     try:
-        with torch.no_grad():
-            classifier = model.encode_vocabulary(names)
+        if classifier is None:
+            with torch.no_grad():
+                classifier = model.encode_vocabulary(names)
+        elif classifier.shape[0] != len(names) + 1:
+            raise ValueError(f"classifier {tuple(classifier.shape)} does not fit {len(names)} names + background")
         wrapper = OnnxSegmenter(model, classifier, min_size, max_size, resize=resize).eval()
         example = torch.randint(0, 256, (1, 3, *example_size), dtype=torch.uint8)
         dims = {2: torch.export.Dim("height", min=16, max=16384), 3: torch.export.Dim("width", min=16, max=16384)}

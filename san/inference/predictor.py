@@ -184,15 +184,17 @@ class SANPredictor:
         user = self.model.ov_classifier.fit_names(voc.user)
         return Vocabulary(tuple(user), voc.distractors) if list(user) != list(voc.user) else voc
 
-    def classifier(self, vocabulary: Vocabulary, adapted: bool | Sequence[str] = True) -> torch.Tensor:
-        """The scaled classifier ``[C + 1, E]`` of a vocabulary's names: with an adapter, the names it
+    def classifier(self, vocabulary: Vocabulary | Sequence[str], adapted: bool | Sequence[str] = True) -> torch.Tensor:
+        """The scaled classifier ``[C + 1, E]`` of a vocabulary's names (or of a list of names, as
+        they are): with an adapter, the names it
         knows take their adapted rows (``adapted``: True all, False none, or a list of them); the same
         tensor as the base model's when no adapted name is used."""
+        names = list(vocabulary.names if isinstance(vocabulary, Vocabulary) else vocabulary)
         if self.adapter is None:
             if adapted not in (True, False):
                 raise ValueError("adapted= names adapted classes, and this predictor has no adapter")
-            return self.model.encode_vocabulary(vocabulary.names)
-        return self.adapter.classifier(self.model, vocabulary.names, adapted)
+            return self.model.encode_vocabulary(names)
+        return self.adapter.classifier(self.model, names, adapted)
 
     # -- inference ---------------------------------------------------------------------------------
     def predict(

@@ -63,6 +63,7 @@ class SANSegmenter:
         regions: fill the region columns (scores, embeddings, masks); False: labels only.
         masks: keep the proposals' mask logits in the rows (an index built from them draws regions).
         threads: torch threads of this actor (default: torch's own choice).
+        adapter: a domain adapter of the model (``san adapt``'s folder or file).
     """
 
     def __init__(
@@ -83,6 +84,7 @@ class SANSegmenter:
         text_cache: str | None = None,
         max_pixels: float = 100e6,
         threads: int | None = None,
+        adapter: str | None = None,
     ) -> None:
         import torch
 
@@ -96,6 +98,7 @@ class SANSegmenter:
             opts=list(opts),
             text_cache=text_cache,
             max_pixels=max_pixels,
+            adapter=adapter,
         )
         if regions and self.predictor.tta:
             raise ValueError("the region columns hold one view per image: turn TTA off, or pass regions=False")

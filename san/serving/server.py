@@ -60,6 +60,7 @@ class ServeSettings:
     max_classes: int = 1000
     max_concurrency: int = 64
     api_key: str | None = None
+    adapter: str | None = None
 
 
 class SANServeAPI(ls.LitAPI):
@@ -75,7 +76,13 @@ class SANServeAPI(ls.LitAPI):
         s = self.settings
         model, weights = (s.weights, None) if s.config_file is None else (s.config_file, s.weights)
         self.predictor = SANPredictor.from_pretrained(
-            model, weights=weights, device=device, precision=s.precision, opts=list(s.opts), max_pixels=s.max_pixels
+            model,
+            weights=weights,
+            device=device,
+            precision=s.precision,
+            opts=list(s.opts),
+            max_pixels=s.max_pixels,
+            adapter=s.adapter,
         )
         logger.info("worker ready on %s", device)
 
