@@ -157,3 +157,36 @@ def test_export_command_and_its_refusals(tmp_path, capsys):
     assert "exists; pass --force" in capsys.readouterr().err
     assert read_metadata(out)["vocabulary"] == ["a", "b"]  # the old file untouched
     assert not list(tmp_path.glob(".model.onnx*"))
+
+
+def test_an_adapter_is_frozen_into_the_graph(golden_v2_model, photos, tmp_path, capsys):
+    """``san export onnx --adapter``: the graph gives the adapted predictor's labels, not the base model's
+    (an adapter that swaps the rows of 'cat' and 'sky' changes them)."""
+    from san.inference.adapter import Adapter
+
+    model = golden_v2_model
+    with torch.no_grad():
+        swapped = model.ov_classifier.embed_names(["sky", "cat"])
+    adapter = Adapter(["cat", "sky"], swapped, model.image_fingerprint(), model.ov_classifier.cache_key())
+    adapter.save(tmp_path / "adapter.safetensors")
+    (tmp_path / "model.yaml").write_text(model.config_yaml)
+    san.save_checkpoint(model, tmp_path / "model.pth")
+    sizes = ["INPUT.MIN_SIZE_TEST", str(MIN), "INPUT.MAX_SIZE_TEST", str(MAX)]
+    argv = ["onnx", "--weights", str(tmp_path / "model.pth"), "--config-file", str(tmp_path / "model.yaml")]
+    argv += ["-v", ", ".join(NAMES), "--adapter", str(tmp_path), "-o", str(tmp_path / "a.onnx"), *sizes]
+    assert export_main(argv) == 0
+    session = ort.InferenceSession(str(tmp_path / "a.onnx"), providers=["CPUExecutionProvider"])
+    adapted = SANPredictor(model, device="cpu", min_size=MIN, max_size=MAX, adapter=adapter)
+    base = SANPredictor(model, device="cpu", min_size=MIN, max_size=MAX)
+    agree, changed = [], 0
+    for photo in photos:
+        labels, _ = session.run(None, {"image": photo.transpose(2, 0, 1)[None].copy()})
+        want = adapted.predict(photo, NAMES).labels
+        agree.append((labels == want).mean())
+        changed += int((want != base.predict(photo, NAMES).labels).sum())
+    assert min(agree) >= 0.999 and changed > 0  # as the graph without an adapter agrees with the base predictor
+    other = Adapter(["cat"], swapped[:1], "another-model", "x")
+    other.save(tmp_path / "other.safetensors")
+    argv[argv.index("--adapter") + 1] = str(tmp_path / "other.safetensors")
+    assert export_main([*argv[:-4], "--force", *sizes]) == 2
+    assert "made for another base model" in capsys.readouterr().err
