@@ -184,6 +184,7 @@ class SANPredictor:
         user = self.model.ov_classifier.fit_names(voc.user)
         return Vocabulary(tuple(user), voc.distractors) if list(user) != list(voc.user) else voc
 
+    @torch.no_grad()
     def classifier(self, vocabulary: Vocabulary | Sequence[str], adapted: bool | Sequence[str] = True) -> torch.Tensor:
         """The scaled classifier ``[C + 1, E]`` of a vocabulary's names (or of a list of names, as
         they are): with an adapter, the names it
@@ -241,10 +242,12 @@ class SANPredictor:
         its position (``images[i]``) and, for files, its path."""
         voc = self.vocabulary(vocabulary, other)
         arrays = self._decode_all(images)
+        with autocast(self.device, self.precision):
+            classifier = self.classifier(voc, adapted)
         results: list[Prediction | None] = [None] * len(arrays)
         for chunk in self._same_size_chunks(arrays, batch_size):
             for i, enc in zip(chunk, self._encode([arrays[i] for i in chunk])):
-                results[i] = self._classify(enc, voc, return_scores, return_confidence, adapted)
+                results[i] = self._classify(enc, voc, return_scores, return_confidence, classifier)
         return results  # type: ignore[return-value]
 
     def _decode_all(self, images: Sequence[Any]) -> list[np.ndarray]:
@@ -321,12 +324,25 @@ class SANPredictor:
         return_scores: bool = False,
         return_confidence: bool = True,
         adapted: bool | Sequence[str] = True,
+        class_embeddings: torch.Tensor | None = None,
     ) -> Prediction:
         """Label an :meth:`encode` result with a vocabulary: the :class:`Prediction` that
-        :meth:`predict` gives for the image, at the cost of the text classifier and the label map."""
+        :meth:`predict` gives for the image, at the cost of the text classifier and the label map.
+        ``class_embeddings`` ``[C, E]``: the classes' embeddings instead of their names' text
+        embeddings (one per name of the vocabulary, in its order; the background row stays)."""
         self._check_encoding(encoding)
         voc = self.vocabulary(vocabulary, other)
-        return self._classify(encoding.to(self.device), voc, return_scores, return_confidence, adapted)
+        if class_embeddings is not None:
+            if class_embeddings.shape != (len(voc.names), self.model.ov_classifier.text_projection.shape[1]):
+                shape = tuple(class_embeddings.shape)
+                raise ValueError(f"class_embeddings {shape} must be [{len(voc.names)} names, the embedding width]")
+            clf = self.model.ov_classifier
+            with torch.no_grad():
+                classifier = clf.assemble(class_embeddings.to(clf.text_projection.device, torch.float32))
+        else:
+            with autocast(self.device, self.precision):
+                classifier = self.classifier(voc, adapted)
+        return self._classify(encoding.to(self.device), voc, return_scores, return_confidence, classifier)
 
     def _check_encoding(self, encoding: ImageEncoding) -> None:
         """Refuse an encoding of other weights or other test-time views than this predictor's."""
@@ -368,9 +384,10 @@ class SANPredictor:
         encoding: ImageEncoding,
         voc: Vocabulary,
         return_scores: bool,
-        return_confidence: bool = True,
-        adapted: bool | Sequence[str] = True,
+        return_confidence: bool,
+        classifier: torch.Tensor,
     ) -> Prediction:
+        """The prediction of an encoding against ``classifier`` ``[C + 1, E]`` (:meth:`classifier`)."""
         names, (h, w) = voc.names, encoding.output_size
         fits = self._score_bytes(len(names), h, w) <= self.max_score_bytes
         if return_scores and not fits:
@@ -380,7 +397,6 @@ class SANPredictor:
             )
         model = self.model
         with autocast(self.device, self.precision):
-            classifier = self.classifier(voc, adapted)
             logits = [model.classify(v.mask_embeddings[None], classifier)[0] for v in encoding.views]
             if len(encoding.views) == 1 and not return_scores:  # the label path: no [C, H, W] volume
                 v = encoding.views[0]

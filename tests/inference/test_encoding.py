@@ -189,3 +189,49 @@ def test_a_tta_encoding_round_trips_with_its_flipped_views(golden_v2_model, phot
     # the same computation on tensors of another memory layout: 4 views x Q terms of float32 rounding
     tol = float32_tolerance(torch.from_numpy(a.scores), 4 * encoding.num_queries)
     np.testing.assert_allclose(b.scores, a.scores, rtol=0, atol=tol)
+
+
+def test_classify_takes_class_embeddings(golden_v2_model, photos):
+    """The names' own text embeddings give the names' answer bit for bit; swapped embeddings swap it."""
+    predictor = SANPredictor(golden_v2_model, device="cpu", min_size=250, max_size=1000)
+    names = ["cat", "dog", "grass", "sky", "traffic light"]
+    with torch.no_grad():
+        text = golden_v2_model.ov_classifier.embed_names(names)
+    seen = set()
+    for photo in photos:
+        encoding = predictor.encode(photo)
+        plain = predictor.classify(encoding, names)
+        same = predictor.classify(encoding, names, class_embeddings=text)
+        assert np.array_equal(same.labels, plain.labels) and np.array_equal(same.score, plain.score)
+        order = [3, 2, 1, 0, 4]  # sky, grass, dog, cat, traffic light
+        swapped = predictor.classify(encoding, names, class_embeddings=text[order])
+        reordered = predictor.classify(encoding, [names[i] for i in order])
+        np.testing.assert_array_equal(swapped.labels, reordered.labels)
+        seen |= set(np.unique(plain.labels).tolist())
+    assert len(seen) >= 2
+    with pytest.raises(ValueError, match=r"class_embeddings \(4, \d+\) must be \[5 names"):
+        predictor.classify(encoding, names, class_embeddings=text[:4])
+
+
+def test_an_encoding_gives_its_masks_at_the_images_size(golden_v2_model, photos):
+    """``image_masks``: the official two bilinear interpolations (to the padded input, cropped, to the
+    image), recomputed in float64; flipped views are flipped back."""
+    predictor = SANPredictor(golden_v2_model, device="cpu", min_size=250, max_size=1000)
+    for photo in photos:
+        encoding = predictor.encode(photo)
+        v = encoding.views[0]
+        logits = v.mask_logits.double()[None]
+        up = torch.nn.functional.interpolate(logits, size=tuple(v.padded_size), mode="bilinear", align_corners=False)
+        up = up[..., : v.image_size[0], : v.image_size[1]]
+        want = torch.nn.functional.interpolate(up, size=photo.shape[:2], mode="bilinear", align_corners=False)[0]
+        got = encoding.image_masks()
+        assert got.shape == (encoding.num_queries, *photo.shape[:2]) and got.dtype == torch.float32
+        # float32 rounding of a weighted sum of 4 x 4 logits (two interpolations)
+        tolerance = float(v.mask_logits.abs().max()) * EPS32 * 16
+        assert float((got.double() - want).abs().max()) <= tolerance
+    flipped = ImageEncoding(
+        [v.__class__(v.mask_logits, v.mask_embeddings, v.image_size, v.padded_size, True)],
+        encoding.output_size,
+        encoding.fingerprint,
+    )
+    torch.testing.assert_close(flipped.image_masks(), got.flip(-1), rtol=0, atol=0)
