@@ -185,3 +185,31 @@ def test_san_adapt_writes_what_san_predict_takes(domain, tmp_path):
     labels = np.asarray(Image.open(tmp_path / "p" / "040_labels.png"))
     np.testing.assert_array_equal(labels, direct.predict(photo, "brick, grass, sky").labels)
     assert json.loads((tmp_path / "p" / "040.json").read_text())["adapter"] == str(out)
+
+
+def test_search_uses_the_adapted_rows(domain, tmp_path):
+    """A region index searched with an adapter: the best image and its score are the adapted classifier's,
+    recomputed in float64 from the stored embeddings (the query's row the adapter's, then the background)."""
+    from san.inference.index import RegionIndex
+
+    predictor = domain["predictor"]
+    index = RegionIndex.create(tmp_path / "index", predictor, weights="w", config_yaml="")
+    index.write_part([(f"{i:08d}", s.key, s.encoding) for i, s in enumerate(domain["held"])])
+    adapter = adapt_encodings(predictor, domain["shots"], CLASSES, mode="prototype")
+    plain = index.search(predictor, "fur", top=1)[0]
+    predictor.adapter = adapter
+    try:
+        hit = index.search(predictor, "fur", top=1)[0]
+    finally:
+        predictor.adapter = None
+    clf = predictor.model.ov_classifier
+    rows = torch.stack([adapter.row("fur"), clf.bg_embed.detach().reshape(-1)]).double()
+    rows = torch.nn.functional.normalize(rows, dim=-1) * float(clf.logit_scale.exp())
+    part = index.parts[0]
+    q = index.meta["queries"]
+    p = (torch.from_numpy(np.asarray(part.embeddings, np.float64)) @ rows.T).softmax(-1)[:, 0]
+    p[torch.from_numpy(np.asarray(part.areas, np.float64)) == 0] = -1.0  # regions covering no pixel do not count
+    best = p.view(-1, q).amax(1)
+    image = int(best.argmax())
+    assert hit.image == part.images[image]["path"] and abs(hit.score - float(best[image])) <= 1e-6
+    assert (plain.image, plain.region) != (hit.image, hit.region)  # the adapter changed the answer
