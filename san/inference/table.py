@@ -120,7 +120,7 @@ def read_rows(path: str | os.PathLike, columns: Sequence[str] | None = None) -> 
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise TableError("reading a region table needs pyarrow: pip install 'san-seg[ray]'") from None
+        raise TableError("reading a region table needs pyarrow: pip install -e '.[ray]' in the clone") from None
     path = Path(path)
     if not path.exists():
         raise TableError(f"{path}: no such table (a Parquet file, or a folder of them)")

@@ -1,4 +1,4 @@
-"""SAN on Ray Data: batch inference over a cluster that schedules the work (``pip install 'san-seg[ray]'``).
+"""SAN on Ray Data: batch inference over a cluster that schedules the work (``pip install -e '.[ray]'``).
 
 :class:`SANSegmenter` is a callable class for ``Dataset.map_batches``: each actor loads the model and
 encodes the vocabulary once, then labels batches of images. It writes what ``san predict`` writes
