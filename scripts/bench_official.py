@@ -58,6 +58,10 @@ def _official_model(root: str, names: list[str], device: str) -> Any:
     import types
 
     sys.path.insert(0, root)  # the official package is also called `san`: it must win in this process
+    # an editable install of ours maps `san` through a finder on sys.meta_path, ahead of sys.path: drop it here
+    sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+    for name in [m for m in sys.modules if m == "san" or m.startswith("san.")]:  # bench_tools imported ours
+        del sys.modules[name]
     try:
         import wandb  # noqa: F401
     except ImportError:  # imported by the official training logger only; not needed to run the model
