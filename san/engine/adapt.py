@@ -297,7 +297,9 @@ def evaluate(predictor: Any, held_out: Sequence[Shot], classes: Sequence[str]) -
         if name == "adapted" and predictor.adapter is None:
             continue
         metrics = metrics_from_confusion(c, list(classes))
-        out[name] = {"mIoU": metrics["mIoU"], "IoU": {k: metrics[f"IoU-{k}"] for k in classes}}
+        iou = {k: float(metrics[f"IoU-{k}"]) for k in classes}
+        # a class absent from the held-out images has no IoU: None (JSON null), never NaN
+        out[name] = {"mIoU": float(metrics["mIoU"]), "IoU": {k: v if np.isfinite(v) else None for k, v in iou.items()}}
     if "adapted" in out:
         gap = out["cap"]["mIoU"] - out["zero_shot"]["mIoU"]
         out["gap_closed"] = (out["adapted"]["mIoU"] - out["zero_shot"]["mIoU"]) / gap if gap > 0 else None

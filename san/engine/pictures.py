@@ -172,17 +172,20 @@ def confusion_picture(conf: np.ndarray, classes: Sequence[str], path: str, max_c
     return True
 
 
-def comparison_picture(rows: list[tuple[str, float | None, float | None]], path: str, title: str) -> bool:
-    """Grouped bars: per class (``rows``: name, before, after IoU in %), the starting and the fine-tuned model."""
+def comparison_picture(
+    rows: list[tuple[str, float | None, float | None]], path: str, title: str, after: str = "fine-tuned"
+) -> bool:
+    """Grouped bars: per class (``rows``: name, before, after IoU in %), the starting model and the one after
+    (``after`` names it in the legend)."""
     fig = _figure(max(5.0, 0.45 * len(rows) + 2), 3.6)
     if fig is None:
         return False
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(rows))
     before = [r[1] if r[1] is not None else 0.0 for r in rows]
-    after = [r[2] if r[2] is not None else 0.0 for r in rows]
+    later = [r[2] if r[2] is not None else 0.0 for r in rows]
     ax.bar(x - 0.2, before, 0.4, label="zero-shot (start)", color="#b0b0b0")
-    ax.bar(x + 0.2, after, 0.4, label="fine-tuned", color="#3b75af")
+    ax.bar(x + 0.2, later, 0.4, label=after, color="#3b75af")
     ax.set_xticks(x, [r[0][:18] for r in rows], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("IoU (%)")
     ax.set_ylim(0, 100)

@@ -177,7 +177,12 @@ def test_san_adapt_writes_what_san_predict_takes(domain, tmp_path):
     assert report["images"] == 6 and report["adapted"]["mIoU"] > report["zero_shot"]["mIoU"]
     assert Image.open(out / "report.jpg").size[0] >= 4 * 200  # photo, labels, zero-shot, adapted
     assert san_main([*argv, *OPTS]) == 2  # the folder exists now: refused, left as it was
-    assert sorted(p.name for p in out.iterdir()) == ["adapter.safetensors", "report.jpg", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "adapter.safetensors",
+        "report.jpg",
+        "report.json",
+        "report_iou.png",
+    ]
     photo = domain["root"] / "domain" / "images" / "040.png"
     predict = ["predict", "--input", str(photo), *model, "--vocabulary", "brick, grass, sky", "--workers", "0"]
     assert san_main([*predict, "--adapter", str(out), "--output", str(tmp_path / "p"), *OPTS]) == 0
