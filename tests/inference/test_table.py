@@ -147,3 +147,28 @@ def test_bad_tables_are_refused(tmp_path):
     pq.write_table(pa.table({"name": ["a"]}), tmp_path / "foreign.parquet")
     with pytest.raises(TableError, match="not a san region table"):
         read_rows(tmp_path / "foreign.parquet")
+
+
+def test_the_segmenter_takes_an_adapter(golden_files, golden_v2_model, images, tmp_path):
+    """``SANSegmenter(adapter=...)``: the adapted predictor's labels (an adapter swapping 'cat' and 'sky')."""
+    from san.inference.adapter import Adapter
+    from san.integrations.ray import SANSegmenter
+
+    model = golden_v2_model
+    with torch.no_grad():
+        swapped = model.ov_classifier.embed_names(["sky", "cat"])
+    Adapter(["cat", "sky"], swapped, model.image_fingerprint(), model.ov_classifier.cache_key()).save(tmp_path / "a")
+    model_files = {"config_file": str(golden_files["yaml"]), "opts": OPTS, "regions": False}
+    seg = SANSegmenter(str(golden_files["pth"]), NAMES, adapter=str(tmp_path / "a"), **model_files)
+    ragged = np.empty(2, dtype=object)
+    ragged[:] = [images[0], images[1]]
+    rows = seg({"path": np.array(["a.png", "b.png"]), "image": ragged}).to_pylist()
+    adapted = SANPredictor.from_pretrained(
+        str(golden_files["yaml"]), weights=golden_files["pth"], opts=OPTS, adapter=tmp_path / "a"
+    )
+    plain = SANPredictor.from_pretrained(str(golden_files["yaml"]), weights=golden_files["pth"], opts=OPTS)
+    changed = 0
+    for row, image in zip(rows, images):
+        np.testing.assert_array_equal(labels_of(row), adapted.predict(image, NAMES).labels)
+        changed += int((labels_of(row) != plain.predict(image, NAMES).labels).sum())
+    assert changed > 0 and rows[0]["region_scores"] is None  # regions=False: labels only

@@ -263,6 +263,7 @@ def test_shutdown_under_load_answers_or_refuses_each_request_cleanly(golden_dir)
 
 
 def test_refusals_before_any_model_loads(tmp_path):
+    (tmp_path / "junk.safetensors").write_bytes(b"not safetensors")
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     port = busy.getsockname()[1]
@@ -272,6 +273,8 @@ def test_refusals_before_any_model_loads(tmp_path):
             (["--port", str(port)], f"cannot listen on 127.0.0.1:{port}"),
             (["--api-key-env", "SAN_NO_SUCH_VAR"], "SAN_NO_SUCH_VAR: that environment variable is empty"),
             (["--batch-timeout", "5", "--timeout", "1"], "--batch-timeout 5.0 must be below --timeout 1.0"),
+            (["--port", "0", "--adapter", str(tmp_path / "none")], "no such adapter"),
+            (["--port", "0", "--adapter", str(tmp_path / "junk.safetensors")], "not a readable adapter"),
         ):
             r = subprocess.run(
                 [sys.executable, "-m", "san", "serve", *argv], capture_output=True, text=True, timeout=60
