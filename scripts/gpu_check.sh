@@ -10,9 +10,10 @@
 #   env       GPU, driver, torch/CUDA versions                        -> env.json
 #   install   open_clip, fvcore, detectron2 0.6 (Python) from --wheels, san itself (no network)
 #   exact     pytest -m gpu (tests/test_cuda.py: golden v2 stages, fast paths vs references on the device)
-#   profile   per stage and per kernel: ViT-B/16 and ViT-L/14, batch 1 and 32, fp32/bf16/fp16, inference and
-#             the training step (scripts/profile_gpu.py)                                    -> profile.json
-#   fastpaths scripts/benchmark.py: exact/reference/bf16 paths, images/s, peak memory      -> benchmark.json
+#   profile   per stage and per kernel: ViT-B/16 and ViT-L/14, batch 1 and 32, fp32/bf16/fp16 inference
+#             (scripts/profile_gpu.py)                                                       -> profile.json
+#   fastpaths scripts/benchmark.py: exact/reference/bf16/fp16 paths, images/s, peak memory, and the training
+#             step (4 crops of 640, as the official recipe per GPU)                          -> benchmark.json
 #   official  scripts/bench_official.py beside MendelXu/SAN, 150 and 847 names              -> official_*.json
 # summary.json lists every step with its exit code and seconds. --dry-run runs every step on the CPU at tiny
 # sizes, so that the one GPU run does not die on a typo.
@@ -96,13 +97,15 @@ if [ "$DRY" = 1 ]; then
     step profile 300 $PY scripts/profile_gpu.py --device cpu --models vitb --batches 1 2 --precisions fp32 bf16 \
         --size 64 --repeat 1 --json "$OUT/profile.json"
     step fastpaths 300 $PY scripts/benchmark.py --device cpu --models vitb --sizes 64 --vocab 5 --modes exact reference \
-        --batch 2 --sections infer --warmup 0 --repeat 1 --json "$OUT/benchmark.json"
+        --batch 2 --sections infer train --train-modes exact bf16 --train-batch 1 --crop 64 --warmup 0 --repeat 1 \
+        --json "$OUT/benchmark.json"
 else
     step exact 300 env SAN_TEST_DEVICE=cuda $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda.py
     step profile 420 $PY scripts/profile_gpu.py --device cuda --models vitb vitl --batches 1 32 \
         --precisions fp32 bf16 fp16 --size 640 --repeat 5 --json "$OUT/profile.json"
     step fastpaths 420 $PY scripts/benchmark.py --device cuda --models vitb vitl --sizes 640 --vocab 150 847 \
-        --modes reference exact bf16 fp16 --batch 32 --sections infer train --json "$OUT/benchmark.json"
+        --modes reference exact bf16 fp16 --batch 32 --sections infer train --train-modes reference exact bf16 fp16 \
+        --train-batch 4 --crop 640 --json "$OUT/benchmark.json"
 fi
 if [ -n "$OFFICIAL" ] && [ -d "$OFFICIAL" ]; then
     # the rehearsal: 20 names (847 names through the official text tower take minutes on a CPU)

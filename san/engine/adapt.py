@@ -17,7 +17,7 @@ its logits at the image's size). Two modes:
   the mask costs fixed, as the masks are) and the cross-entropy with the no-object weight; ``both``
   sums them. On the synthetic domain of the tests the matched objective alone closes less of the
   zero-shot gap than the prototypes it starts from (most proposals are pushed to no-object, which the
-  label map ignores), the label objective more (docs/adapt.md).
+  label map ignores), the label objective about as much (docs/adapt.md).
 
 :func:`evaluate` measures, on held-out labelled images, zero-shot and adapted mIoU and the cap of any
 classifier of the same proposals: each proposal given the class it has most mass on.
@@ -105,33 +105,46 @@ def encode_shots(predictor: Any, ds: OwnDataset, keys: Sequence[str], labels: di
     return out
 
 
-def _masses(shot: Shot, num_classes: int) -> Tensor:
-    """``[Q, K]``: each proposal's mask probability summed over each class's pixels."""
-    probs = shot.encoding.image_masks().sigmoid().flatten(1)  # [Q, H*W]
+@dataclass
+class _Terms:
+    """What adapting needs of one shot, from one resize of its masks to the image: each proposal's mass on
+    each class ``[Q, K]``, the matcher's fixed mask costs ``[Q, classes present]`` and the classes present
+    (tuned, matched objective), and sampled pixels' mask probabilities ``[Q, P]`` and labels ``[P]`` (tuned,
+    label objective)."""
+
+    mass: Tensor
+    present: Tensor
+    costs: Tensor | None = None
+    pixel_masks: Tensor | None = None
+    pixel_labels: Tensor | None = None
+
+
+def _terms(shot: Shot, k: int, *, costs: bool = False, pixels: bool = False, most: int = 4096) -> _Terms:
+    logits = shot.encoding.image_masks().flatten(1)  # [Q, H*W], the one full-size resize of this shot
     flat = torch.from_numpy(shot.labels.reshape(-1).astype(np.int64))
-    valid = (flat >= 0) & (flat < num_classes)
-    onehot = F.one_hot(flat[valid], num_classes).float()  # [P, K]
-    return probs[:, valid] @ onehot
+    probs = logits.sigmoid()
+    valid = (flat >= 0) & (flat < k)
+    terms = _Terms(probs[:, valid] @ F.one_hot(flat[valid], k).float(), flat[valid].unique())
+    if costs:  # BCE and dice on up to 12544 evenly spaced pixels
+        step = max(1, flat.numel() // _POINTS)
+        sampled, targets = logits[:, ::step], (flat[::step][None] == terms.present[:, None]).float()  # [K', P]
+        bce, dice = batch_sigmoid_ce_cost(sampled, targets), batch_dice_cost(sampled, targets)
+        terms.costs = MASK_COST * bce + DICE_COST * dice
+    if pixels:
+        keep = torch.nonzero(valid)[:, 0]
+        keep = keep[:: max(1, keep.numel() // most)]
+        terms.pixel_masks, terms.pixel_labels = probs[:, keep], flat[keep]
+    return terms
 
 
-def _mask_costs(shot: Shot, classes: Tensor) -> Tensor:
-    """The matcher's mask terms ``[Q, len(classes)]`` (BCE and dice on up to 12544 evenly spaced pixels)."""
-    logits = shot.encoding.image_masks().flatten(1)
-    flat = torch.from_numpy(shot.labels.reshape(-1).astype(np.int64))
-    step = max(1, flat.numel() // _POINTS)
-    logits, flat = logits[:, ::step], flat[::step]
-    targets = (flat[None] == classes[:, None]).float()  # [K, P]
-    return MASK_COST * batch_sigmoid_ce_cost(logits, targets) + DICE_COST * batch_dice_cost(logits, targets)
-
-
-def _prototypes(shots: Sequence[Shot], num_classes: int) -> Tensor:
+def _prototypes(shots: Sequence[Shot], terms: Sequence[_Terms], num_classes: int) -> Tensor:
     """``[K, E]`` normalised visual prototypes from the shots' proposals (see the module docstring)."""
     dim = shots[0].encoding.views[0].mask_embeddings.shape[-1]
     total = torch.zeros(num_classes, dim)
     best = torch.full((num_classes,), -1.0)
     fallback = torch.zeros(num_classes, dim)
-    for shot in shots:
-        mass = _masses(shot, num_classes)
+    for shot, term in zip(shots, terms):
+        mass = term.mass
         emb = shot.encoding.views[0].mask_embeddings.float()
         weight, owner = mass.max(1)
         total.index_add_(0, owner, weight[:, None] * emb)
@@ -170,14 +183,17 @@ def adapt_encodings(
     model = predictor.model
     clf = model.ov_classifier
     names = predictor.vocabulary(list(classes)).names
+    tuned = mode == "tuned"
+    need = {"costs": tuned and objective != "labels", "pixels": tuned and objective != "matched"}
+    terms = [_terms(shot, len(names), **need) for shot in shots]
     with torch.no_grad():
         rows = clf.embed_names(names).float().cpu()  # [K, E], normalised text embeddings
         if prototypes:
-            rows = F.normalize((1 - alpha) * rows + alpha * _prototypes(shots, len(names)), dim=-1)
+            rows = F.normalize((1 - alpha) * rows + alpha * _prototypes(shots, terms, len(names)), dim=-1)
     bg = None
     losses: list[float] = []
-    if mode == "tuned":
-        rows, bg, losses = _tune(model, shots, rows, background, steps, lr, weight, objective)
+    if tuned:
+        rows, bg, losses = _tune(model, shots, terms, rows, background, steps, lr, weight)
     info = {**(meta or {}), "alpha": alpha if prototypes else None, "prototypes": prototypes, "steps": steps}
     if mode == "tuned":
         info.update(lr=lr, weight=weight, objective=objective, first_loss=losses[0], last_loss=losses[-1])
@@ -193,36 +209,23 @@ def adapt_encodings(
     )
 
 
-def _pixels(shot: Shot, k: int, most: int = 4096) -> tuple[Tensor, Tensor]:
-    """Up to ``most`` evenly spaced labelled pixels of a shot: the proposals' mask probabilities there
-    ``[Q, P]`` and the labels ``[P]``."""
-    masks = shot.encoding.image_masks().flatten(1).sigmoid()
-    labels = torch.from_numpy(shot.labels.reshape(-1).astype(np.int64))
-    keep = torch.nonzero(labels < k)[:, 0]
-    keep = keep[:: max(1, keep.numel() // most)]
-    return masks[:, keep], labels[keep]
-
-
 def _tune(
     model: Any,
     shots: Sequence[Shot],
+    terms: Sequence[_Terms],
     rows: Tensor,
     background: bool,
     steps: int,
     lr: float,
     weight: float,
-    objective: str,
 ) -> tuple[Tensor, Tensor | None, list[float]]:
     from scipy.optimize import linear_sum_assignment
 
     clf = model.ov_classifier
     k = rows.shape[0]
     emb = torch.stack([s.encoding.views[0].mask_embeddings.float() for s in shots])  # [S, Q, E]
-    matched, labelled = objective in ("matched", "both"), objective in ("labels", "both")
-    present = [torch.tensor(sorted(set(np.unique(s.labels).tolist()) & set(range(k))), dtype=torch.long) for s in shots]
-    costs = [_mask_costs(s, c) for s, c in zip(shots, present)] if matched else []  # fixed: the masks do not learn
-    pixels = [_pixels(s, k) for s in shots] if labelled else []
-    pixel_labels = torch.cat([lab for _, lab in pixels]) if labelled else None
+    matched, labelled = terms[0].costs is not None, terms[0].pixel_masks is not None  # the objective's terms
+    pixel_labels = torch.cat([t.pixel_labels for t in terms]) if labelled else None
     delta = torch.zeros_like(rows, requires_grad=True)
     bg0 = clf.bg_embed.detach().float().cpu().reshape(-1)
     bg_delta = torch.zeros_like(bg0, requires_grad=background)
@@ -239,13 +242,14 @@ def _tune(
             target = torch.full(logits.shape[:2], k, dtype=torch.long)
             with torch.no_grad():
                 probs = logits.softmax(-1)
-                for i, (cls, cost) in enumerate(zip(present, costs)):
-                    q, t = linear_sum_assignment((cost - CLASS_COST * probs[i][:, cls]).numpy())
+                for i, term in enumerate(terms):  # the mask costs are fixed: the masks do not learn
+                    cls = term.present
+                    q, t = linear_sum_assignment((term.costs - CLASS_COST * probs[i][:, cls]).numpy())
                     target[i, torch.from_numpy(q)] = cls[torch.from_numpy(t)]
             loss = loss + F.cross_entropy(logits.reshape(-1, k + 1), target.reshape(-1), weight=class_weight)
         if labelled:  # the label map's own likelihood, through SAN's semantic inference
             probs = logits.softmax(-1)[..., :-1]
-            sem = torch.cat([torch.einsum("qc,qp->pc", probs[i], m) for i, (m, _) in enumerate(pixels)])
+            sem = torch.cat([torch.einsum("qc,qp->pc", probs[i], t.pixel_masks) for i, t in enumerate(terms)])
             loss = loss + F.nll_loss(torch.log(sem / sem.sum(-1, keepdim=True) + 1e-8), pixel_labels)
         opt.zero_grad()
         loss.backward()
@@ -264,7 +268,7 @@ def _confusion(pred: np.ndarray, gt: np.ndarray, n: int) -> np.ndarray:
 def cap_labels(shot: Shot, num_classes: int, postprocess_before_inference: bool = True) -> np.ndarray:
     """The labels of a perfect classifier of the same proposals: each proposal certain of the class
     it has most mass on, through SAN's own semantic inference."""
-    owner = _masses(shot, num_classes).argmax(1)
+    owner = _terms(shot, num_classes).mass.argmax(1)
     logits = F.one_hot(owner, num_classes + 1).float() * 50.0  # softmax ~ one-hot, no-object ~ 0
     v = shot.encoding.views[0]
     labels, _ = semantic_labels(

@@ -185,17 +185,29 @@ class SANPredictor:
         return Vocabulary(tuple(user), voc.distractors) if list(user) != list(voc.user) else voc
 
     @torch.no_grad()
-    def classifier(self, vocabulary: Vocabulary | Sequence[str], adapted: bool | Sequence[str] = True) -> torch.Tensor:
-        """The scaled classifier ``[C + 1, E]`` of a vocabulary's names (or of a list of names, as
-        they are): with an adapter, the names it
-        knows take their adapted rows (``adapted``: True all, False none, or a list of them); the same
-        tensor as the base model's when no adapted name is used."""
+    def classifier(
+        self,
+        vocabulary: Vocabulary | Sequence[str],
+        adapted: bool | Sequence[str] = True,
+        class_embeddings: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The scaled classifier ``[C + 1, E]`` of a vocabulary's names (or of a list of names, as they
+        are), in the predictor's precision: with an adapter, the names it knows take their adapted rows
+        (``adapted``: True all, False none, or a list of them), the same tensor as the base model's when
+        no adapted name is used; ``class_embeddings`` ``[C, E]`` replace the names' text embeddings."""
         names = list(vocabulary.names if isinstance(vocabulary, Vocabulary) else vocabulary)
-        if self.adapter is None:
-            if adapted not in (True, False):
-                raise ValueError("adapted= names adapted classes, and this predictor has no adapter")
-            return self.model.encode_vocabulary(names)
-        return self.adapter.classifier(self.model, names, adapted)
+        clf = self.model.ov_classifier
+        with autocast(self.device, self.precision):
+            if class_embeddings is not None:
+                if class_embeddings.shape != (len(names), clf.text_projection.shape[1]):
+                    shape = tuple(class_embeddings.shape)
+                    raise ValueError(f"class_embeddings {shape} must be [{len(names)} names, the embedding width]")
+                return clf.assemble(class_embeddings.to(clf.text_projection.device, torch.float32))
+            if self.adapter is None:
+                if adapted not in (True, False):
+                    raise ValueError("adapted= names adapted classes, and this predictor has no adapter")
+                return self.model.encode_vocabulary(names)
+            return self.adapter.classifier(self.model, names, adapted)
 
     # -- inference ---------------------------------------------------------------------------------
     def predict(
@@ -242,8 +254,7 @@ class SANPredictor:
         its position (``images[i]``) and, for files, its path."""
         voc = self.vocabulary(vocabulary, other)
         arrays = self._decode_all(images)
-        with autocast(self.device, self.precision):
-            classifier = self.classifier(voc, adapted)
+        classifier = self.classifier(voc, adapted)
         results: list[Prediction | None] = [None] * len(arrays)
         for chunk in self._same_size_chunks(arrays, batch_size):
             for i, enc in zip(chunk, self._encode([arrays[i] for i in chunk])):
@@ -332,16 +343,7 @@ class SANPredictor:
         embeddings (one per name of the vocabulary, in its order; the background row stays)."""
         self._check_encoding(encoding)
         voc = self.vocabulary(vocabulary, other)
-        if class_embeddings is not None:
-            if class_embeddings.shape != (len(voc.names), self.model.ov_classifier.text_projection.shape[1]):
-                shape = tuple(class_embeddings.shape)
-                raise ValueError(f"class_embeddings {shape} must be [{len(voc.names)} names, the embedding width]")
-            clf = self.model.ov_classifier
-            with torch.no_grad():
-                classifier = clf.assemble(class_embeddings.to(clf.text_projection.device, torch.float32))
-        else:
-            with autocast(self.device, self.precision):
-                classifier = self.classifier(voc, adapted)
+        classifier = self.classifier(voc, adapted, class_embeddings)
         return self._classify(encoding.to(self.device), voc, return_scores, return_confidence, classifier)
 
     def _check_encoding(self, encoding: ImageEncoding) -> None:
