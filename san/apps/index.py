@@ -170,7 +170,7 @@ def _build(args: argparse.Namespace, out: Path, files: list, missing: list, rank
         return _fail(str(e))
     before = len(index)
     if args.table:
-        return _from_table(args.table, index, args.part_size, before)
+        return _from_table(args.table, index, args.part_size)
     run = IndexRun(
         predictor,
         index,
@@ -207,7 +207,7 @@ def _build(args: argparse.Namespace, out: Path, files: list, missing: list, rank
     return 1 if summary["failed"] else 0
 
 
-def _from_table(table: str, index: Any, part_size: int, before: int) -> int:
+def _from_table(table: str, index: Any, part_size: int) -> int:
     from san.inference.index import RegionIndexError
     from san.inference.table import TableError, index_table
 

@@ -42,6 +42,7 @@ __all__ = [
     "PredictionRun",
     "RunInterrupted",
     "RunReport",
+    "batch_or_each",
     "merge_reports",
     "open_predictor",
     "run_settings",
@@ -371,17 +372,14 @@ class PredictionRun:
 
     def _segment(self, batch: list, report: RunReport) -> list[tuple | None]:
         """``(prediction, encoding or None)`` per image; an image that fails is reported (None)."""
-        images = [image for _, _, image in batch]
-        try:
-            return self._model(images)
-        except (RuntimeError, MemoryError, ValueError) as e:
-            if len(batch) == 1:
-                oom = _out_of_memory(e)
-                self._fail(report, batch[0][0], OOM if oom else f"{type(e).__name__}: {e}", images[0] if oom else None)
-                return [None]
+        results = batch_or_each(self._model, [image for _, _, image in batch])
         out: list[tuple | None] = []
-        for item in batch:  # the batch failed (e.g. out of memory): each image alone
-            out += self._segment([item], report)
+        for (path, _, image), result in zip(batch, results):
+            if isinstance(result, BaseException):
+                oom = _out_of_memory(result)
+                self._fail(report, path, OOM if oom else f"{type(result).__name__}: {result}", image if oom else None)
+                result = None
+            out.append(result)
         return out
 
     def _model(self, images: list[np.ndarray]) -> list[tuple]:
@@ -413,6 +411,18 @@ class PredictionRun:
                     raise OutputFolderGone(self.out_dir, report) from None
                 self._fail(report, path, f"{type(e).__name__}: {e}")
             bar.update(1)
+
+
+def batch_or_each(run: Callable[[list], list], items: list) -> list:
+    """``run(items)``; when that fails (out of memory, a bad image: RuntimeError, MemoryError, ValueError),
+    each item alone, so one bad image does not cost its batch: an item that fails alone gets its exception
+    in place of its result."""
+    try:
+        return run(items)
+    except (RuntimeError, MemoryError, ValueError) as e:
+        if len(items) == 1:
+            return [e]
+    return [result for item in items for result in batch_or_each(run, [item])]
 
 
 class _InterruptGate:

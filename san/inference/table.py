@@ -115,8 +115,11 @@ def rows_to_table(rows: Sequence[dict[str, Any]]) -> Any:
     return pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema=schema)
 
 
-def read_rows(path: str | os.PathLike, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """The rows of a table file, or of a folder of them (as Ray writes), sorted by image path."""
+def read_rows(
+    path: str | os.PathLike, columns: Sequence[str] | None = None, *, paths: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """The rows of a table file, or of a folder of them (as Ray writes), sorted by image path; ``columns``
+    and ``paths`` (the images wanted) limit what is read."""
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -130,7 +133,8 @@ def read_rows(path: str | os.PathLike, columns: Sequence[str] | None = None) -> 
     rows: list[dict[str, Any]] = []
     for f in files:
         try:
-            table = pq.read_table(f, columns=list(columns) if columns else None)
+            wanted = None if paths is None else [("path", "in", list(paths))]
+            table = pq.read_table(f, columns=list(columns) if columns else None, filters=wanted)
         except Exception as e:  # pyarrow raises its own error types for a foreign or broken file
             raise TableError(f"{f}: not a readable Parquet table ({type(e).__name__}: {e})") from None
         missing = {"path", "error"} - set(table.column_names)
@@ -172,14 +176,15 @@ def _chunks(items: list, size: int) -> Iterator[list]:
 def index_table(path: str | os.PathLike, index: RegionIndex, *, part_size: int = 256) -> dict[str, int]:
     """Add a table's images to ``index`` (made by the same model; images it holds are skipped), keyed
     by their positions in the table's sorted paths, as ``san index`` keys a sorted folder: the same
-    images give the same index. Returns counts: ``added``, ``already``, ``failed`` (rows with an error)."""
-    rows = read_rows(path)
+    images give the same index; the arrays are read a part at a time. Returns counts: ``added``,
+    ``already``, ``failed`` (rows with an error)."""
+    rows = read_rows(path, columns=["path", "error", "fingerprint", "queries", "embed_dim"])
     fingerprint = index.meta.get("fingerprint")
     usable, failed = [], 0
     for key, row in enumerate(rows):
         if row["error"] is not None:
             failed += 1
-        elif row.get("mask_embeddings") is None:
+        elif row["queries"] is None:
             raise TableError(f"{row['path']}: the table has no region columns (written without them)")
         elif row["fingerprint"] != fingerprint:
             raise RegionIndexError(
@@ -189,9 +194,10 @@ def index_table(path: str | os.PathLike, index: RegionIndex, *, part_size: int =
         elif row["queries"] != index.meta.get("queries") or row["embed_dim"] != index.meta.get("embed_dim"):
             raise RegionIndexError(f"{path}: its proposals' shapes differ from the index's model")
         else:
-            usable.append((f"{key:08d}", row))
+            usable.append((f"{key:08d}", row["path"]))
     done = index.indexed()
-    todo = [(key, row) for key, row in usable if row["path"] not in done]
+    todo = [(key, image) for key, image in usable if image not in done]
     for chunk in _chunks(todo, part_size):
-        index.write_part([(key, row["path"], _record(row, index.has_masks)) for key, row in chunk])
+        full = {row["path"]: row for row in read_rows(path, paths=[image for _, image in chunk])}
+        index.write_part([(key, image, _record(full[image], index.has_masks)) for key, image in chunk])
     return {"added": len(todo), "already": len(usable) - len(todo), "failed": failed}

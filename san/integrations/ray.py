@@ -29,6 +29,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from san.data.images import ImageError, read_image, read_image_bytes, to_rgb_arr
 from san.files import atomic_path
 from san.inference.index import RegionRecord
 from san.inference.outputs import check_output_dir, collect_inputs, output_stems, write_outputs
-from san.inference.runner import open_predictor, run_settings
+from san.inference.runner import batch_or_each, open_predictor, run_settings
 from san.inference.table import error_row, prediction_row, read_rows, rows_to_table
 from san.inference.vocabulary import build_vocabulary
 
@@ -103,7 +104,7 @@ class SANSegmenter:
         if regions and self.predictor.tta:
             raise ValueError("the region columns hold one view per image: turn TTA off, or pass regions=False")
         self.voc = self.predictor.vocabulary(vocabulary, other)
-        self.predictor.model.encode_vocabulary(self.voc.names)  # the text tower runs once, here
+        self.predictor.classifier(self.voc)  # the text tower runs once, here
         self.meta = run_settings(self.predictor, meta, text_cache=text_cache)
         self.batch_size, self.alpha, self.regions, self.masks = batch_size, alpha, regions, masks
         self.output = None if output is None else Path(output)
@@ -141,17 +142,8 @@ class SANSegmenter:
 
     def _encode(self, images: dict[int, np.ndarray]) -> dict[int, Any]:
         """Encodings by position; an image the model fails on (alone) gets its exception."""
-        order = list(images)
-        try:
-            encodings = self.predictor.encode_batch([images[i] for i in order], batch_size=self.batch_size)
-            return dict(zip(order, encodings))
-        except (RuntimeError, MemoryError, ValueError) as e:
-            if len(order) == 1:
-                return {order[0]: e}
-        out: dict[int, Any] = {}
-        for i in order:  # the batch failed (e.g. out of memory): each image alone
-            out.update(self._encode({i: images[i]}))
-        return out
+        run = partial(self.predictor.encode_batch, batch_size=self.batch_size)
+        return dict(zip(images, batch_or_each(run, list(images.values()))))
 
     def _row(self, path: str, stem: str, image: np.ndarray, encoding: Any) -> dict[str, Any]:
         pred = self.predictor.classify(encoding, self.voc, return_confidence=False)

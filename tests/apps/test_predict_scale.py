@@ -415,3 +415,24 @@ def test_a_launched_run_that_writes_no_summary_is_a_failure_even_over_an_old_sum
     args = argparse.Namespace(num_gpus=2, num_machines=1, machine_rank=0, dist_url="auto")
     assert launch.run_launched(lambda a: 0, args, "san predict", summary, "finished images keep their outputs") == 2
     assert "ended without writing" in capsys.readouterr().err and not summary.exists()
+
+
+def test_a_failing_batch_is_retried_image_by_image():
+    """``batch_or_each``: a batch that fails runs again one item at a time, in order; only the item that
+    fails alone gets its exception, and errors other than the model's propagate."""
+    from san.inference.runner import batch_or_each
+
+    calls = []
+
+    def run(items):
+        calls.append(list(items))
+        if "bad" in items:
+            raise MemoryError("too big")
+        return [f"{x}!" for x in items]
+
+    out = batch_or_each(run, ["a", "bad", "c"])
+    assert out[0] == "a!" and out[2] == "c!" and isinstance(out[1], MemoryError)
+    assert calls == [["a", "bad", "c"], ["a"], ["bad"], ["c"]]
+    assert batch_or_each(run, ["a", "c"]) == ["a!", "c!"]
+    with pytest.raises(KeyError):
+        batch_or_each(lambda items: {}["x"], ["a", "b"])
