@@ -83,7 +83,7 @@ def adapt(
         "data": os.path.abspath(os.fspath(data)),
         "shots": shots,
         "seed": seed,
-        "images": [_file(ds, k) for k in chosen],
+        "images": [s.image or s.key for s in ds.subset(chosen).samples],  # the files (a table's rows: keys)
     }
     row = options.pop("background_row", False)
     adapter = adapt_encodings(predictor, shot_list, ds.classes, mode=mode, background=row, meta=provenance, **options)
@@ -127,11 +127,6 @@ def _chart(report: dict[str, Any], path: str) -> None:
         f"held-out mIoU {zero['mIoU']:.1f} zero-shot -> {adapted['mIoU']:.1f} adapted (cap {report['cap']['mIoU']:.1f})"
     )
     comparison_picture(rows, path, title, after="adapted")
-
-
-def _file(ds: Any, key: str) -> str:
-    sample = next(s for s in ds.samples if s.key == key)
-    return sample.image or key
 
 
 def _picture(predictor: Any, held: list, ds: Any, classes: list[str]) -> Any:
