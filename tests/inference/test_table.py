@@ -54,7 +54,9 @@ def test_region_scores_give_the_label_map_by_the_official_inference(predictor, i
         scores = predictor.region_scores(encoding, NAMES)
         q = predictor.model.side_adapter_network.num_queries
         assert scores.shape == (q, len(NAMES) + 1) and scores.dtype == np.float32
-        np.testing.assert_allclose(scores.sum(1), 1.0, atol=len(NAMES) * 4e-7)  # a softmax over names + no-object
+        # a float32 softmax over names + no-object: each of the C + 1 terms and the running sum rounded once,
+        # (C + 1) x 2 x 2^-23 = 1.4e-6 for C = 5, within C x 4e-7
+        np.testing.assert_allclose(scores.sum(1), 1.0, atol=len(NAMES) * 4e-7)
         labels = predictor.classify(encoding, NAMES).labels
         classes |= set(np.unique(labels).tolist())
         official = _official_labels(scores, encoding.views[0], image.shape[:2])
@@ -68,6 +70,7 @@ def test_region_scores_follow_the_class_names_with_distractors(predictor, images
     mixed = predictor.region_scores(encoding, ["cat", "dog"], other="coco-stuff")
     names = predictor.vocabulary(["cat", "dog"], "coco-stuff").class_names
     assert names[-1] == "other" and mixed.shape == (plain.shape[0], len(names) + 1)
+    # as above, over the 2 names, the COCO-Stuff distractors (at most 171) and no-object: < 200 x 4e-7
     np.testing.assert_allclose(mixed.sum(1), 1.0, atol=200 * 4e-7)
     # distractors take probability from the named classes, never add to it
     assert (mixed[:, :2] <= plain[:, :2] + 1e-6).all() and (mixed[:, 2] > 0).all()
