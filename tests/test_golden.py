@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import san
+from san.modeling.gemm import cpu_gemm
 
 from .conftest import SHARED, golden_cfg
 from .reference import assert_sem_seg_matches_golden, dense_mask, golden_sem_seg_bound
@@ -101,11 +102,13 @@ def test_text_embeddings_and_classifier(case):
         _close(model.encode_vocabulary(golden["vocabulary"]), golden["outputs"]["classifier_with_bg_scaled"], "cls")
 
 
+@pytest.mark.parametrize("gemm", ["auto", "aten"])  # oneDNN's products (the default) and ATen's reference
 @pytest.mark.parametrize("mode", ["eval", "train"])
-def test_every_stage(case, mode):
+def test_every_stage(case, mode, gemm):
     _, golden, model = case
     out = golden["outputs"]
-    images, res = _stages(model, golden, mode == "train")
+    with cpu_gemm(gemm):
+        images, res = _stages(model, golden, mode == "train")
     _close(images, out["padded_input"], "padded_input")
     clip = res["clip_features"]
     for key, ref in out["clip_features"].items():
@@ -123,7 +126,8 @@ def test_every_stage(case, mode):
         _close(got[0], exp[0], f"{mode}.attn_biases")
 
 
-def test_final_sem_seg(case):
+@pytest.mark.parametrize("gemm", ["auto", "aten"])
+def test_final_sem_seg(case, gemm):
     """``sem_seg`` within a bound derived from the computation (:func:`golden_sem_seg_bound`: the measured
     stage differences and float32 rounding, propagated through the official formula in float64), and the
     labels equal wherever that bound cannot swap the top two classes, on the forward and the label path.
@@ -134,7 +138,7 @@ def test_final_sem_seg(case):
     Golden v2 is well-conditioned: its bound is tight everywhere (checked), so it carries the close check.
     """
     version, golden, model = case
-    with torch.no_grad():
+    with torch.no_grad(), cpu_gemm(gemm):
         results = model(_inputs(golden))
         labels = model.predict_labels(_inputs(golden))
         _, stages = _stages(model, golden, False)

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .gemm import Linear, linear
+
 logger = logging.getLogger(__name__)
 
 # OpenAI CLIP's image normalisation (RGB, 0..1 scale)
@@ -60,14 +62,14 @@ class SelfAttention(nn.Module):
         self.head_dim = dim // num_heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
-        self.out_proj = nn.Linear(dim, dim)
+        self.out_proj = Linear(dim, dim)
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
 
     def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Project tokens ``[B, N, D]`` to q, k, v, each ``[B, heads, N, head_dim]``."""
         b, n, _ = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        qkv = linear(x, self.in_proj_weight, self.in_proj_bias)
         qkv = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return qkv[0], qkv[1], qkv[2]
 
@@ -95,12 +97,35 @@ class ResidualAttentionBlock(nn.Module):
         self.attn = SelfAttention(dim, num_heads)
         self.ln_2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(
-            OrderedDict([("c_fc", nn.Linear(dim, hidden)), ("gelu", act_layer()), ("c_proj", nn.Linear(hidden, dim))])
+            OrderedDict([("c_fc", Linear(dim, hidden)), ("gelu", act_layer()), ("c_proj", Linear(hidden, dim))])
         )
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         x = x + self.attn(self.ln_1(x), attn_mask)
         return x + self.mlp(self.ln_2(x))
+
+    def forward_after(
+        self, x: Tensor, past: tuple[Tensor, Tensor], attn_mask: Tensor, rows: Tensor | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """The block on tokens ``x`` ``[B, n, D]`` that follow ``p`` earlier tokens (a KV cache).
+
+        ``past``: the earlier tokens' keys and values at this block, ``[1 or B, heads, p, head_dim]`` each.
+        ``attn_mask``: additive, ``[n, p + n]`` (or ``[B, 1, n, p + n]``) over [past, own] keys.
+        ``rows``: ``[B]`` positions in ``x``; when given only those queries run (the last block of a
+        causal tower needs one output token per sequence) and ``attn_mask`` covers those rows only.
+        Returns the block's output (``[B, n, D]``, or ``[B, 1, D]`` with ``rows``) and ``x``'s own
+        ``(k, v)`` ``[B, heads, n, head_dim]``, which later tokens attend to.
+        """
+        b = x.shape[0]
+        q, k, v = self.attn.qkv(self.ln_1(x))
+        keys = torch.cat([past[0].expand(b, -1, -1, -1), k], dim=2)
+        values = torch.cat([past[1].expand(b, -1, -1, -1), v], dim=2)
+        if rows is not None:
+            pick = torch.arange(b, device=x.device)
+            q, x = q[pick, :, rows].unsqueeze(2), x[pick, rows].unsqueeze(1)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask.to(q.dtype))
+        x = x + self.attn.project_out(out)
+        return x + self.mlp(self.ln_2(x)), (k, v)
 
 
 # --------------------------------------------------------------------------------------------

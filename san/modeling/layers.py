@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .gemm import Linear
+
 __all__ = ["LayerNorm2d", "MLP", "AddFusion"]
 
 
@@ -32,7 +34,7 @@ class MLP(nn.Module):
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int, *, conv: bool = False) -> None:
         super().__init__()
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
-        make = (lambda i, o: nn.Conv2d(i, o, kernel_size=1)) if conv else nn.Linear
+        make = (lambda i, o: nn.Conv2d(i, o, kernel_size=1)) if conv else Linear
         self.layers = nn.ModuleList(make(i, o) for i, o in zip(dims[:-1], dims[1:]))
 
     def forward(self, x: Tensor) -> Tensor:

@@ -20,6 +20,7 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from .clip_adapter import ClipFeatures
+from .gemm import adopt_linears
 from .layers import AddFusion
 from .mask_decoder import MaskDecoder
 
@@ -57,6 +58,7 @@ class SideViT(nn.Module):
             )
             for i in range(depth)
         )
+        adopt_linears(self.blocks)  # timm builds nn.Linear: float32 CPU inference goes through san.modeling.gemm
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         for m in self.blocks.modules():
             if isinstance(m, nn.Linear):

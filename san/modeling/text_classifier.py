@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import torch
@@ -34,7 +35,7 @@ from .text_cache import TextEmbeddingCache
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TextClassifier", "TextTransformer", "fit_to_context", "validate_vocabulary"]
+__all__ = ["TextClassifier", "TextTransformer", "fit_to_context", "shared_prefixes", "validate_vocabulary"]
 
 # parameters a name's embedding does not depend on (learnable background row, classifier scale)
 _NOT_IN_NAME_EMBEDDINGS = ("bg_embed", "logit_scale")
@@ -93,6 +94,27 @@ def fit_to_context(
             n = cut
         out.append(n)
     return out
+
+
+def shared_prefixes(tokens: Tensor, lengths: Tensor) -> list[tuple[Tensor, int]]:
+    """Group token rows ``[N, T]`` (``lengths`` ``[N]``, end-of-text included) by a shared first ``p`` tokens.
+
+    Under CLIP's causal mask a token's state depends on the tokens before it only, so rows that begin
+    with the same ``p`` tokens share those tokens' states at every block. Each row takes the longest of
+    its prefixes (end-of-text excluded) that at least ``max(2, min(16, N // 8))`` rows begin with, so
+    that groups stay large enough to batch (a prompt template's fixed words, typically); rows with the
+    same prefix form a group. Returns ``(row indices, p)`` per group, covering every row once.
+    """
+    rows, ends = tokens.tolist(), lengths.tolist()
+    need = max(2, min(16, len(rows) // 8))
+    counts: Counter[tuple[int, ...]] = Counter()
+    for row, end in zip(rows, ends):
+        counts.update(tuple(row[:k]) for k in range(1, end))
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (row, end) in enumerate(zip(rows, ends)):
+        p = next((k for k in range(end - 1, 1, -1) if counts[tuple(row[:k])] >= need), 1)
+        groups.setdefault(tuple(row[:p]), []).append(i)
+    return [(torch.tensor(members), len(prefix)) for prefix, members in groups.items()]
 
 
 class TextTransformer(nn.Module):
@@ -224,23 +246,72 @@ class TextClassifier(nn.Module):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> Tensor:
-        """Normalised embeddings ``[N, E]`` of raw prompts, batched and cut at the end-of-text token."""
+        """Normalised embeddings ``[N, E]`` of raw prompts: shared prefixes once, the rest batched and cut.
+
+        Prompts are grouped by the tokens they begin with (:func:`shared_prefixes`); each group's prefix
+        runs through the tower once and its keys and values serve every prompt of the group, whose own
+        tokens run in chunks sorted by length, cut after the longest end-of-text token; the last block
+        runs the end-of-text query alone.
+        """
         device = self.text_projection.device
         tokens = self.tokenizer(prompts)  # [N, 77]
         lengths = tokens.argmax(dim=-1) + 1
-        order = torch.argsort(lengths, descending=True)
         out = torch.empty(len(prompts), self.text_projection.shape[1], device=device)
-        n_chunks = -(-len(prompts) // self.batch_size)
+        groups = shared_prefixes(tokens, lengths)
         # a progress bar for long vocabularies (thousands of names), none for short ones
         with tqdm(
-            total=len(prompts), desc="encoding class names", unit="prompt", disable=n_chunks <= 4, leave=False
+            total=len(prompts),
+            desc="encoding class names",
+            unit="prompt",
+            disable=len(prompts) <= 4 * self.batch_size,
+            leave=False,
         ) as bar:
-            for start in range(0, len(prompts), self.batch_size):
-                idx = order[start : start + self.batch_size]
-                t = int(lengths[idx].max())
-                out[idx.to(device)] = self.encode_tokens(tokens[idx, :t].to(device)).float()
-                bar.update(len(idx))
+            for rows, p in groups:
+                past = self._prefix_keys(tokens[rows[0], :p].to(device))
+                for idx in self._chunks(rows, lengths):
+                    rest = tokens[idx, p : int(lengths[idx[0]])].to(device)
+                    out[idx.to(device)] = self._encode_rest(rest, (lengths[idx] - 1 - p).to(device), past).float()
+                    bar.update(len(idx))
         return out
+
+    def _chunks(self, rows: Tensor, lengths: Tensor) -> list[Tensor]:
+        """``rows`` longest first, in chunks of at most ``batch_size`` whose rows are all longer than 3/4 of
+        the chunk's first: each chunk is cut to its first row's length, so padding stays under a quarter."""
+        rows = rows[torch.argsort(lengths[rows], descending=True, stable=True)]
+        sizes, start = lengths[rows].tolist(), 0
+        chunks = []
+        for i in range(1, len(rows) + 1):
+            if i == len(rows) or 4 * sizes[i] <= 3 * sizes[start] or i - start == self.batch_size:
+                chunks.append(rows[start:i])
+                start = i
+        return chunks
+
+    def _prefix_keys(self, prefix: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Each block's keys and values ``[1, heads, p, head_dim]`` of the prefix tokens ``[p]``."""
+        p = prefix.shape[0]
+        x = (self.token_embedding(prefix) + self.positional_embedding[:p]).unsqueeze(0)  # [1, p, W]
+        blocks = self.transformer.resblocks
+        width, heads = x.shape[-1], blocks[0].attn.num_heads
+        nothing = (x.new_empty(1, heads, 0, width // heads),) * 2  # no tokens before the prefix
+        past = []
+        for block in blocks:
+            x, kv = block.forward_after(x, nothing, self.attn_mask[:p, :p])
+            past.append(kv)
+        return past
+
+    def _encode_rest(self, rest: Tensor, eot: Tensor, past: list[tuple[Tensor, Tensor]]) -> Tensor:
+        """Tokens ``[B, s]`` after a prefix with keys ``past``, end-of-text at ``eot`` ``[B]`` -> ``[B, E]``."""
+        b, s = rest.shape
+        p = past[0][0].shape[2]
+        x = self.token_embedding(rest) + self.positional_embedding[p : p + s]  # [B, s, W]
+        causal = self.attn_mask[:s, :s]
+        mask = torch.cat([causal.new_zeros(s, p), causal], dim=1)  # [s, p + s]: the prefix is visible to all
+        *blocks, last = self.transformer.resblocks
+        for block, kv in zip(blocks, past):
+            x, _ = block.forward_after(x, kv, mask)
+        x, _ = last.forward_after(x, past[-1], mask[eot].view(b, 1, 1, p + s), rows=eot)
+        x = self.ln_final(x[:, 0]) @ self.text_projection
+        return F.normalize(x, dim=-1)
 
     @torch.no_grad()
     def encode_reference(self, names: Sequence[str]) -> Tensor:

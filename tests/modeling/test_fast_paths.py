@@ -19,7 +19,7 @@ from san.modeling.semantic import (
     semantic_inference,
     semantic_labels,
 )
-from san.modeling.text_classifier import TextClassifier
+from san.modeling.text_classifier import TextClassifier, shared_prefixes
 
 from ..reference import decided, float32_tolerance
 
@@ -64,6 +64,27 @@ def test_text_fast_equals_reference_vitb(vitb):
         torch.testing.assert_close(clf.embed_names(NAMES[:3]), clf.encode_reference(NAMES[:3]), atol=1e-5, rtol=0)
     finally:
         clf.set_templates(templates)
+
+
+def test_shared_prefixes_group_prompts_by_their_templates_fixed_words(vitb):
+    """The groups partition the rows, every row of a group begins with the group's p tokens (its end-of-text
+    left out), and each prompt shares at least its template's words before the name (tokenized alone)."""
+    clf = vitb.ov_classifier
+    names = NAMES + ["person", "chest of drawers", "car", "road", "tree", "wall", "floor", "water", "grass"]
+    names += ["building", "bed", "windowpane", "cabinet", "sidewalk", "ceiling", "earth", "door"]
+    prompts = [t.format(n) for n in names for t in clf.templates]
+    tokens = clf.tokenizer(prompts)
+    lengths = tokens.argmax(dim=-1) + 1
+    groups = shared_prefixes(tokens, lengths)
+    assert sorted(torch.cat([rows for rows, _ in groups]).tolist()) == list(range(len(prompts)))
+    for rows, p in groups:
+        assert 1 <= p <= int(lengths[rows].min()) - 1
+        assert (tokens[rows, :p] == tokens[rows[0], :p]).all()
+    shared = {int(r): p for rows, p in groups for r in rows}
+    for j, template in enumerate(clf.templates):
+        fixed = int(clf.tokenizer([template.split("{}")[0].strip()]).argmax())  # start token + the words
+        assert all(shared[i * len(clf.templates) + j] >= fixed for i in range(len(names))), template
+    assert len(groups) <= len(clf.templates)  # batches stay large: one group per template opening at most
 
 
 def test_text_disk_cache_round_trip_and_keys(tiny_model, tmp_path, monkeypatch):
