@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from .clip import OPENAI_MEAN, OPENAI_STD
 from .clip_adapter import ClipFeatureExtractor, RecognitionHead
-from .semantic import resize_mask_logits, sem_seg_postprocess, semantic_inference, semantic_labels
+from .semantic import sem_seg_postprocess, semantic_inference, semantic_labels, semantic_scores
 from .side_adapter import SideAdapterNetwork
 from .text_classifier import TextClassifier
 
@@ -314,16 +314,15 @@ class SAN(nn.Module):
         """Semantic maps ``[C, height, width]`` per image from class logits ``[B, Q, C+1]`` and mask logits.
 
         The official order (``sem_seg_postprocess_before_inference``): masks resized to the output,
-        then the class mixture, with the two bilinear resizes done as one exact separable step
-        (:func:`~san.modeling.semantic.resize_mask_logits`); else the mixture at the padded size, then
-        the scores resized.
+        then the class mixture, with the two bilinear resizes done as one exact separable step, a band
+        of output rows at a time (:func:`~san.modeling.semantic.semantic_scores`); else the mixture at
+        the padded size, then the scores resized.
         """
         results = []
         for cls, mask, x, size in zip(class_logits, mask_logits, batched_inputs, sizes):
             height, width = int(x.get("height", size[0])), int(x.get("width", size[1]))
             if self.sem_seg_postprocess_before_inference:
-                mask = resize_mask_logits(mask, size, tuple(padded_size), (height, width))
-                r = semantic_inference(cls.to(mask.dtype), mask)
+                r = semantic_scores(cls, mask, size, tuple(padded_size), (height, width))
             else:
                 mask = F.interpolate(mask[None], size=tuple(padded_size), mode="bilinear", align_corners=False)[0]
                 r = sem_seg_postprocess(semantic_inference(cls, mask), size, height, width)

@@ -38,6 +38,7 @@ __all__ = [
     "semantic_confidence",
     "semantic_inference",
     "semantic_labels",
+    "semantic_scores",
 ]
 
 
@@ -123,6 +124,40 @@ def resize_mask_logits(
         if ho * h * w + ho * w * wo <= h * w * wo + ho * h * wo:  # (R m) C^T costs fewer products
             return torch.matmul(torch.matmul(rows, mask_logits), cols.T)
         return torch.matmul(rows, torch.matmul(mask_logits, cols.T))
+
+
+def semantic_scores(
+    class_logits: Tensor,
+    mask_logits: Tensor,
+    image_size: tuple[int, int],
+    padded_size: tuple[int, int],
+    out_size: tuple[int, int],
+    *,
+    max_elements: int | None = None,
+) -> Tensor:
+    """The official ``[C, H, W]`` scores (masks resized to the output, sigmoid, class mixture), by bands.
+
+    Equal to :func:`semantic_inference` of :func:`resize_mask_logits` up to float rounding, without their
+    ``[Q, H, W]`` volume of resized masks: the masks are resized along the columns once (``[Q, h, W]``),
+    then each band of output rows is resized, squashed and mixed while it is in cache and written into
+    the result. Memory beyond the result: ``Q h W`` plus one band of ``max_elements`` (default 2^21
+    elements on the CPU, 2^26 on GPUs). Computed in the masks' dtype, never autocast.
+    """
+    dtype, device = mask_logits.dtype, mask_logits.device
+    (q, h, w), (hp, wp), (h0, w0), (ho, wo) = mask_logits.shape, padded_size, image_size, out_size
+    rows = _chain_matrix(h, hp, h0, ho, dtype, device)  # [H, h]
+    cols = _chain_matrix(w, wp, w0, wo, dtype, device)  # [W, w]
+    if max_elements is None:
+        max_elements = 1 << (21 if device.type == "cpu" else 26)
+    with torch.autocast(device.type, enabled=False):
+        probs = class_logits.to(dtype).softmax(dim=-1)[:, :-1].T.contiguous()  # [C, Q]
+        maps = torch.matmul(mask_logits, cols.T)  # [Q, h, W]
+        out = torch.empty(probs.shape[0], ho, wo, dtype=dtype, device=device)
+        band = _band_rows(ho, q * wo, max_elements)
+        for start in range(0, ho, band):
+            up = torch.matmul(rows[start : start + band], maps).sigmoid_()  # [Q, b, W]
+            torch.mm(probs, up.view(q, -1), out=out[:, start : start + up.shape[1]].view(probs.shape[0], -1))
+    return out
 
 
 def _band_rows(n_rows: int, per_row: int, max_elements: int) -> int:

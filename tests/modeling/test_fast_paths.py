@@ -18,6 +18,7 @@ from san.modeling.semantic import (
     sem_seg_postprocess,
     semantic_inference,
     semantic_labels,
+    semantic_scores,
 )
 from san.modeling.text_classifier import TextClassifier, shared_prefixes
 
@@ -306,3 +307,20 @@ def test_separable_mask_resize_equals_the_two_interpolations(grid, padded, image
     got = resize_mask_logits(masks, image, padded, out)
     assert got.shape == want.shape == (5, *out)
     torch.testing.assert_close(got, want, rtol=0, atol=float32_tolerance(want, 16))  # 2 resizes of 4 taps, both ways
+
+
+@pytest.mark.parametrize(("grid", "padded", "image", "out"), SIZES)
+def test_banded_scores_equal_the_official_postprocessing(grid, padded, image, out):
+    """SAN.forward's banded ``[C, H, W]`` = the official upsample, crop, resize, sigmoid and class mixture,
+    for one band, bands of three rows and single rows. Tolerance: the resize's (16 roundings of the
+    logits' size) through the sigmoid (slope <= 1/4), then the mixture's Q roundings of values <= 1."""
+    torch.manual_seed(0)
+    masks, cls = torch.randn(5, *grid) * 4, torch.randn(5, 8) * 3
+    up = F.interpolate(masks[None], size=padded, mode="bilinear", align_corners=False)[0]
+    logits = sem_seg_postprocess(up, image, *out)
+    want = semantic_inference(cls, logits)
+    tol = float32_tolerance(logits, 16) / 4 + float32_tolerance(want, 5)
+    for max_elements in (None, 5 * out[1] * 3, 1):
+        got = semantic_scores(cls, masks, image, padded, out, max_elements=max_elements)
+        assert got.shape == want.shape == (7, *out)
+        torch.testing.assert_close(got, want, rtol=0, atol=tol)
