@@ -15,7 +15,8 @@ batched cut text encoding, the SOS-token recognition head, ``SAN.predict_labels`
 with ``+``: reference, exact, scores (fast head + full score maps), labels (label map without the
 winning scores, as ``SANPredictor`` asks, which lets the exact class pruning skip regions one class
 must win), bf16, fp16, fp32side (the side adapter stays float32 under bf16/fp16, as
-``SANPredictor`` runs them), tf32, cl (channels-last), compile, reducedK (scores at K x the mask grid).
+``SANPredictor`` runs them), fused (the label path as one Triton kernel, GPUs), tf32, cl (channels-last), compile,
+reducedK (scores at K x the mask grid).
 Every mode's label map is compared with ``exact``.
 
 Weights are random (no download); inputs are scikit-image photos; class embeddings of the
@@ -145,7 +146,19 @@ def parse_mode(mode: str) -> tuple[set[str], int | None]:
     for part in mode.split("+"):
         if part.startswith("reduced"):
             reduced = int(part.removeprefix("reduced") or 4)
-        elif part in ("reference", "exact", "scores", "labels", "bf16", "fp16", "fp32side", "tf32", "cl", "compile"):
+        elif part in (
+            "reference",
+            "exact",
+            "scores",
+            "labels",
+            "fused",
+            "bf16",
+            "fp16",
+            "fp32side",
+            "tf32",
+            "cl",
+            "compile",
+        ):
             flags.add(part)
         else:
             raise SystemExit(f"unknown mode part {part!r} in {mode!r}")
@@ -158,7 +171,7 @@ def run_labels(model: san.SAN, inputs: list[dict], flags: set[str], reduced: int
         if "reference" in flags or "scores" in flags:
             return [r["sem_seg"].float().max(0)[::-1] for r in model(inputs)]
         with_scores = "labels" not in flags  # "labels": what SANPredictor asks for
-        outs = model.predict_labels(inputs, reduced=reduced, with_scores=with_scores)
+        outs = model.predict_labels(inputs, reduced=reduced, with_scores=with_scores, fused="fused" in flags)
         return [(r["labels"], r.get("scores")) for r in outs]
 
 

@@ -93,7 +93,7 @@ export -f gpu_env gpu_install
 step env 60 bash -c gpu_env
 step install 240 bash -c gpu_install
 if [ "$DRY" = 1 ]; then
-    step exact 300 env SAN_TEST_DEVICE=cpu $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda.py
+    step exact 300 env SAN_TEST_DEVICE=cpu TRITON_INTERPRET=1 $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda.py
     step profile 300 $PY scripts/profile_gpu.py --device cpu --models vitb --batches 1 2 --precisions fp32 bf16 \
         --size 64 --repeat 1 --json "$OUT/profile.json"
     step fastpaths 300 $PY scripts/benchmark.py --device cpu --models vitb --sizes 64 --vocab 5 --modes exact reference \
@@ -104,7 +104,7 @@ else
     step profile 420 $PY scripts/profile_gpu.py --device cuda --models vitb vitl --batches 1 32 \
         --precisions fp32 bf16 fp16 --size 640 --repeat 5 --json "$OUT/profile.json"
     step fastpaths 420 $PY scripts/benchmark.py --device cuda --models vitb vitl --sizes 640 --vocab 150 847 \
-        --modes reference exact bf16 fp16 --batch 32 --sections infer train --train-modes reference exact bf16 fp16 \
+        --modes reference exact fused bf16 fp16 --batch 32 --sections infer train --train-modes reference exact bf16 fp16 \
         --train-batch 4 --crop 640 --json "$OUT/benchmark.json"
 fi
 if [ -n "$OFFICIAL" ] && [ -d "$OFFICIAL" ]; then

@@ -81,6 +81,18 @@ def test_the_label_path_equals_the_reference_on_the_device(v2):
     assert len(torch.cat([r.flatten() for r in reference]).unique()) >= 3  # the labels vary
 
 
+def test_the_fused_label_kernel_equals_the_reference_on_the_device(v2):
+    """``predict_labels(fused=True)``: one Triton kernel (IEEE float32 dots) from the resize to the arg-max (the
+    CPU rehearsal runs it through Triton's interpreter: ``gpu_check.sh --dry-run`` sets ``TRITON_INTERPRET=1``)."""
+    golden, model = v2
+    with torch.no_grad():
+        reference = [r["sem_seg"] for r in model(_inputs(golden))]
+        fused = model.predict_labels(_inputs(golden), fused=True)
+    for ref, got in zip(reference, fused):
+        assert (got["labels"].cpu() == ref.argmax(0).cpu()).float().mean() >= 0.9999
+        _close(got["scores"], ref.amax(0).cpu(), "fused scores")
+
+
 def test_fast_text_encoding_equals_the_reference_on_the_device(v2):
     golden, model = v2
     names = [*golden["vocabulary"], "a photo of a red umbrella", "sky"]

@@ -2,14 +2,17 @@
 
 ``F.linear`` on the CPU calls the BLAS torch was built with (MKL in the PyPI wheels). oneDNN's inner
 product (``torch.ops.mkldnn._linear_pointwise``, the kernel torch's own CPU compiler emits for linear
-layers) computes the same float32 products with its own blocking and ran 5-35 % faster on every
-ViT shape SAN uses (``scripts/bench_cpu_kernels.py``; docs/benchmarks.md, "CPU kernels"). Both are
-float32 GEMMs with float32 accumulation: they differ by rounding only, which the golden tests bound.
+layers) computes the same float32 products with its own blocking. Which one is faster depends on the
+kernels the CPU runs (``scripts/bench_cpu_kernels.py``; docs/benchmarks.md, "CPU kernels"): with
+AVX-512, oneDNN took 0.68-0.92x ATen's time on the ViT shapes SAN uses; with AVX2 the two were even
+(0.90-1.29x); with SSE only, oneDNN took 2.2-2.9x. Both are float32 GEMMs with float32 accumulation:
+they differ by rounding only, which the golden tests bound under each.
 
-oneDNN is used only where it is exact to use: float32 on the CPU, no gradient needed, no autocast, not
-while tracing or exporting (ONNX, TorchScript, ``torch.compile`` see the plain ``F.linear``), and for
-at least :data:`MIN_ROWS` rows (below that ATen's call was faster). ``SAN_CPU_GEMM=aten`` (or
-:func:`cpu_gemm`) turns it off, ``onednn`` uses it for every row count; the default is ``auto``.
+``auto`` (the default) therefore uses oneDNN where it won: AVX-512 kernels (:func:`onednn_wins`) and at
+least :data:`MIN_ROWS` rows, and only where it is exact to use: float32 on the CPU, no gradient
+needed, no autocast, not while tracing or exporting (ONNX, TorchScript, ``torch.compile`` see the plain
+``F.linear``). ``SAN_CPU_GEMM=aten`` (or :func:`cpu_gemm`) turns it off; ``onednn`` uses it wherever it
+is exact to use, whatever the kernels and row count.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MIN_ROWS", "Linear", "adopt_linears", "cpu_gemm", "linear", "uses_onednn"]
+__all__ = ["MIN_ROWS", "Linear", "adopt_linears", "cpu_gemm", "linear", "onednn_wins", "uses_onednn"]
 
-MIN_ROWS = 16
+MIN_ROWS = 64  # below this, ATen's call was as fast or faster even with AVX-512
 _CHOICES = ("auto", "onednn", "aten")
 
 
@@ -57,6 +60,14 @@ def _exporting() -> bool:
     )
 
 
+def onednn_wins() -> bool:
+    """Whether this CPU runs AVX-512 kernels, where oneDNN's float32 GEMM beat ATen's: ATen's capability
+    (``ATEN_CPU_CAPABILITY`` lowers it) is AVX512 and ``ONEDNN_MAX_CPU_ISA``, if set, allows AVX-512."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    allowed = cap == "ALL" or cap.startswith(("AVX512", "AVX10"))
+    return allowed and torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
 def uses_onednn(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
     """Whether :func:`linear` sends ``x @ weight.T`` to oneDNN (the rule above, in one place)."""
     mode = _state["gemm"]
@@ -70,7 +81,7 @@ def uses_onednn(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
         return False  # the oneDNN op has no derivative: autograd must see F.linear
     if torch.is_autocast_enabled("cpu") or _exporting():
         return False
-    return mode == "onednn" or x.numel() >= MIN_ROWS * x.shape[-1]
+    return mode == "onednn" or (x.numel() >= MIN_ROWS * x.shape[-1] and onednn_wins())
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

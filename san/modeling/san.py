@@ -337,6 +337,7 @@ class SAN(nn.Module):
         reduced: int | None = None,
         max_elements: int | None = None,
         with_scores: bool = True,
+        fused: bool = False,
     ) -> list[dict[str, Tensor]]:
         """Label maps without the ``[C, H, W]`` score volume: ``[{"labels": [h, w] long, "scores": [h, w]}]``.
 
@@ -344,7 +345,8 @@ class SAN(nn.Module):
         max; memory stays flat in the vocabulary size (see :mod:`san.modeling.semantic`).
         ``with_scores=False`` leaves ``scores`` out, which lets the exact class pruning skip the
         regions that only one class can win. ``reduced=k`` opts into the approximate mode (all
-        classes scored at k x the mask grid).
+        classes scored at k x the mask grid). ``fused=True`` (GPUs, opt-in) runs one Triton kernel from
+        the mask resize to the arg-max (:mod:`san.modeling.fused_labels`).
         """
         out, images, sizes = self._run_batch(batched_inputs, self.side_adapter_network.deep_supervision_idxs[-1:])
         results = []
@@ -360,6 +362,7 @@ class SAN(nn.Module):
                 max_elements=max_elements,
                 reduced=reduced,
                 with_scores=with_scores,
+                fused=fused,
             )
             results.append({"labels": labels, "scores": scores} if with_scores else {"labels": labels})
         return results

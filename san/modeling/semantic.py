@@ -189,6 +189,7 @@ def _label_bands(
     with_scores: bool = True,
     prune: bool = False,
     total_weights: Tensor | None = None,
+    fused: bool = False,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Arg-max/max over classes of ``probs^T f(R @ maps)``, a band of rows at a time.
 
@@ -204,9 +205,17 @@ def _label_bands(
             not scored at all. Exact; it syncs with the device once per band (CPU default).
         total_weights: ``[Q]``; also return ``total_weights^T f(R @ maps)`` per pixel (with
             ``probs.sum(1)``: the sum of all class scores), which needs ``with_scores``.
+        fused: run :func:`~san.modeling.fused_labels.fused_labels` (one Triton kernel, no bands) instead;
+            it always returns the scores, and takes neither ``prune`` nor ``total_weights``.
     """
     if total_weights is not None and not with_scores:
         raise ValueError("the class-score totals are computed with the scores: pass with_scores=True")
+    if fused:
+        if prune or total_weights is not None:
+            raise ValueError("the fused kernel computes labels and scores only: pass prune=False, no totals")
+        from .fused_labels import fused_labels
+
+        return (*fused_labels(probs, rows, maps, sigmoid), None)
     q, c = probs.shape
     idx, weights = rows
     height, width = idx.shape[0], maps.shape[-1]
@@ -282,6 +291,7 @@ def semantic_labels(
     reduced: int | None = None,
     with_scores: bool = True,
     prune: bool | None = None,
+    fused: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Label map ``[H, W]`` (long) and its score ``[H, W]`` for one image, never forming ``[C, H, W]``.
 
@@ -299,6 +309,8 @@ def semantic_labels(
         with_scores: also return the winning score per pixel (else ``None``: cheaper with pruning).
         prune: exact pruning of the classes scored per tile (see :func:`_label_bands`); default on
             the CPU, off on GPUs (it syncs once per band).
+        fused: opt-in, GPUs: one Triton kernel from the row resize to the arg-max
+            (:mod:`san.modeling.fused_labels`); implies ``prune=False``.
     """
     labels, scores, _ = _semantic(
         class_logits,
@@ -308,8 +320,9 @@ def semantic_labels(
         reduced,
         max_elements=max_elements,
         with_scores=with_scores,
-        prune=prune,
+        prune=False if fused else prune,
         with_totals=False,
+        fused=fused,
     )
     return labels, scores
 
@@ -356,6 +369,7 @@ def _semantic(
     with_scores: bool,
     prune: bool | None,
     with_totals: bool,
+    fused: bool = False,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     if class_logits.dim() != 2 or mask_logits.dim() != 3 or class_logits.shape[0] != mask_logits.shape[0]:
         raise ValueError(
@@ -366,6 +380,8 @@ def _semantic(
     if max_elements is None:
         max_elements = 1 << (22 if on_cpu else 26)
     opts = {"max_elements": max_elements, "with_scores": with_scores, "prune": on_cpu if prune is None else prune}
+    if fused:
+        opts["fused"] = True
     # float32 even under autocast: the class sums decide the labels and cost little
     with torch.autocast(mask_logits.device.type, enabled=False):
         masks = mask_logits.float()

@@ -1,8 +1,9 @@
 """san.modeling.gemm: oneDNN's float32 inner product where it is exact to use, ``F.linear`` everywhere else.
 
 The fast path's agreement with the reference on the whole model is in test_golden (every stage and the
-final maps under both ``cpu_gemm("auto")`` and ``cpu_gemm("aten")``); here: single products against a
-float64 recomputation, the rule of when oneDNN runs, and that every linear layer of SAN goes through it.
+final maps under both ``cpu_gemm("onednn")`` and ``cpu_gemm("aten")``, on every CPU); here: single products
+against a float64 recomputation, the rule of when oneDNN runs, and that every linear layer of SAN goes
+through it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 
 import san
 from san.modeling import gemm
-from san.modeling.gemm import MIN_ROWS, Linear, cpu_gemm, linear, uses_onednn
+from san.modeling.gemm import MIN_ROWS, Linear, cpu_gemm, linear, onednn_wins, uses_onednn
 
 pytestmark = pytest.mark.numeric
 
@@ -43,7 +44,7 @@ def _rounding_bound(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) ->
 def test_linear_is_a_float32_gemm_within_its_rounding_bound(rows, bias):
     x, w, b = _operands(rows)
     b = b if bias else None
-    assert uses_onednn(x, w, b) == (2 * rows >= MIN_ROWS)  # rows of the flattened [2, rows, K] input
+    assert uses_onednn(x, w, b) == (2 * rows >= MIN_ROWS and onednn_wins())  # rows of the flat [2, rows, K]
     got = linear(x, w, b)
     exact = F.linear(x.double(), w.double(), None if b is None else b.double())
     assert got.dtype == torch.float32 and got.shape == (2, rows, 200)
@@ -56,7 +57,9 @@ def test_linear_is_a_float32_gemm_within_its_rounding_bound(rows, bias):
 @needs_onednn
 def test_onednn_runs_only_where_it_is_exact_to_use():
     x, w, b = _operands(64)
-    assert uses_onednn(x, w, b)
+    assert uses_onednn(x, w, b) == onednn_wins()
+    with cpu_gemm("onednn"):
+        assert uses_onednn(x, w, b)
     with cpu_gemm("aten"):
         assert not uses_onednn(x, w, b)
     assert not uses_onednn(x.double(), w.double(), b.double())  # float32 only
@@ -69,8 +72,26 @@ def test_onednn_runs_only_where_it_is_exact_to_use():
     linear(x, w, b).sum().backward()
     torch.testing.assert_close(x.grad, w.sum(0).expand_as(x), rtol=0, atol=64 * torch.finfo(torch.float32).eps)
     w.requires_grad_(True)
-    with torch.no_grad():  # no gradient needed: oneDNN again
+    with torch.no_grad(), cpu_gemm("onednn"):  # no gradient needed: oneDNN again
         assert uses_onednn(x, w, b)
+
+
+def test_auto_takes_onednn_only_with_avx512_kernels(monkeypatch):
+    """scripts/bench_cpu_kernels.py: oneDNN won with AVX-512, tied with AVX2 and lost by 2-3x with SSE."""
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    for capability, wins in [("AVX512", True), ("AVX2", False), ("DEFAULT", False)]:
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        assert onednn_wins() is wins
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    for cap, wins in [("AVX2", False), ("SSE41", False), ("avx512_core", True), ("AVX10_1_512", True), ("ALL", True)]:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert onednn_wins() is wins, cap
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    if torch.backends.mkldnn.is_available():
+        x, w, b = _operands(64)
+        assert uses_onednn(x, w, b)
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+        assert not uses_onednn(x, w, b)
 
 
 @needs_onednn
@@ -114,6 +135,6 @@ def test_the_model_runs_its_products_through_onednn(golden_v2, tmp_path, monkeyp
     real = gemm.uses_onednn
     monkeypatch.setattr(gemm, "uses_onednn", lambda *a: decisions.append(real(*a)) or decisions[-1])
     image = golden_v2["images"][0]
-    with torch.no_grad():
+    with torch.no_grad(), cpu_gemm("onednn"):  # whatever this CPU's kernels: the dispatch, not the choice
         model([{"image": image, "height": image.shape[1], "width": image.shape[2], "vocabulary": ["a", "b"]}])
     assert len(decisions) > 20 and all(decisions), (len(decisions), sum(decisions))
