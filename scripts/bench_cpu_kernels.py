@@ -12,7 +12,7 @@ AVX2-only or an SSE-only CPU is emulated for ATen, MKL and oneDNN alike:
 
 Shapes (rows x in -> out) are those of a 640x853 input (ViT-B/16 CLIP at half resolution: 541 tokens;
 the side ViT at full resolution: 2260 tokens; 100 SOS queries) and of text encoding (a template's names
-after the shared prefix: ~750 tokens), plus small row counts around ``san.modeling.gemm.MIN_ROWS``.
+after the shared prefix: ~750 tokens), plus small row counts.
 Rounds are interleaved (ATen, oneDNN, ATen, ...); the table gives the best of ``--repeat`` and the
 largest difference of each from a float64 product.
 """

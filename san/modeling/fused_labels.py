@@ -17,6 +17,8 @@ Opt-in (``semantic_labels(..., fused=True)``) until a GPU run has measured it be
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
@@ -104,10 +106,19 @@ def fused_labels(
     height, width = idx.shape[0], maps.shape[-1]
     if maps.shape[0] != q or q > 256:
         raise ValueError(f"fused_labels: expected maps [Q<=256, h', W] for probs [{q}, C], got {list(maps.shape)}")
+    if maps.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(
+            f"fused=True runs a Triton kernel on a CUDA device; these tensors are on {maps.device.type} (leave "
+            "fused off there, or set TRITON_INTERPRET=1 before the first call to run it interpreted, slowly)"
+        )
+    try:
+        kernel = _kernel()
+    except ImportError as e:
+        raise ImportError("fused=True needs Triton, which torch's CUDA wheels install (pip install triton)") from e
     labels = torch.empty(height, width, dtype=torch.long, device=maps.device)
     scores = torch.empty(height, width, dtype=torch.float32, device=maps.device)
     grid = (height, -(-width // block_w))
-    _kernel()[grid](
+    kernel[grid](
         maps.float().contiguous(),
         idx.contiguous(),
         weights.float().contiguous(),

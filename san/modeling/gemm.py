@@ -8,11 +8,13 @@ AVX-512, oneDNN took 0.68-0.92x ATen's time on the ViT shapes SAN uses; with AVX
 (0.90-1.29x); with SSE only, oneDNN took 2.2-2.9x. Both are float32 GEMMs with float32 accumulation:
 they differ by rounding only, which the golden tests bound under each.
 
-``auto`` (the default) therefore uses oneDNN where it won: AVX-512 kernels (:func:`onednn_wins`) and at
-least :data:`MIN_ROWS` rows, and only where it is exact to use: float32 on the CPU, no gradient
-needed, no autocast, not while tracing or exporting (ONNX, TorchScript, ``torch.compile`` see the plain
-``F.linear``). ``SAN_CPU_GEMM=aten`` (or :func:`cpu_gemm`) turns it off; ``onednn`` uses it wherever it
-is exact to use, whatever the kernels and row count.
+``auto`` (the default) therefore uses oneDNN where it won, with AVX-512 kernels (:func:`onednn_wins`),
+and only where it is exact to use: float32 on the CPU, no gradient needed, no autocast, not while
+tracing or exporting (ONNX, TorchScript, ``torch.compile`` see the plain ``F.linear``). It does so for
+every row count: ATen's call was a few microseconds faster below ~64 rows, too little to switch
+kernels with the batch size (oneDNN gives a row the same bits in any product of 2 rows or more).
+``SAN_CPU_GEMM=aten`` (or :func:`cpu_gemm`) turns it off;
+``onednn`` uses it wherever it is exact to use, whatever the kernels.
 """
 
 from __future__ import annotations
@@ -25,9 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MIN_ROWS", "Linear", "adopt_linears", "cpu_gemm", "linear", "onednn_wins", "uses_onednn"]
+__all__ = ["Linear", "adopt_linears", "cpu_gemm", "linear", "onednn_wins", "uses_onednn"]
 
-MIN_ROWS = 64  # below this, ATen's call was as fast or faster even with AVX-512
 _CHOICES = ("auto", "onednn", "aten")
 
 
@@ -81,7 +82,7 @@ def uses_onednn(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
         return False  # the oneDNN op has no derivative: autograd must see F.linear
     if torch.is_autocast_enabled("cpu") or _exporting():
         return False
-    return mode == "onednn" or (x.numel() >= MIN_ROWS * x.shape[-1] and onednn_wins())
+    return mode == "onednn" or onednn_wins()
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

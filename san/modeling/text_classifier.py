@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections import Counter
 from collections.abc import Callable, Sequence
 
 import torch
@@ -96,23 +95,21 @@ def fit_to_context(
     return out
 
 
-def shared_prefixes(tokens: Tensor, lengths: Tensor) -> list[tuple[Tensor, int]]:
-    """Group token rows ``[N, T]`` (``lengths`` ``[N]``, end-of-text included) by a shared first ``p`` tokens.
+def shared_prefixes(tokens: Tensor, lengths: Tensor, prefixes: Sequence[Sequence[int]]) -> list[tuple[Tensor, int]]:
+    """Group token rows ``[N, T]`` (``lengths`` ``[N]``, end-of-text included) by the prefix they begin with.
 
     Under CLIP's causal mask a token's state depends on the tokens before it only, so rows that begin
     with the same ``p`` tokens share those tokens' states at every block. Each row takes the longest of
-    its prefixes (end-of-text excluded) that at least ``max(2, min(16, N // 8))`` rows begin with, so
-    that groups stay large enough to batch (a prompt template's fixed words, typically); rows with the
-    same prefix form a group. Returns ``(row indices, p)`` per group, covering every row once.
+    ``prefixes`` (token lists: each prompt template's fixed words, start token included) that it begins
+    with and that leaves it its end-of-text token, else its start token alone. The choice depends on the
+    row alone, never on the other rows, so a prompt is encoded the same way in any vocabulary. Returns
+    ``(row indices, p)`` per group, covering every row once.
     """
     rows, ends = tokens.tolist(), lengths.tolist()
-    need = max(2, min(16, len(rows) // 8))
-    counts: Counter[tuple[int, ...]] = Counter()
-    for row, end in zip(rows, ends):
-        counts.update(tuple(row[:k]) for k in range(1, end))
+    options = sorted({tuple(p) for p in prefixes if len(p) > 1}, key=len, reverse=True)
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, (row, end) in enumerate(zip(rows, ends)):
-        p = next((k for k in range(end - 1, 1, -1) if counts[tuple(row[:k])] >= need), 1)
+        p = next((len(o) for o in options if len(o) < end and tuple(row[: len(o)]) == o), 1)
         groups.setdefault(tuple(row[:p]), []).append(i)
     return [(torch.tensor(members), len(prefix)) for prefix, members in groups.items()]
 
@@ -194,6 +191,7 @@ class TextClassifier(nn.Module):
         if isinstance(templates, str) or not templates or any("{}" not in t for t in templates):
             raise ValueError("give a list of prompt templates, each with '{}' for the class name")
         self.templates = tuple(templates)
+        self._template_prefixes: list[list[int]] | None = None
         if hasattr(self, "cache"):
             self.cache.clear()
 
@@ -257,7 +255,7 @@ class TextClassifier(nn.Module):
         tokens = self.tokenizer(prompts)  # [N, 77]
         lengths = tokens.argmax(dim=-1) + 1
         out = torch.empty(len(prompts), self.text_projection.shape[1], device=device)
-        groups = shared_prefixes(tokens, lengths)
+        groups = shared_prefixes(tokens, lengths, self.template_prefixes())
         # a progress bar for long vocabularies (thousands of names), none for short ones
         with tqdm(
             total=len(prompts),
@@ -285,6 +283,14 @@ class TextClassifier(nn.Module):
                 chunks.append(rows[start:i])
                 start = i
         return chunks
+
+    def template_prefixes(self) -> list[list[int]]:
+        """Each template's fixed words before ``{}`` as tokens (start token included, end-of-text not)."""
+        if self._template_prefixes is None:
+            heads = [t.split("{}")[0].strip() for t in self.templates]
+            tokens = self.tokenizer(heads)
+            self._template_prefixes = [row[: int(end)].tolist() for row, end in zip(tokens, tokens.argmax(dim=-1))]
+        return self._template_prefixes
 
     def _prefix_keys(self, prefix: Tensor) -> list[tuple[Tensor, Tensor]]:
         """Each block's keys and values ``[1, heads, p, head_dim]`` of the prefix tokens ``[p]``."""

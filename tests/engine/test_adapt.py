@@ -111,6 +111,8 @@ def test_without_adapted_names_the_base_model_answers_bit_for_bit(domain, golden
         str(golden_files["yaml"]), weights=golden_files["pth"], opts=OPTS, adapter=adapter
     )
     image = golden_files["images"][0]
+    # text embeddings round with the names encoded beside them (chunking, attention kernels): both start empty
+    predictor.model.ov_classifier.clear_cache()
     for vocabulary, flag in (("cat, dog, sky, traffic light", True), ("brick, grass, sky", False)):
         ours = adapted.predict(image, vocabulary, return_scores=True, adapted=flag)
         base = predictor.predict(image, vocabulary, return_scores=True)

@@ -84,8 +84,11 @@ def test_the_fused_kernel_gives_the_official_labels_and_scores(tmp_path):
         assert torch.equal(res["labels"][sure], band_labels[sure])
 
 
-def test_the_fused_kernel_refuses_what_it_cannot_hold():
+def test_the_fused_kernel_refuses_what_it_cannot_hold(monkeypatch):
     probs, masks = torch.rand(300, 4), torch.rand(300, 5, 6)
     taps = (torch.zeros(5, 2, dtype=torch.long), torch.ones(5, 2))
     with pytest.raises(ValueError, match=r"expected maps \[Q<=256"):
         fused_labels(probs, taps, masks, True)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="fused=True runs a Triton kernel on a CUDA device; these tensors are on cpu"):
+        fused_labels(probs[:5], taps, masks[:5], True)

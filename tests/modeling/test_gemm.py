@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 import san
 from san.modeling import gemm
-from san.modeling.gemm import MIN_ROWS, Linear, cpu_gemm, linear, onednn_wins, uses_onednn
+from san.modeling.gemm import Linear, cpu_gemm, linear, onednn_wins, uses_onednn
 
 pytestmark = pytest.mark.numeric
 
@@ -39,17 +39,17 @@ def _rounding_bound(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) ->
 
 
 @needs_onednn
-@pytest.mark.parametrize("rows", [1, MIN_ROWS // 2 - 1, MIN_ROWS // 2, 541])
+@pytest.mark.parametrize("rows", [1, 7, 32, 541])
 @pytest.mark.parametrize("bias", [True, False])
 def test_linear_is_a_float32_gemm_within_its_rounding_bound(rows, bias):
     x, w, b = _operands(rows)
     b = b if bias else None
-    assert uses_onednn(x, w, b) == (2 * rows >= MIN_ROWS and onednn_wins())  # rows of the flat [2, rows, K]
+    assert uses_onednn(x, w, b) == onednn_wins()  # any row count
     got = linear(x, w, b)
     exact = F.linear(x.double(), w.double(), None if b is None else b.double())
     assert got.dtype == torch.float32 and got.shape == (2, rows, 200)
     assert ((got.double() - exact).abs() <= _rounding_bound(x, w, b)).all()
-    with cpu_gemm("onednn"):  # every row count, one row included
+    with cpu_gemm("onednn"):  # whatever this CPU's kernels
         assert uses_onednn(x, w, b)
         assert ((linear(x, w, b).double() - exact).abs() <= _rounding_bound(x, w, b)).all()
 
