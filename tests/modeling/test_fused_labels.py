@@ -21,7 +21,8 @@ from san.modeling.semantic import sem_seg_postprocess, semantic_inference, seman
 
 from ..reference import EPS32, decided
 
-pytestmark = pytest.mark.numeric
+# not in the float-noise matrix: the kernel runs in Triton's interpreter (NumPy), which ATen's kernel settings do
+# not reach, and its 30 s would be spent three more times in CI for the float64 reference alone
 
 # (Q, C, mask grid, padded input, image in it, output, masks resized before the mixture): a few classes and
 # proposals; 100 proposals (not a power of two) x 150 classes (three class tiles) on an output three column
