@@ -24,7 +24,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 LEVELS = {
     "avx512": {"ATEN_CPU_CAPABILITY": "avx512"},
@@ -107,8 +106,9 @@ def main() -> int:
             print(f"  {name:10s} {r['aten_ms']:8.2f} / {r['onednn_ms']:8.2f} = {r['onednn_over_aten']:.2f}")
     result = {"command": " ".join(["python", *sys.argv]), "levels": results}
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        from bench_tools import write_json  # torch and san: only the workers time them
+
+        write_json(args.json, result)
     return 0
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_tools import cpu_name
+from bench_tools import cpu_name, write_json
 
 DATASET = "bench_official_vocabulary"
 
@@ -274,8 +274,7 @@ def main() -> int:
     }
     print(json.dumps(result, indent=1))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.json, result)
     return 0
 
 

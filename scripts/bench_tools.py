@@ -47,6 +47,12 @@ def machine_meta(**extra: object) -> dict:
     }
 
 
+def write_json(path: str | os.PathLike, result: dict) -> None:
+    """Write a benchmark's ``result`` as indented JSON at ``path``, making its folder if needed."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=1) + "\n")
+
+
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

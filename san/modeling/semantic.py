@@ -320,7 +320,7 @@ def semantic_labels(
         reduced,
         max_elements=max_elements,
         with_scores=with_scores,
-        prune=False if fused else prune,
+        prune=prune,
         with_totals=False,
         fused=fused,
     )
@@ -379,9 +379,10 @@ def _semantic(
     on_cpu = mask_logits.device.type == "cpu"
     if max_elements is None:
         max_elements = 1 << (22 if on_cpu else 26)
-    opts = {"max_elements": max_elements, "with_scores": with_scores, "prune": on_cpu if prune is None else prune}
-    if fused:
-        opts["fused"] = True
+    if fused:  # the kernel scores every class: no pruning
+        prune = False
+    prune = on_cpu if prune is None else prune
+    opts = {"max_elements": max_elements, "with_scores": with_scores, "prune": prune, "fused": fused}
     # float32 even under autocast: the class sums decide the labels and cost little
     with torch.autocast(mask_logits.device.type, enabled=False):
         masks = mask_logits.float()

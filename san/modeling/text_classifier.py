@@ -237,10 +237,12 @@ class TextClassifier(nn.Module):
         n, t = tokens.shape
         x = self.token_embedding(tokens) + self.positional_embedding[:t]  # [N, T, W]
         x = self.transformer(x, attn_mask=self.attn_mask[:t, :t])
-        x = self.ln_final(x)
         eot = tokens.argmax(dim=-1)  # the end-of-text id is the largest id
-        x = x[torch.arange(n, device=x.device), eot] @ self.text_projection
-        return F.normalize(x, dim=-1)
+        return self._embed(x[torch.arange(n, device=x.device), eot])
+
+    def _embed(self, states: Tensor) -> Tensor:
+        """The tower's last states of end-of-text tokens ``[N, W]`` -> normalised embeddings ``[N, E]``."""
+        return F.normalize(self.ln_final(states) @ self.text_projection, dim=-1)
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> Tensor:
@@ -316,8 +318,7 @@ class TextClassifier(nn.Module):
         for block, kv in zip(blocks, past):
             x, _ = block.forward_after(x, kv, mask)
         x, _ = last.forward_after(x, past[-1], mask[eot].view(b, 1, 1, p + s), rows=eot)
-        x = self.ln_final(x[:, 0]) @ self.text_projection
-        return F.normalize(x, dim=-1)
+        return self._embed(x[:, 0])
 
     @torch.no_grad()
     def encode_reference(self, names: Sequence[str]) -> Tensor:
